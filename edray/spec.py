@@ -1,0 +1,355 @@
+"""The YAML spec: typed models, loading, ``--set`` overrides and one-line errors.
+
+YAML -> :class:`Spec` is the only place raw dicts exist; every other module reads typed
+fields. Unknown keys are errors, and every error names the field path and what is
+allowed, so that ``edray validate`` can print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edray.errors import EdrayError
+
+__all__ = [
+    "AugmentSpec",
+    "DatasetSpec",
+    "EDSpec",
+    "OptimSpec",
+    "ScheduleSpec",
+    "Spec",
+    "StudentSpec",
+    "TeacherSpec",
+    "TeachersSpec",
+    "TrainRecipe",
+    "apply_overrides",
+    "load_spec",
+    "spec_from_dict",
+]
+
+Method = Literal["ed", "kd", "mtkd", "ce"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentSpec(_Strict):
+    """Training augmentation, replayable from ``(seed, sample index, view)``.
+
+    A random crop of ``crop_padding`` pixels of zero padding on each side, then an optional
+    horizontal flip (off for digits: a mirrored 3 is not a 3).
+    """
+
+    crop_padding: int = Field(1, ge=0, description="pixels of zero padding before a random crop")
+    hflip: bool = Field(False, description="random horizontal flip")
+
+
+class DatasetSpec(_Strict):
+    """Which images, where on disk, and how train / validation / test are carved."""
+
+    name: str = Field("digits", description="digits, synthetic, cifar100, caltech256, food101, tiny_imagenet, imagefolder")
+    root: str | None = Field(None, description="directory holding the dataset; not used by digits / synthetic")
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="part of the training set held out for validation")
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="part held out for test, for datasets with no official test split"
+    )
+    split_seed: int = Field(0, description="seed of the train/validation (and test) carving")
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0, description="keep this part of the training set (low-data runs)")
+    image_size: int | None = Field(None, gt=0, description="resize images to this size; None keeps the native size")
+    augmentation: AugmentSpec = Field(default_factory=AugmentSpec)
+    # synthetic only
+    num_classes: int | None = Field(None, gt=1, description="synthetic: number of classes")
+    samples_per_class: int | None = Field(None, gt=0, description="synthetic: training samples per class")
+    channels: int | None = Field(None, gt=0, description="synthetic: image channels")
+
+
+class TrainRecipe(_Strict):
+    """How ``edray teach`` trains a teacher (plain cross-entropy)."""
+
+    epochs: int = Field(20, gt=0)
+    lr: float = Field(0.05, gt=0)
+    batch_size: int = Field(64, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class TeacherSpec(_Strict):
+    """One teacher: an architecture and either a checkpoint or a training recipe."""
+
+    arch: str
+    checkpoint: str | None = Field(None, description="path of a trained teacher; None: edray teach trains it")
+    train: TrainRecipe = Field(default_factory=TrainRecipe)
+
+
+class TeachersSpec(_Strict):
+    """The teachers and how they relate to the class groups (DESIGN §1).
+
+    ``per_group``: teacher k is trained on group k only (one teacher per grade).
+    ``shared``: every teacher is trained on all classes; group k reads its slice. With
+    one teacher per grade, teacher k serves group k; otherwise every group averages all.
+    """
+
+    mode: Literal["per_group", "shared"] = "shared"
+    logits: Literal["live", "precomputed"] = Field("live", description="run teachers live, or read an Arrow store")
+    views: int = Field(8, ge=1, description="precomputed views per training sample (view 0 is unaugmented)")
+    models: list[TeacherSpec] = Field(min_length=1)
+
+
+class StudentSpec(_Strict):
+    arch: str
+
+
+class EDSpec(_Strict):
+    """The Education Distillation recipe (DESIGN §1)."""
+
+    grades: int = Field(3, ge=1, description="number of grades (class groups and student segments)")
+    split_ratios: list[float] = Field(default_factory=lambda: [0.33, 0.33, 0.34])
+    class_order: Literal["natural", "shuffled"] = "natural"
+    class_order_seed: int = 0
+    switch_epochs: list[int] = Field(default_factory=list, description="epochs at which grades 2..G start")
+    temperatures: list[float] = Field(default_factory=lambda: [4.0, 4.0, 4.0], description="one per grade")
+    alpha: float = Field(0.3, ge=0.0, le=1.0, description="weight of the cross-entropy term")
+    replay: Literal["sequential", "mixed"] = "sequential"
+    optimizer_at_switch: Literal["reset", "carry"] = "reset"
+
+    @field_validator("split_ratios")
+    @classmethod
+    def _ratios_positive(cls, ratios: list[float]) -> list[float]:
+        if any(r <= 0 for r in ratios):
+            raise ValueError(f"every ratio must be > 0, got {ratios}")
+        if abs(sum(ratios) - 1.0) > 1e-3:
+            raise ValueError(f"must sum to 1, got {ratios} (sum {sum(ratios):.4g})")
+        return ratios
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temperatures_positive(cls, temps: list[float]) -> list[float]:
+        for i, t in enumerate(temps):
+            if t <= 0:
+                raise ValueError(f"temperature [{i}] must be > 0, got {t}")
+        return temps
+
+    @field_validator("switch_epochs")
+    @classmethod
+    def _switches_increase(cls, epochs: list[int]) -> list[int]:
+        if any(e <= 0 for e in epochs):
+            raise ValueError(f"switch epochs must be > 0, got {epochs}")
+        if any(b <= a for a, b in zip(epochs, epochs[1:])):
+            raise ValueError(f"switch epochs must strictly increase (n < m), got {epochs}")
+        return epochs
+
+    @model_validator(mode="after")
+    def _lengths_match_grades(self) -> EDSpec:
+        if len(self.split_ratios) != self.grades:
+            raise ValueError(f"split_ratios has {len(self.split_ratios)} entries but grades is {self.grades}")
+        if len(self.temperatures) != self.grades:
+            raise ValueError(f"temperatures has {len(self.temperatures)} entries but grades is {self.grades}")
+        if len(self.switch_epochs) != self.grades - 1:
+            raise ValueError(f"switch_epochs needs {self.grades - 1} entries (one per grade after the first), got {self.switch_epochs}")
+        return self
+
+
+class ScheduleSpec(_Strict):
+    """Learning-rate schedule over the whole run (not restarted at a grade switch)."""
+
+    kind: Literal["multistep", "cosine", "constant"] = "cosine"
+    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which lr is multiplied by gamma")
+    gamma: float = Field(0.1, gt=0, le=1)
+
+
+class OptimSpec(_Strict):
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    epochs: int = Field(30, gt=0)
+    batch_size: int = Field(64, gt=0)
+    num_workers: int = Field(0, ge=0, description="data-loader processes for datasets read from files")
+
+
+class Spec(_Strict):
+    """A whole edray run: data, teachers, student, the ED recipe, optimisation."""
+
+    name: str = Field("edray", pattern=r"^[A-Za-z0-9_.-]+$", description="experiment name")
+    seed: int = 0
+    method: Method = "ed"
+    deterministic: bool = Field(True, description="deterministic torch kernels (exact resume on CPU)")
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    teachers: TeachersSpec
+    student: StudentSpec
+    ed: EDSpec = Field(default_factory=EDSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    # Sections owned by later stages (sweep, tracking, scaling) are kept typed there;
+    # until then they are accepted as mappings so one YAML file serves every command.
+    search: dict[str, Any] | None = None
+    tracking: dict[str, Any] | None = None
+    scaling: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Spec:
+        if self.ed.switch_epochs and self.ed.switch_epochs[-1] >= self.optim.epochs:
+            raise ValueError(
+                f"ed.switch_epochs {self.ed.switch_epochs} must all be < optim.epochs ({self.optim.epochs})"
+            )
+        if self.teachers.mode == "per_group" and len(self.teachers.models) != self.ed.grades:
+            raise ValueError(
+                f"teachers.mode per_group needs one teacher per grade ({self.ed.grades}), got {len(self.teachers.models)}"
+            )
+        if self.method == "kd" and self.teachers.mode != "shared":
+            raise ValueError("method kd distils from one full-class teacher: set teachers.mode to shared")
+        if self.optim.schedule.kind == "multistep" and any(m >= self.optim.epochs for m in self.optim.schedule.milestones):
+            raise ValueError(f"optim.schedule.milestones must be < optim.epochs ({self.optim.epochs})")
+        return self
+
+
+# ---------------------------------------------------------------- loading and errors
+
+
+def _format_loc(loc: tuple) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif isinstance(item, str) and not item.startswith(("function-", "literal[", "list[", "union[")):
+            parts.append(("." if parts else "") + item)
+    return "".join(parts)
+
+
+def _first_error(err: ValidationError) -> EdrayError:
+    e = err.errors()[0]
+    path = _format_loc(tuple(e["loc"])) or "spec"
+    kind = e["type"]
+    msg = e["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        parent = path.rsplit(".", 1)[0] if "." in path else "the top level"
+        return EdrayError(path, "unknown key", f"remove it or check its spelling under {parent}")
+    if kind == "missing":
+        return EdrayError(path, "is required", "add it to the spec")
+    given = e.get("input")
+    shown = "" if isinstance(given, dict | list) or given is None else f", got {given!r}"
+    return EdrayError(path, f"{msg}{shown}" if kind != "value_error" else msg, "see README.md 'Spec reference'")
+
+
+def spec_from_dict(data: Any, *, source: str = "spec") -> Spec:
+    """Validate a mapping into a :class:`Spec`.
+
+    Raises:
+        EdrayError: naming the first bad field.
+    """
+    if not isinstance(data, dict):
+        raise EdrayError(source, f"must be a YAML mapping, got {type(data).__name__}", "write key: value pairs")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as err:
+        raise _first_error(err) from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``path.to.key=value`` overrides (YAML-typed values) to a raw spec mapping.
+
+    ``ed.temperatures[1]=2`` sets one list item. The key must already exist in the
+    spec or its defaults, so a misspelt override fails instead of doing nothing.
+    """
+    defaults = _defaults_tree()
+    for item in overrides:
+        if "=" not in item:
+            raise EdrayError(f"--set {item}", "expected path.to.key=value", "write e.g. --set ed.alpha=0.5")
+        path, value = item.split("=", 1)
+        keys = _split_path(path.strip())
+        node: Any = data
+        default_node: Any = defaults
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            if isinstance(key, int):
+                if not isinstance(node, list) or key >= len(node):
+                    raise EdrayError(f"--set {path}", f"index {key} is out of range", "set the whole list instead")
+                if last:
+                    node[key] = _parse_value(value)
+                else:
+                    node = node[key]
+                continue
+            if not isinstance(node, dict):
+                raise EdrayError(f"--set {path}", f"{key!r} is not inside a mapping", "check the path")
+            known = isinstance(default_node, dict) and key in default_node
+            if key not in node and not known:
+                raise EdrayError(f"--set {path}", f"unknown key {key!r}", "check the spelling against the spec")
+            if last:
+                node[key] = _parse_value(value)
+            else:
+                if key not in node or node[key] is None:
+                    node[key] = {}
+                node = node[key]
+                default_node = default_node.get(key) if isinstance(default_node, dict) else None
+    return data
+
+
+def _split_path(path: str) -> list[str | int]:
+    keys: list[str | int] = []
+    for part in path.split("."):
+        while "[" in part and part.endswith("]"):
+            head, _, idx = part.partition("[")
+            if head:
+                keys.append(head)
+            for piece in idx.rstrip("]").split("]["):
+                if not piece.isdigit():
+                    raise EdrayError(f"--set {path}", f"bad index [{piece}]", "use a non-negative integer")
+                keys.append(int(piece))
+            part = ""
+        if part:
+            keys.append(part)
+    return keys
+
+
+def _defaults_tree() -> dict:
+    """Every known key of the schema, as a nested dict, for override checking."""
+
+    def tree(model: type[BaseModel]) -> dict:
+        out: dict = {}
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                sub = ann
+            out[name] = tree(sub) if sub is not None else None
+        return out
+
+    return tree(Spec)
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Read a YAML spec file, apply ``--set`` overrides, validate.
+
+    Raises:
+        EdrayError: a missing or unreadable file, bad YAML, or the first invalid field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EdrayError(str(path), "no such spec file", "give the path of a YAML spec, e.g. search_spaces/digits.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise EdrayError(where, f"invalid YAML ({getattr(err, 'problem', err)})", "fix the YAML syntax") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise EdrayError(str(path), f"cannot read ({err})", "check the file") from None
+    if data is None:
+        raise EdrayError(str(path), "is empty", "write a spec; see search_spaces/digits.yaml")
+    if overrides:
+        if not isinstance(data, dict):
+            raise EdrayError(str(path), "must be a YAML mapping", "write key: value pairs")
+        data = apply_overrides(data, overrides)
+    return spec_from_dict(data, source=str(path))
