@@ -7,6 +7,7 @@ allowed, so that ``edray validate`` can print one line and exit 2.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,8 @@ __all__ = [
     "TeachersSpec",
     "TrainRecipe",
     "apply_overrides",
+    "get_path",
+    "set_path",
     "load_spec",
     "spec_from_dict",
 ]
@@ -97,6 +100,8 @@ class TeachersSpec(_Strict):
     mode: Literal["per_group", "shared"] = "shared"
     logits: Literal["live", "precomputed"] = Field("live", description="run teachers live, or read an Arrow store")
     views: int = Field(8, ge=1, description="precomputed views per training sample (view 0 is unaugmented)")
+    view_seed: int = Field(0, description="seed of the augmentation views, apart from the training seed so that "
+                           "runs of several seeds share one logit store")
     models: list[TeacherSpec] = Field(min_length=1)
 
 
@@ -173,6 +178,95 @@ class OptimSpec(_Strict):
     num_workers: int = Field(0, ge=0, description="data-loader processes for datasets read from files")
 
 
+class SearchParam(_Strict):
+    """One searched parameter at a spec path.
+
+    ``int`` / ``float`` (``log`` for a log scale) / ``categorical`` draw one value.
+    Three structured kinds keep ED's constraints inside the space instead of rejecting
+    samples: ``switch_epochs`` (ordered, each grade at least ``min_grade_epochs`` long),
+    ``split_ratios`` (each in [low, high], summing to 1) and ``temperatures`` (one per
+    grade in [low, high]).
+    """
+
+    path: str = Field(description="spec path, e.g. ed.alpha")
+    type: Literal["int", "float", "categorical", "switch_epochs", "split_ratios", "temperatures"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+    min_grade_epochs: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SearchParam:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError(f"search param {self.path}: categorical needs a non-empty choices list")
+        elif self.type != "switch_epochs":
+            if self.low is None or self.high is None:
+                raise ValueError(f"search param {self.path}: {self.type} needs low and high")
+            if self.low > self.high:
+                raise ValueError(f"search param {self.path}: low ({self.low}) > high ({self.high})")
+            if self.log and self.low <= 0:
+                raise ValueError(f"search param {self.path}: a log scale needs low > 0")
+        if self.type == "temperatures" and self.low is not None and self.low <= 0:
+            raise ValueError(f"search param {self.path}: temperatures must be > 0, got low {self.low}")
+        return self
+
+
+class EarlyStoppingSpec(_Strict):
+    """Grade-aware ASHA: rungs count epochs in the final grade, never epochs overall,
+    so a trial still in grade 1 is never ranked against one facing all classes."""
+
+    kind: Literal["asha", "none"] = "asha"
+    grace_epochs: int = Field(2, ge=1, description="epochs in the final grade before a trial may be stopped")
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class FinalEvalSpec(_Strict):
+    seeds: int = Field(3, ge=0, description="seeds of the final test evaluation of the best config (0: none)")
+
+
+class SearchSpec(_Strict):
+    params: list[SearchParam] = Field(min_length=1)
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    storage: str | None = Field(None, description="Optuna storage URL for the study (e.g. sqlite:///study.db)")
+    points_to_evaluate: list[dict[str, Any]] | None = Field(
+        None, description="first configs to try (param path -> value); default: the spec's own values"
+    )
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    final_eval: FinalEvalSpec = Field(default_factory=FinalEvalSpec)
+
+    @model_validator(mode="after")
+    def _unique_paths(self) -> SearchSpec:
+        paths = [p.path for p in self.params]
+        dup = {p for p in paths if paths.count(p) > 1}
+        if dup:
+            raise ValueError(f"search params repeat {sorted(dup)}")
+        return self
+
+
+class ScalingSpec(_Strict):
+    """Workers per trial (Ray Train's ScalingConfig)."""
+
+    num_workers: int = Field(1, ge=1, description="data-parallel workers per trial")
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1})
+    max_failures: int = Field(2, ge=0, description="restarts of a trial from its last checkpoint")
+    trainer: Literal["auto", "inline", "torch_trainer"] = Field(
+        "auto", description="auto: single-worker trials train inside the Tune trial, others via TorchTrainer"
+    )
+
+
+class TrackingSpec(_Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or WORKDIR/mlflow.db")
+    experiment: str | None = Field(None, description="default: the spec's name")
+    log_models: Literal["best", "all", "none"] = "best"
+
+
 class Spec(_Strict):
     """A whole edray run: data, teachers, student, the ED recipe, optimisation."""
 
@@ -185,11 +279,9 @@ class Spec(_Strict):
     student: StudentSpec
     ed: EDSpec = Field(default_factory=EDSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
-    # Sections owned by later stages (sweep, tracking, scaling) are kept typed there;
-    # until then they are accepted as mappings so one YAML file serves every command.
-    search: dict[str, Any] | None = None
-    tracking: dict[str, Any] | None = None
-    scaling: dict[str, Any] | None = None
+    search: SearchSpec | None = Field(None, description="what `edray sweep` searches; absent: nothing to sweep")
+    scaling: ScalingSpec = Field(default_factory=lambda: ScalingSpec())
+    tracking: TrackingSpec = Field(default_factory=lambda: TrackingSpec())
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Spec:
@@ -203,6 +295,10 @@ class Spec(_Strict):
             )
         if self.method == "kd" and self.teachers.mode != "shared":
             raise ValueError("method kd distils from one full-class teacher: set teachers.mode to shared")
+        if self.search is not None:
+            paths = {p.path for p in self.search.params}
+            if self.method != "ed" and paths & {"ed.switch_epochs", "ed.split_ratios"}:
+                raise ValueError(f"search over ED grades needs method ed, got {self.method}")
         if self.optim.schedule.kind == "multistep" and any(m >= self.optim.epochs for m in self.optim.schedule.milestones):
             raise ValueError(f"optim.schedule.milestones must be < optim.epochs ({self.optim.epochs})")
         return self
@@ -263,37 +359,54 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     ``ed.temperatures[1]=2`` sets one list item. The key must already exist in the
     spec or its defaults, so a misspelt override fails instead of doing nothing.
     """
-    defaults = _defaults_tree()
     for item in overrides:
         if "=" not in item:
             raise EdrayError(f"--set {item}", "expected path.to.key=value", "write e.g. --set ed.alpha=0.5")
         path, value = item.split("=", 1)
-        keys = _split_path(path.strip())
-        node: Any = data
-        default_node: Any = defaults
-        for i, key in enumerate(keys):
-            last = i == len(keys) - 1
-            if isinstance(key, int):
-                if not isinstance(node, list) or key >= len(node):
-                    raise EdrayError(f"--set {path}", f"index {key} is out of range", "set the whole list instead")
-                if last:
-                    node[key] = _parse_value(value)
-                else:
-                    node = node[key]
-                continue
-            if not isinstance(node, dict):
-                raise EdrayError(f"--set {path}", f"{key!r} is not inside a mapping", "check the path")
-            known = isinstance(default_node, dict) and key in default_node
-            if key not in node and not known:
-                raise EdrayError(f"--set {path}", f"unknown key {key!r}", "check the spelling against the spec")
-            if last:
-                node[key] = _parse_value(value)
-            else:
-                if key not in node or node[key] is None:
-                    node[key] = {}
-                node = node[key]
-                default_node = default_node.get(key) if isinstance(default_node, dict) else None
+        set_path(data, path.strip(), _parse_value(value), where=f"--set {path.strip()}")
     return data
+
+
+def set_path(data: dict, path: str, value: Any, *, where: str | None = None) -> None:
+    """Set ``value`` at a dotted spec ``path`` (``a.b[1].c``) inside a raw mapping.
+
+    Raises:
+        EdrayError: a key the schema does not know, or an index out of range.
+    """
+    where = where or path
+    keys = _split_path(path)
+    node: Any = data
+    default_node: Any = _defaults_tree()
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(key, int):
+            if not isinstance(node, list) or key >= len(node):
+                raise EdrayError(where, f"index {key} is out of range", "set the whole list instead")
+            if last:
+                node[key] = value
+            else:
+                node = node[key]
+            continue
+        if not isinstance(node, dict):
+            raise EdrayError(where, f"{key!r} is not inside a mapping", "check the path")
+        known = isinstance(default_node, dict) and key in default_node
+        if key not in node and not known:
+            raise EdrayError(where, f"unknown key {key!r}", "check the spelling against the spec")
+        if last:
+            node[key] = value
+        else:
+            if key not in node or node[key] is None:
+                node[key] = {}
+            node = node[key]
+            default_node = default_node.get(key) if isinstance(default_node, dict) else None
+
+
+def get_path(data: dict, path: str) -> Any:
+    """The value at a dotted spec ``path`` in a raw mapping (KeyError/IndexError if absent)."""
+    node: Any = data
+    for key in _split_path(path):
+        node = node[key]
+    return node
 
 
 def _split_path(path: str) -> list[str | int]:
@@ -313,6 +426,7 @@ def _split_path(path: str) -> list[str | int]:
     return keys
 
 
+@functools.cache
 def _defaults_tree() -> dict:
     """Every known key of the schema, as a nested dict, for override checking."""
 

@@ -1,0 +1,38 @@
+"""Optuna through Ray Tune, telling Optuna the truth about trials stopped early.
+
+Ray's ``OptunaSearch`` tells Optuna COMPLETE with the last reported value for a trial
+that the scheduler stopped: a partial score then poses as a finished one and skews the
+sampler. Here a trial that ended before its last epoch is told as PRUNED.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+__all__ = ["GradeAwareOptunaSearch", "was_stopped_early"]
+
+
+def was_stopped_early(result: dict[str, Any] | None) -> bool:
+    """A trial whose last result is before its final epoch did not finish."""
+    if not result or "epoch" not in result or "total_epochs" not in result:
+        return False
+    return result["epoch"] < result["total_epochs"]
+
+
+class GradeAwareOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that reports early-stopped trials as pruned."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if not error and was_stopped_early(result) and trial_id not in self._completed_trials:
+            ot_trial = self._ot_trials[trial_id]
+            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study

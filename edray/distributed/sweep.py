@@ -1,0 +1,343 @@
+"""``edray sweep``: teachers, logit stores, then Ray Tune + Optuna over ED recipes.
+
+The driver (this module) runs on the head node. It checks everything it can before a
+GPU is touched (spec, search space, tracking server), trains missing teachers, builds
+missing logit stores, then hands the search to Ray Tune. Every trial is a child run of
+the sweep's MLflow parent run. The search ranks by validation accuracy; the test split
+is used once, by the final evaluation of the best config over several seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edray.distributed.space import compile_space, default_point, resolve_config
+from edray.distributed.trial import TrialContext, run_trial, uses_torch_trainer
+from edray.errors import EdrayError
+from edray.spec import Spec
+
+__all__ = ["SweepOptions", "SweepResult", "best_spec_dict", "run_sweep"]
+
+METRIC = "val_acc"
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    num_samples: int | None = None  # default: spec.search.num_samples
+    max_concurrent: int | None = None
+    address: str | None = None  # join a running Ray cluster; None starts a local one
+    resume: bool = False
+    progress: bool = True
+    final_eval: bool = True
+
+
+@dataclass
+class SweepResult:
+    experiment: str
+    parent_run_id: str
+    tracking_uri: str
+    trials: int
+    completed: int
+    pruned: int
+    errored: int
+    best_config: dict[str, Any] | None
+    best_val_acc: float | None
+    wall_s: float
+    best_spec_path: str | None = None
+    final_test_acc_mean: float | None = None
+    final_test_acc_std: float | None = None
+    final_test_accs: list[float] = field(default_factory=list)
+    epochs_trained: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["wall_s"] = round(self.wall_s, 3)
+        return out
+
+
+def _sweep_dir(spec: Spec, workdir: Path) -> Path:
+    return workdir / "sweeps" / spec.name
+
+
+def best_spec_dict(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
+    """The best trial as a spec ``edray train`` accepts: searched values written in, no search."""
+    resolved = resolve_config(spec, config).model_dump(mode="json")
+    resolved["search"] = None
+    return {k: v for k, v in resolved.items() if v is not None}
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DASHBOARD_HOST", "127.0.0.1")
+    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "ERROR"}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # The dashboard stays on (loopback only): without it, CPUs of trials stopped
+        # early are not freed on a local cluster and the next trial hangs.
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+
+
+def _scheduler(spec: Spec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    es = spec.search.early_stopping
+    if es.kind == "none":
+        return FIFOScheduler()
+    # Rungs count epochs in the final grade (see trial._extra_metrics): trials are only
+    # compared once each faces all classes, with equal time spent doing so.
+    return ASHAScheduler(
+        time_attr="final_grade_epochs",
+        metric=METRIC,
+        mode="max",
+        max_t=spec.optim.epochs,
+        grace_period=es.grace_epochs,
+        reduction_factor=es.reduction_factor,
+    )
+
+
+def _searcher(spec: Spec, max_concurrent: int):
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+
+    from edray.distributed.searcher import GradeAwareOptunaSearch
+
+    search = spec.search
+    points = search.points_to_evaluate
+    if points is None:
+        point = default_point(spec)
+        points = [point] if point else None
+    sampler = (
+        optuna.samplers.RandomSampler(seed=search.seed)
+        if search.sampler == "random"
+        else optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=min(4, search.num_samples))
+    )
+    storage = optuna.storages.RDBStorage(search.storage) if search.storage else None
+    searcher = GradeAwareOptunaSearch(
+        space=compile_space(spec), metric=METRIC, mode="max", points_to_evaluate=points, sampler=sampler,
+        storage=storage, study_name=spec.name if storage else None,
+    )
+    return searcher, ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+
+
+def _trial_resources(spec: Spec) -> dict[str, float]:
+    scaling = spec.scaling
+    if uses_torch_trainer(spec):
+        # The trial driver only waits on its TorchTrainer: it must hold no CPU the
+        # workers need (two trials on 2 CPUs deadlock otherwise).
+        return {"cpu": 0, "memory": 1}
+    res = {k.lower(): v for k, v in scaling.resources_per_worker.items()}
+    if scaling.use_gpu:
+        res.setdefault("gpu", 1)
+    return res
+
+
+def _state_path(spec: Spec, workdir: Path) -> Path:
+    return _sweep_dir(spec, workdir) / "sweep.json"
+
+
+def _tracker(spec: Spec, workdir: Path):
+    from edray.tracking import SweepTracker, check_tracking, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(spec, workdir)
+    check_tracking(uri)
+    return SweepTracker(uri, spec.tracking.experiment or spec.name, artifact_root=workdir / "mlflow-artifacts")
+
+
+def _prepare_teachers(spec: Spec, workdir: Path, log: Callable[[str], None]) -> None:
+    """Train teachers that have a recipe and no checkpoint; build missing logit stores."""
+    from edray.data import load_data
+    from edray.pipeline import ensure_teachers
+
+    if spec.method == "ce" or spec.search is None:
+        return
+    data = load_data(spec.dataset)
+    ensure_teachers(spec, data, workdir, progress=log)
+    if spec.teachers.logits == "precomputed":
+        from edray.logits.precompute import precompute_stores
+
+        precompute_stores(spec, data, workdir, progress=log)
+
+
+def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable[[str], None] = print) -> SweepResult:
+    """Run the whole sweep and return its summary (see ``edray sweep --json``)."""
+    if spec.search is None:
+        raise EdrayError("search", "the spec has no search section", "add search.params (see search_spaces/digits.yaml)")
+    tic = time.monotonic()
+    compile_space(spec)  # validate the space before anything starts
+    num_samples = options.num_samples or spec.search.num_samples
+    max_concurrent = options.max_concurrent or spec.search.max_concurrent
+    sweep_dir = _sweep_dir(spec, workdir)
+    state_path = _state_path(spec, workdir)
+    state: dict[str, Any] = {}
+    if options.resume:
+        if not state_path.is_file():
+            raise EdrayError("--resume", f"no sweep to resume at {state_path}", "start it without --resume")
+        state = json.loads(state_path.read_text())
+
+    tracker = _tracker(spec, workdir)
+    _prepare_teachers(spec, workdir, log)
+
+    from ray import tune
+
+    from edray.tracking import TrackingCallback
+
+    run_name = state.get("run_name") or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent_id = tracker.start_sweep(
+        run_name=run_name, spec_dict=spec.model_dump(mode="json"), resume_run_id=state.get("parent_run_id")
+    )
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    storage = str(workdir / "ray_results")
+    state = {"run_name": run_name, "parent_run_id": parent_id, "experiment_path": str(Path(storage) / run_name)}
+    _write_json(state_path, state)
+
+    _init_ray(options.address)
+    ctx = TrialContext(
+        base_spec=spec.model_dump(mode="json"), workdir=str(workdir), models_dir=str(sweep_dir / "models" / run_name),
+        train_storage=str(workdir / "ray_train"),
+    )
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), _trial_resources(spec))
+    callback = TrackingCallback(
+        tracker, resolve=lambda cfg: resolve_config(spec, cfg).model_dump(mode="json"), total_epochs=spec.optim.epochs
+    )
+    searcher, limited = _searcher(spec, max_concurrent)
+    run_config = tune.RunConfig(
+        name=run_name,
+        storage_path=storage,
+        callbacks=[callback],
+        failure_config=tune.FailureConfig(max_failures=spec.scaling.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        verbose=1 if options.progress else 0,
+        progress_reporter=_reporter() if options.progress else None,
+    )
+    experiment_path = state["experiment_path"]
+    if options.resume and tune.Tuner.can_restore(experiment_path):
+        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=limited, scheduler=_scheduler(spec), num_samples=num_samples, reuse_actors=True,
+                metric=METRIC, mode="max",
+            ),
+            run_config=run_config,
+        )
+    grid = tuner.fit()
+    result = _collect(spec, grid, tracker, parent_id, tic)
+
+    if result.best_config is not None:
+        best = best_spec_dict(spec, result.best_config)
+        best_path = sweep_dir / "best.yaml"
+        best_text = yaml.safe_dump(best, sort_keys=False)
+        best_path.write_text(best_text)
+        result.best_spec_path = str(best_path)
+        if options.final_eval and spec.search.final_eval.seeds > 0:
+            accs = _final_eval(best, spec.search.final_eval.seeds, workdir, log)
+            result.final_test_accs = accs
+            result.final_test_acc_mean = statistics.fmean(accs)
+            result.final_test_acc_std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
+        _finish_tracking(spec, tracker, grid, result, best_text, sweep_dir)
+    result.wall_s = time.monotonic() - tic
+    return result
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _reporter():
+    from ray.tune import CLIReporter
+
+    return CLIReporter(
+        metric_columns={"grade": "grade", "epoch": "epoch", METRIC: METRIC, "val_acc_seen": "seen acc"},
+        max_report_frequency=10,
+        sort_by_metric=True,
+    )
+
+
+def _trial_status(result: dict[str, Any] | None, error: Any) -> str:
+    from edray.distributed.searcher import was_stopped_early
+
+    if error is not None:
+        return "errored"
+    return "pruned" if was_stopped_early(result) else "completed"
+
+
+def _collect(spec: Spec, grid, tracker, parent_id: str, tic: float) -> SweepResult:
+    rows = []
+    epochs = 0
+    for r in grid:
+        metrics = r.metrics or {}
+        status = _trial_status(metrics, r.error)
+        config = {k: v for k, v in (r.config or {}).items()}
+        epochs += int(metrics.get("epoch", 0))
+        rows.append({"status": status, "config": config, METRIC: metrics.get(METRIC)})
+    done = [row for row in rows if row["status"] == "completed" and row[METRIC] is not None]
+    best = max(done, key=lambda row: row[METRIC]) if done else None
+    return SweepResult(
+        experiment=tracker_experiment(tracker),
+        parent_run_id=parent_id,
+        tracking_uri=tracker.uri,
+        trials=len(rows),
+        completed=sum(row["status"] == "completed" for row in rows),
+        pruned=sum(row["status"] == "pruned" for row in rows),
+        errored=sum(row["status"] == "errored" for row in rows),
+        best_config=best["config"] if best else None,
+        best_val_acc=best[METRIC] if best else None,
+        wall_s=time.monotonic() - tic,
+        epochs_trained=epochs,
+    )
+
+
+def tracker_experiment(tracker) -> str:
+    return getattr(tracker, "experiment", None) or getattr(tracker, "experiment_name", "")
+
+
+def _final_eval(best: dict[str, Any], seeds: int, workdir: Path, log: Callable[[str], None]) -> list[float]:
+    """Test accuracy of the best config over ``seeds`` seeds, as parallel Ray tasks."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def evaluate(raw: dict[str, Any], seed: int) -> float:
+        from edray.pipeline import train
+        from edray.spec import spec_from_dict
+
+        spec = spec_from_dict({**raw, "seed": seed})
+        return float(train(spec, workdir).test_acc)
+
+    log(f"final evaluation of the best config on the test split, {seeds} seeds")
+    return ray.get([evaluate.remote(best, best.get("seed", 0) + s) for s in range(seeds)])
+
+
+def _finish_tracking(spec: Spec, tracker, grid, result: SweepResult, best_text: str, sweep_dir: Path) -> None:
+    from edray.tracking import render_figures
+
+    results, history = [], {}
+    for r in grid:
+        trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
+        status = _trial_status(r.metrics, r.error)
+        results.append({"trial_id": trial_id, "status": status, "config": r.config or {},
+                        METRIC: (r.metrics or {}).get(METRIC)})
+        df = r.metrics_dataframe
+        history[trial_id] = df.to_dict("records") if df is not None else []
+    figures = render_figures(results, history, spec.search.params, sweep_dir / "figures", metric=METRIC)
+    summary = {k: v for k, v in result.summary().items() if isinstance(v, int | float) and v is not None}
+    tracker.finish_sweep(
+        best_config=result.best_config or {}, best_spec_yaml=best_text, results=results, figures=figures,
+        summary=summary,
+    )

@@ -1,0 +1,41 @@
+"""``edray best``: the best config of an experiment's latest sweep, read back from MLflow."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from edray.errors import EdrayError
+
+__all__ = ["best_spec_yaml"]
+
+
+def best_spec_yaml(experiment: str, workdir: Path, *, tracking_uri: str | None = None) -> str:
+    """The ``best.yaml`` artifact of the newest finished sweep run of ``experiment``.
+
+    Raises:
+        EdrayError: no such experiment, or no sweep of it has finished.
+    """
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workdir}/mlflow.db"
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise EdrayError("--workdir", f"no MLflow store at {uri.removeprefix('sqlite:///')}",
+                         "pass the --workdir of the sweep, or --tracking-uri")
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise EdrayError("EXPERIMENT", f"no experiment {experiment!r} in {uri}", f"use one of {names}")
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string="tags.`edray.kind` = 'sweep'", order_by=["attributes.start_time DESC"]
+    )
+    for run in runs:
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                path = client.download_artifacts(run.info.run_id, "best.yaml", d)
+            except Exception:  # this sweep has not finished: try the one before
+                continue
+            return Path(path).read_text()
+    raise EdrayError("EXPERIMENT", f"no finished sweep of {experiment!r} has a best config", "run `edray sweep` first")
