@@ -1,0 +1,87 @@
+"""torchvision ImageNet networks (random init, ``weights=None``) cut into four units.
+
+ResNets: ``[stem + layer1, layer2, layer3, layer4]``. MobileNetV2: ``features`` cut where
+the 32-, 64- and 160-channel stages begin, i.e. at the same output strides (4, 8, 16, 32)
+as the ResNet units. Widths are read from the built modules, not restated.
+
+Small images (at most :data:`~edray.models.backbone.SMALL_IMAGE` pixels) get a CIFAR-style
+stem instead, a 3x3 stride-1 conv with no max-pool (and, for MobileNetV2, a stride-1
+24-channel stage), so a 32-pixel image ends at 4x4 rather than 1x1. The first conv is
+also rebuilt when the data has other than 3 channels.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision import models as tvm
+from torchvision.ops.misc import Conv2dNormActivation
+
+from edray.models.backbone import ARCHITECTURES, SMALL_IMAGE, Backbone
+
+__all__ = ["resnet18", "resnet34", "resnet50", "mobilenet_v2"]
+
+# torchvision's MobileNetV2 stages: expansion t, channels c, blocks n, first stride s.
+_MOBILENET_V2_STAGES = [
+    [1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1],
+]
+_MOBILENET_V2_UNIT_STARTS = (2, 3, 5)  # stages that open units 2, 3 and 4
+
+
+def _out_channels(unit: nn.Module) -> int:
+    """Channels a unit emits: its last BatchNorm's, which ends every block of these nets."""
+    norms = [m for m in unit.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not norms:
+        raise ValueError(f"cannot read the width of a unit without BatchNorm: {unit}")
+    return norms[-1].num_features
+
+
+def _init_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
+
+
+def _torchvision_resnet(build, *, num_classes: int, in_channels: int, image_size: int) -> Backbone:
+    net = build(weights=None)
+    if image_size <= SMALL_IMAGE:
+        net.conv1 = _init_conv(nn.Conv2d(in_channels, net.conv1.out_channels, 3, 1, 1, bias=False))
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = _init_conv(nn.Conv2d(in_channels, net.conv1.out_channels, 7, 2, 3, bias=False))
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
+    units = [stem, net.layer2, net.layer3, net.layer4]
+    return Backbone(units, [_out_channels(u) for u in units], num_classes=num_classes)
+
+
+@ARCHITECTURES.register("resnet18")
+def resnet18(*, num_classes: int, in_channels: int, image_size: int) -> Backbone:
+    return _torchvision_resnet(tvm.resnet18, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+
+
+@ARCHITECTURES.register("resnet34")
+def resnet34(*, num_classes: int, in_channels: int, image_size: int) -> Backbone:
+    return _torchvision_resnet(tvm.resnet34, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+
+
+@ARCHITECTURES.register("resnet50")
+def resnet50(*, num_classes: int, in_channels: int, image_size: int) -> Backbone:
+    return _torchvision_resnet(tvm.resnet50, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+
+
+@ARCHITECTURES.register("mobilenet_v2")
+def mobilenet_v2(*, num_classes: int, in_channels: int, image_size: int) -> Backbone:
+    small = image_size <= SMALL_IMAGE
+    stages = [list(s) for s in _MOBILENET_V2_STAGES]
+    if small:
+        stages[1][3] = 1  # keep the 24-channel stage at full resolution
+    net = tvm.mobilenet_v2(weights=None, inverted_residual_setting=stages)
+    features = list(net.features)
+    if small or in_channels != 3:
+        width = features[0].out_channels
+        stem = Conv2dNormActivation(in_channels, width, stride=1 if small else 2, activation_layer=nn.ReLU6)
+        _init_conv(stem[0])
+        features[0] = stem
+    # features[0] is the stem conv, then one block per (stage, repeat), then the 1x1 conv to 1280.
+    starts = [1 + sum(n for _, _, n, _ in stages[:s]) for s in _MOBILENET_V2_UNIT_STARTS]
+    bounds = [0, *starts, len(features)]
+    units = [nn.Sequential(*features[a:b]) for a, b in zip(bounds, bounds[1:])]
+    return Backbone(units, [_out_channels(u) for u in units], num_classes=num_classes)

@@ -1,0 +1,45 @@
+"""Shared fixtures: a small real digits spec and its trained teachers (built once per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edray.spec import Spec, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS_YAML = ROOT / "search_spaces" / "digits.yaml"
+
+# Few epochs, small teachers: the suite checks behaviour, benchmarks check accuracy.
+FAST = [
+    "optim.epochs=8",
+    "ed.switch_epochs=[2, 5]",
+    "teachers.models[0].train.epochs=4",
+    "teachers.models[1].train.epochs=4",
+    "teachers.models[2].train.epochs=4",
+    "teachers.models[0].arch=cnn_medium",
+    "teachers.models[1].arch=cnn_medium",
+    "teachers.models[2].arch=cnn_medium",
+]
+
+
+def fast_spec(*overrides: str) -> Spec:
+    return load_spec(DIGITS_YAML, [*FAST, *overrides])
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    from edray.data import load_data
+
+    return load_data(fast_spec().dataset)
+
+
+@pytest.fixture(scope="session")
+def teacher_workdir(tmp_path_factory, digits_data) -> Path:
+    """A work directory holding the trained shared teachers of the fast spec."""
+    from edray.pipeline import teach
+
+    workdir = tmp_path_factory.mktemp("teachers")
+    teach(fast_spec(), workdir, data=digits_data)
+    return workdir

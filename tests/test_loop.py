@@ -1,0 +1,124 @@
+"""The ED loop end to end on real digits: every method, resume, replay and optimizer modes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edray.distill.loop import run_ed
+from edray.errors import EdrayError
+from edray.pipeline import make_teacher_logits, teach, train
+
+from .conftest import DIGITS_YAML, FAST, fast_spec
+
+
+@pytest.mark.parametrize("method", ["ed", "kd", "mtkd", "ce"])
+def test_every_method_learns_digits(method, digits_data, teacher_workdir):
+    spec = fast_spec(f"method={method}")
+    result = train(spec, teacher_workdir, data=digits_data)
+    assert result.test_acc > 0.6, result.summary()
+    assert len(result.history) == spec.optim.epochs
+    if method == "ed":
+        assert [m.grade for m in result.history] == [1, 1, 2, 2, 2, 3, 3, 3]
+        assert [m.seen_classes for m in result.history][:2] == [3, 3]
+        assert result.switch_epochs == [2, 5]
+    else:
+        assert {m.grade for m in result.history} == {1} and result.switch_epochs == []
+    # the finished student is a plain module over natural class ids
+    x = digits_data.test.load(torch.arange(64))
+    pred = result.model(x).argmax(1)
+    acc = (pred == digits_data.test.labels[:64]).float().mean().item()
+    assert acc > 0.5
+
+
+def test_early_grades_see_only_their_classes(digits_data, teacher_workdir):
+    spec = fast_spec()
+    result = train(spec, teacher_workdir, data=digits_data)
+    first = result.history[0]
+    # grade 1 knows 3 of 10 classes: all-class accuracy is bounded by their share of val
+    share = (digits_data.val.labels < 3).float().mean().item()
+    assert first.val_acc <= share + 1e-9
+    assert first.val_acc_seen > first.val_acc
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["ed.replay=mixed", "ed.optimizer_at_switch=carry"],
+        ["ed.replay=sequential", "ed.optimizer_at_switch=carry", "ed.class_order=shuffled"],
+        ["optim.optimizer=adamw", "optim.lr=0.003", "optim.schedule.kind=multistep", "optim.schedule.milestones=[6]"],
+    ],
+)
+def test_modes_run(overrides, digits_data, teacher_workdir):
+    result = train(fast_spec(*overrides), teacher_workdir, data=digits_data)
+    assert result.test_acc > 0.5
+
+
+def _run_collecting(spec, data, teachers, **kw):
+    states = {}
+
+    def report(metrics, checkpoint):
+        states[metrics["epoch"]] = checkpoint
+
+    result = run_ed(spec, data, teachers, report=report, **kw)
+    return result, states
+
+
+@pytest.mark.parametrize("mode", ["reset", "carry"])
+def test_resume_mid_grade_equals_uninterrupted(mode, digits_data, teacher_workdir):
+    spec = fast_spec(f"ed.optimizer_at_switch={mode}")
+    teachers = make_teacher_logits(spec, digits_data, teacher_workdir)
+    full, states = _run_collecting(spec, digits_data, teachers)
+    # epoch 3 is inside grade 2 (switches at 2 and 5): resume from there
+    resumed, _ = _run_collecting(spec, digits_data, teachers, resume=states[3])
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m.val_acc for m in full.history] == [m.val_acc for m in resumed.history]
+    assert full.test_acc == resumed.test_acc
+
+
+def test_checkpoint_survives_a_file_round_trip(tmp_path, digits_data, teacher_workdir):
+    spec = fast_spec("method=ce", "optim.epochs=3", "ed.switch_epochs=[1, 2]")
+    full, states = _run_collecting(spec, digits_data, None)
+    torch.save(states[1], tmp_path / "state.pt")
+    resumed, _ = _run_collecting(spec, digits_data, None, resume=torch.load(tmp_path / "state.pt", weights_only=False))
+    assert full.test_acc == resumed.test_acc
+
+
+def test_per_group_teachers(tmp_path, digits_data):
+    spec = fast_spec("teachers.mode=per_group")
+    teachers = teach(spec, tmp_path, data=digits_data)
+    assert [len(t.classes) for t in teachers] == [3, 3, 4]
+    result = train(spec, tmp_path, data=digits_data)
+    assert result.test_acc > 0.6
+
+
+def test_missing_teachers_are_a_clear_error(tmp_path, digits_data):
+    with pytest.raises(EdrayError, match="edray teach"):
+        train(fast_spec(), tmp_path, data=digits_data)
+
+
+def test_cli_train_json(teacher_workdir):
+    cmd = [sys.executable, "-m", "edray.cli", "train", str(DIGITS_YAML), "--json", "--workdir", str(teacher_workdir)]
+    for o in FAST:
+        cmd += ["--set", o]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    for key in ("method", "val_acc", "test_acc", "epochs", "switch_epochs", "wall_s"):
+        assert key in summary
+    assert summary["method"] == "ed" and summary["switch_epochs"] == [2, 5] and summary["test_acc"] > 0.6
+    assert res.stderr == ""  # not a terminal: no progress lines
+
+
+def test_cli_train_without_teachers_exits_2(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "edray.cli", "train", str(DIGITS_YAML), "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode == 2 and res.stderr.startswith("error: teachers.models[0].checkpoint: no trained teacher")
+    assert "Traceback" not in res.stderr
