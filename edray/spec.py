@@ -295,10 +295,6 @@ class Spec(_Strict):
             )
         if self.method == "kd" and self.teachers.mode != "shared":
             raise ValueError("method kd distils from one full-class teacher: set teachers.mode to shared")
-        if self.search is not None:
-            paths = {p.path for p in self.search.params}
-            if self.method != "ed" and paths & {"ed.switch_epochs", "ed.split_ratios"}:
-                raise ValueError(f"search over ED grades needs method ed, got {self.method}")
         if self.optim.schedule.kind == "multistep" and any(m >= self.optim.epochs for m in self.optim.schedule.milestones):
             raise ValueError(f"optim.schedule.milestones must be < optim.epochs ({self.optim.epochs})")
         return self

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from edray.spec import Spec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_YAML = ROOT / "search_spaces" / "digits.yaml"
 
+# Tiny models on 2 shared cores: one thread each is several times faster than two
+# threads contending (and subprocesses inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
 # Few epochs, small teachers: the suite checks behaviour, benchmarks check accuracy.
 FAST = [
     "optim.epochs=8",
+    "optim.batch_size=32",
     "ed.switch_epochs=[2, 5]",
     "teachers.models[0].train.epochs=4",
     "teachers.models[1].train.epochs=4",

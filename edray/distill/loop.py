@@ -304,7 +304,9 @@ def run_ed(
         if report:
             checkpoint = {
                 "format": CHECKPOINT_FORMAT, "method": plan.method, "epoch": epoch + 1, "grade": grade,
-                "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                # Copies, not views of live tensors: the next step must not change a
+                # checkpoint the caller still holds.
+                "student": copy.deepcopy(student.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict()),
                 "history": [asdict(m) for m in history], "rng": _rng_state(),
             }
             if epoch + 1 == spec.optim.epochs:

@@ -53,6 +53,7 @@ class SweepResult:
     best_val_acc: float | None
     wall_s: float
     best_spec_path: str | None = None
+    best_model_path: str | None = None
     final_test_acc_mean: float | None = None
     final_test_acc_std: float | None = None
     final_test_accs: list[float] = field(default_factory=list)
@@ -210,7 +211,8 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), _trial_resources(spec))
     callback = TrackingCallback(
-        tracker, resolve=lambda cfg: resolve_config(spec, cfg).model_dump(mode="json"), total_epochs=spec.optim.epochs
+        tracker, resolve=lambda cfg: resolve_config(spec, cfg).model_dump(mode="json"), total_epochs=spec.optim.epochs,
+        log_models="all" if spec.tracking.log_models == "all" else "none",
     )
     searcher, limited = _searcher(spec, max_concurrent)
     run_config = tune.RunConfig(
@@ -249,6 +251,8 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
             result.final_test_acc_mean = statistics.fmean(accs)
             result.final_test_acc_std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
         _finish_tracking(spec, tracker, grid, result, best_text, sweep_dir)
+    else:
+        tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="FAILED")
     result.wall_s = time.monotonic() - tic
     return result
 
@@ -286,7 +290,8 @@ def _collect(spec: Spec, grid, tracker, parent_id: str, tic: float) -> SweepResu
         status = _trial_status(metrics, r.error)
         config = {k: v for k, v in (r.config or {}).items()}
         epochs += int(metrics.get("epoch", 0))
-        rows.append({"status": status, "config": config, METRIC: metrics.get(METRIC)})
+        rows.append({"status": status, "config": config, METRIC: metrics.get(METRIC),
+                     "model_path": metrics.get("model_path")})
     done = [row for row in rows if row["status"] == "completed" and row[METRIC] is not None]
     best = max(done, key=lambda row: row[METRIC]) if done else None
     return SweepResult(
@@ -298,6 +303,7 @@ def _collect(spec: Spec, grid, tracker, parent_id: str, tic: float) -> SweepResu
         pruned=sum(row["status"] == "pruned" for row in rows),
         errored=sum(row["status"] == "errored" for row in rows),
         best_config=best["config"] if best else None,
+        best_model_path=best["model_path"] if best else None,
         best_val_acc=best[METRIC] if best else None,
         wall_s=time.monotonic() - tic,
         epochs_trained=epochs,
@@ -340,4 +346,6 @@ def _finish_tracking(spec: Spec, tracker, grid, result: SweepResult, best_text: 
     tracker.finish_sweep(
         best_config=result.best_config or {}, best_spec_yaml=best_text, results=results, figures=figures,
         summary=summary,
+        best_model_path=Path(result.best_model_path) if result.best_model_path and spec.tracking.log_models != "none"
+        else None,
     )

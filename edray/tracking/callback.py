@@ -1,0 +1,83 @@
+"""Ray Tune -> MLflow: a Tune callback that feeds a :class:`SweepTracker`.
+
+Tune calls its callbacks in the driver process, so the tracker is the only writer to
+the store (SQLite allows one). A tracking failure is logged and never stops a sweep:
+the trials' checkpoints are worth more than a missing chart. The callback pickles (Tune
+saves it in the experiment state), and after a restore its tracker finds the runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from edray.tracking.tracker import SweepTracker
+
+__all__ = ["EPOCH_METRICS", "TrackingCallback"]
+
+log = logging.getLogger(__name__)
+
+EPOCH_METRICS = ("val_acc", "val_acc_seen", "train_loss", "lr", "grade", "seen_classes", "epochs_in_grade", "epoch_s")
+
+
+class TrackingCallback(Callback):
+    """Log every Tune trial as a child run of the sweep's parent run.
+
+    Args:
+        tracker: the sweep's tracker, ``start_sweep`` already called.
+        resolve: a trial config (``spec path -> value``) -> the resolved spec as a dict.
+        total_epochs: a trial whose last epoch is below this was stopped early (pruned),
+            unless its results carry their own ``total_epochs``.
+        metrics: which numeric result keys are logged per epoch.
+        log_models: ``all`` logs each trial's ``model_path`` result as ``model/student.pt``;
+            ``best`` and ``none`` leave that to the end of the sweep.
+    """
+
+    def __init__(self, tracker: SweepTracker, *, resolve: Callable[[dict], dict], total_epochs: int,
+                 metrics: Sequence[str] = EPOCH_METRICS, log_models: str = "all"):
+        if log_models not in ("all", "best", "none"):
+            raise ValueError(f"log_models must be all, best or none, got {log_models!r}")
+        self.tracker = tracker
+        self.resolve = resolve
+        self.total_epochs = int(total_epochs)
+        self.metrics = tuple(metrics)
+        self.log_models = log_models
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        config = dict(trial.config or {})
+        try:
+            resolved = self.resolve(config)
+        except Exception as err:  # the trial itself will fail on the same config and say why
+            log.warning("trial %s: config does not resolve (%s); logging its params only", trial.trial_id, err)
+            resolved = {}
+        self._safely(trial, "start", lambda: self.tracker.trial_run(trial.trial_id, params=config,
+                                                                    resolved_spec=resolved))
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        epoch = result.get("epoch", result.get("training_iteration"))
+        if epoch is None:
+            return
+        values = {k: result[k] for k in self.metrics if k in result}
+        self._safely(trial, "result", lambda: self.tracker.log_epoch(trial.trial_id, values, epoch=int(epoch)))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        result = trial.last_result or {}
+        total = int(result.get("total_epochs", self.total_epochs))
+        status = "completed" if int(result.get("epoch", 0)) >= total else "pruned"
+        model = result.get("model_path") if self.log_models == "all" else None
+        self._safely(trial, "complete", lambda: self.tracker.end_trial(
+            trial.trial_id, status, model_path=Path(model) if model else None))
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._safely(trial, "error", lambda: self.tracker.end_trial(trial.trial_id, "errored"))
+
+    @staticmethod
+    def _safely(trial, event: str, call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except Exception:
+            log.exception("MLflow: could not record the %s of trial %s", event, trial.trial_id)

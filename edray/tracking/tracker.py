@@ -1,0 +1,475 @@
+"""MLflow records of a sweep: a parent run, one nested child run per trial.
+
+One experiment per spec; a parent run per sweep (tag ``edray.kind=sweep``) holding the
+spec, the best config, the results table and the figures; a child run per trial
+(``mlflow.parentRunId``) with flattened params, per-epoch metrics (step = epoch), a
+status tag, the resolved config and the trained student.
+
+Resume is the hard part, and why the tracker keeps state: a sweep restarted after a
+crash must find its parent and every child again (by the ``edray.trial_id`` tag),
+never create a second one, and never log an epoch twice. Trials re-run epochs since
+their last checkpoint, so the last logged step of each run is remembered (seeded from
+MLflow's metric history when a run is found again) and older epochs are skipped.
+
+Tune calls the tracker from its driver process only: there is one writer to the store.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import numbers
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from edray.errors import EdrayError
+from edray.tracking.secrets import redact
+from edray.tracking.uri import artifacts_are_local
+
+__all__ = ["TRIAL_STATUSES", "SweepTracker", "flatten", "mlflow_key"]
+
+log = logging.getLogger(__name__)
+
+TRIAL_STATUSES = {"completed": "FINISHED", "pruned": "FINISHED", "errored": "FAILED"}
+_MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value
+_MAX_TAG_VALUE = 8000
+_MAX_KEY = 250
+_BATCH = 100  # params / tags per log_batch request
+_TRIES = 3
+_BACKOFF_S = 0.5
+_TRANSIENT_CODES = {
+    "INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "IO_ERROR", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
+    "REQUEST_LIMIT_EXCEEDED", "ABORTED", "COULD_NOT_ACQUIRE_LOCK", "SERVICE_UNDER_MAINTENANCE",
+}
+_T = TypeVar("_T")
+
+
+def mlflow_key(path: str) -> str:
+    """A spec path as a valid MLflow param/metric key: ``ed.switch_epochs[0]`` -> ``ed.switch_epochs.0``.
+
+    MLflow keys allow letters, digits, ``_ - . / :`` and spaces only.
+    """
+    key = re.sub(r"\[(\d+)\]", r".\1", str(path))
+    key = re.sub(r"[^\w.\-/: ]", "_", key)
+    return key[:_MAX_KEY]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested mapping as ``{dotted.key: str}``: lists of scalars as one string, lists of
+    mappings indexed (``teachers.models.0.arch``), so each field is filterable in MLflow."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            if value:
+                out.update(flatten(value, f"{name}."))
+            else:
+                out[mlflow_key(name)] = "{}"
+        elif isinstance(value, list | tuple) and any(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    out.update(flatten(item, f"{name}.{i}."))
+                else:
+                    out[mlflow_key(f"{name}.{i}")] = _text(item)
+        else:
+            out[mlflow_key(name)] = _text(value)
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return json.dumps(list(value), default=str)
+    return str(value)
+
+
+def _clip(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def _is_transient(err: BaseException) -> bool:
+    if isinstance(err, MlflowException):
+        return err.error_code in _TRANSIENT_CODES or "database is locked" in str(err)
+    return isinstance(err, OSError | ConnectionError | TimeoutError)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def _numeric(values: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of ``values`` as floats (numpy scalars included, bools and text left out)."""
+    out = {}
+    for key, value in values.items():
+        number = _number(value)
+        if number is not None:
+            out[mlflow_key(key)] = number
+    return out
+
+
+def _metrics(values: dict[str, float], step: int) -> list[Metric]:
+    now = int(time.time() * 1000)
+    return [Metric(key, value, now, step) for key, value in values.items()]
+
+
+class SweepTracker:
+    """The MLflow records of one sweep (see the module docstring).
+
+    Args:
+        uri: MLflow tracking URI (see :func:`~edray.tracking.uri.resolve_tracking_uri`).
+        experiment: experiment name (one per spec); created if missing.
+        artifact_root: where a new experiment keeps its artifacts when no server decides
+            (database URIs): ``artifact_root / experiment``.
+        sleep: waits between tries of a failed MLflow call (tests pass a recorder).
+
+    Raises:
+        EdrayError: the experiment exists but was deleted.
+    """
+
+    def __init__(self, uri: str, experiment: str, *, artifact_root: Path | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        _quiet_mlflow()
+        self.uri = uri
+        self.experiment = experiment
+        self.client = MlflowClient(tracking_uri=uri)
+        self._sleep = sleep
+        self.experiment_id = self._experiment_id(experiment, artifact_root)
+        self.parent_run_id: str = ""
+        self._runs: dict[str, str] = {}  # trial id -> child run id
+        self._last_step: dict[str, int] = {}  # run id -> last epoch logged
+        self._pending: list[tuple[str, list[Metric]]] = []  # batches that failed every try
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray Tune pickles its callbacks into the experiment state: keep the ids, not the
+        client (a database engine does not pickle) nor the caches (re-read from MLflow)."""
+        return {"uri": self.uri, "experiment": self.experiment, "experiment_id": self.experiment_id,
+                "parent_run_id": self.parent_run_id, "pending": self._pending, "sleep": self._sleep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.uri = state["uri"]
+        self.experiment = state["experiment"]
+        self.experiment_id = state["experiment_id"]
+        self.parent_run_id = state["parent_run_id"]
+        self._pending = list(state["pending"])
+        self._sleep = state["sleep"]
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self._runs, self._last_step = {}, {}
+
+    # ------------------------------------------------------------------ experiment and parent
+
+    def _experiment_id(self, name: str, artifact_root: Path | None) -> str:
+        exp = self._retry(lambda: self.client.get_experiment_by_name(name))
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                raise EdrayError("tracking.experiment", f"experiment {name!r} was deleted in {self.uri}",
+                                 f"restore it (mlflow experiments restore --experiment-id {exp.experiment_id}) "
+                                 "or choose another tracking.experiment")
+            return exp.experiment_id
+        location = None
+        if artifact_root is not None and artifacts_are_local(self.uri):
+            location = (Path(artifact_root).expanduser().resolve() / mlflow_key(name).replace("/", "_")).as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.client.get_experiment_by_name(name).experiment_id  # created meanwhile by another driver
+
+    def start_sweep(self, *, run_name: str, spec_dict: dict, resume_run_id: str | None = None) -> str:
+        """Open the parent run and return its id; ``resume_run_id`` reopens that run.
+
+        The spec is logged as flattened params (redacted) and as ``spec.yaml``.
+
+        Raises:
+            EdrayError: ``resume_run_id`` is not a sweep of this experiment in this store.
+        """
+        if resume_run_id:
+            run = self._find_run(resume_run_id)
+            if run is None or run.info.experiment_id != self.experiment_id:
+                raise EdrayError("--resume", f"sweep run {resume_run_id} is not in experiment {self.experiment!r} "
+                                 f"of {self.uri}", "resume with the same tracking.uri, or start without --resume")
+            self.parent_run_id = resume_run_id
+            self._retry(lambda: self.client.update_run(resume_run_id, status="RUNNING"))
+            self._retry(lambda: self.client.set_tag(resume_run_id, "edray.status", "running"))
+            self._seed_children()
+            return resume_run_id
+        clean = redact(spec_dict)
+        tags = {"edray.kind": "sweep", "edray.status": "running", "edray.spec_name": str(spec_dict.get("name", ""))}
+        run = self._retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags))
+        self.parent_run_id = run.info.run_id
+        self._log_params(self.parent_run_id, flatten(clean))
+        self._retry(lambda: self.client.log_text(self.parent_run_id, _yaml(clean), "spec.yaml"))
+        return self.parent_run_id
+
+    def _find_run(self, run_id: str):
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise
+
+    def _seed_children(self) -> None:
+        for run in self._children():
+            trial_id = run.data.tags.get("edray.trial_id")
+            if trial_id and trial_id not in self._runs:
+                self._runs[trial_id] = run.info.run_id
+
+    def _children(self, trial_id: str | None = None) -> list:
+        query = f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"
+        if trial_id is not None:
+            query += f" and tags.`edray.trial_id` = '{_quote(trial_id)}'"
+        runs, token = [], None
+        while True:
+            page = self._retry(lambda: self.client.search_runs(
+                [self.experiment_id], filter_string=query, max_results=1000, page_token=token,
+                order_by=["attributes.start_time ASC"],
+            ))
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    # ------------------------------------------------------------------ trials
+
+    def trial_run(self, trial_id: str, *, params: dict, resolved_spec: dict) -> str:
+        """The child run of ``trial_id``: found again if this sweep already has one, else created.
+
+        Params are the searched values plus the flattened resolved spec (redacted); the
+        resolved spec is also logged as ``config.yaml``.
+        """
+        self._require_parent()
+        run_id = self._runs.get(trial_id)
+        if run_id is None:
+            found = self._children(trial_id)
+            if found:
+                run_id = found[0].info.run_id
+        if run_id is not None:
+            self._runs[trial_id] = run_id
+            self._seed_last_step(run_id)
+            self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+            self._retry(lambda: self.client.set_tag(run_id, "edray.status", "running"))
+            return run_id
+        tags = {"mlflow.parentRunId": self.parent_run_id, "edray.kind": "trial", "edray.trial_id": trial_id,
+                "edray.status": "running"}
+        run = self._retry(lambda: self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}", tags=tags))
+        run_id = run.info.run_id
+        self._runs[trial_id] = run_id
+        self._last_step[run_id] = -1
+        clean_spec = redact(resolved_spec)
+        values = flatten(clean_spec)
+        values.update({mlflow_key(k): _text(v) for k, v in redact(params).items()})
+        self._log_params(run_id, values)
+        if clean_spec:
+            self._retry(lambda: self.client.log_text(run_id, _yaml(clean_spec), "config.yaml"))
+        return run_id
+
+    def _run_for(self, trial_id: str) -> str:
+        """The child run of a trial seen first through a result (e.g. a tracker made after a crash)."""
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        return self.trial_run(trial_id, params={}, resolved_spec={})
+
+    def _seed_last_step(self, run_id: str) -> None:
+        if run_id in self._last_step:
+            return
+        run = self._retry(lambda: self.client.get_run(run_id))
+        last = -1
+        for key in run.data.metrics:
+            history = self._retry(lambda k=key: self.client.get_metric_history(run_id, k))
+            last = max([last, *(m.step for m in history)])
+        self._last_step[run_id] = last
+
+    def log_epoch(self, trial_id: str, metrics: dict[str, float], epoch: int) -> None:
+        """Log the numeric values of ``metrics`` at step ``epoch``, once per epoch.
+
+        An epoch at or before the last one logged for this trial is skipped (a trial
+        resumed from an older checkpoint repeats epochs). A batch that fails three
+        tries is kept and sent again with the next call, never dropped.
+        """
+        self._flush()
+        run_id = self._run_for(trial_id)
+        epoch = int(epoch)
+        if epoch <= self._last_step.get(run_id, -1):
+            return
+        batch = _metrics(_numeric(metrics), epoch)
+        self._last_step[run_id] = epoch
+        if batch:
+            self._send(run_id, batch)
+
+    def end_trial(self, trial_id: str, status: str, *, model_path: Path | None = None,
+                  final_metrics: dict | None = None) -> None:
+        """Close a trial's run: ``completed`` / ``pruned`` -> FINISHED, ``errored`` -> FAILED.
+
+        ``model_path`` is logged as ``model/student.pt``; ``final_metrics`` (numbers) at
+        the trial's last step.
+        """
+        if status not in TRIAL_STATUSES:
+            raise ValueError(f"status must be one of {sorted(TRIAL_STATUSES)}, got {status!r}")
+        run_id = self._run_for(trial_id)
+        self._flush()
+        if final_metrics:
+            batch = _metrics(_numeric(final_metrics), max(self._last_step.get(run_id, 0), 0))
+            if batch:
+                self._send(run_id, batch)
+        if model_path is not None:
+            self._log_file(run_id, Path(model_path), "model", "student.pt")
+        self._retry(lambda: self.client.set_tag(run_id, "edray.status", status))
+        self._retry(lambda: self.client.set_terminated(run_id, TRIAL_STATUSES[status]))
+
+    # ------------------------------------------------------------------ the end of the sweep
+
+    def finish_sweep(self, *, best_config: dict, best_spec_yaml: str, results: list[dict], figures: dict[str, Path],
+                     summary: dict, status: str = "FINISHED", best_model_path: Path | None = None) -> None:
+        """Close the parent run with the best config (params ``best.*`` and ``best.yaml``), the
+        results table (``results.csv``, ``results.json``), the figures (``figures/*.png``),
+        the numbers of ``summary`` as metrics and the rest as ``edray.summary.*`` tags.
+
+        A resumed sweep that finishes again keeps the first ``best.*`` params (MLflow params
+        are immutable); a changed best value goes to a ``best.*`` tag instead.
+        """
+        self._require_parent()
+        run_id = self.parent_run_id
+        self._flush()
+        if self._pending:
+            log.warning("MLflow: %d metric batches could not be logged", len(self._pending))
+        best = {f"best.{mlflow_key(k)}": _text(v) for k, v in redact(best_config).items()}
+        existing = self._retry(lambda: self.client.get_run(run_id)).data.params
+        fresh = {k: v for k, v in best.items() if k not in existing}
+        changed = {k: v for k, v in best.items() if k in existing and existing[k] != _clip(v, _MAX_PARAM_VALUE)}
+        self._log_params(run_id, fresh)
+        self._log_tags(run_id, changed)
+        if best_spec_yaml:
+            self._retry(lambda: self.client.log_text(run_id, _redact_yaml(best_spec_yaml), "best.yaml"))
+        rows = [redact(r) for r in results]
+        self._retry(lambda: self.client.log_text(run_id, json.dumps(rows, indent=2, default=str), "results.json"))
+        self._retry(lambda: self.client.log_text(run_id, _csv(rows), "results.csv"))
+        for name, path in figures.items():
+            self._log_file(run_id, Path(path), "figures", f"{mlflow_key(name)}{Path(path).suffix or '.png'}")
+        if best_model_path is not None:
+            self._log_file(run_id, Path(best_model_path), "model", "student.pt")
+        numeric = {k: v for k, v in _numeric(summary).items() if math.isfinite(v)}
+        if numeric:
+            self._send(run_id, _metrics(numeric, 0))
+        others = {f"edray.summary.{mlflow_key(k)}": _text(v) for k, v in redact(summary).items()
+                  if mlflow_key(k) not in numeric and v is not None}
+        self._log_tags(run_id, {**others, "edray.status": "finished" if status == "FINISHED" else status.lower()})
+        self._retry(lambda: self.client.set_terminated(run_id, status))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _require_parent(self) -> None:
+        if not self.parent_run_id:
+            raise RuntimeError("SweepTracker.start_sweep must be called first")
+
+    def _log_params(self, run_id: str, values: dict[str, str]) -> None:
+        params = [Param(k, _clip(v, _MAX_PARAM_VALUE)) for k, v in values.items()]
+        for i in range(0, len(params), _BATCH):
+            chunk = params[i:i + _BATCH]
+            self._retry(lambda c=chunk: self.client.log_batch(run_id, params=c))
+
+    def _log_tags(self, run_id: str, values: dict[str, str]) -> None:
+        tags = [RunTag(k, _clip(v, _MAX_TAG_VALUE)) for k, v in values.items()]
+        for i in range(0, len(tags), _BATCH):
+            chunk = tags[i:i + _BATCH]
+            self._retry(lambda c=chunk: self.client.log_batch(run_id, tags=c))
+
+    def _log_file(self, run_id: str, path: Path, folder: str, name: str) -> None:
+        if not path.is_file():
+            log.warning("MLflow: %s does not exist; not logged to %s/%s", path, folder, name)
+            return
+        if path.name == name:
+            self._retry(lambda: self.client.log_artifact(run_id, str(path), folder))
+            return
+        with tempfile.TemporaryDirectory() as tmp:  # log_artifact keeps the file's own name
+            staged = Path(tmp) / name
+            try:
+                staged.hardlink_to(path)
+            except OSError:
+                shutil.copyfile(path, staged)
+            self._retry(lambda: self.client.log_artifact(run_id, str(staged), folder))
+
+    def _send(self, run_id: str, batch: list[Metric]) -> None:
+        try:
+            self._retry(lambda: self.client.log_batch(run_id, metrics=batch))
+        except Exception as err:
+            if not _is_transient(err):
+                raise
+            log.warning("MLflow: could not log %d metrics of run %s (%s); will retry", len(batch), run_id, err)
+            self._pending.append((run_id, batch))
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for run_id, batch in pending:
+            self._send(run_id, batch)
+
+    def _retry(self, call: Callable[[], _T]) -> _T:
+        """``call()``, tried up to three times when MLflow or the network fails transiently."""
+        for attempt in range(1, _TRIES + 1):
+            try:
+                return call()
+            except Exception as err:
+                if attempt == _TRIES or not _is_transient(err):
+                    raise
+                self._sleep(_BACKOFF_S * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
+
+
+def _quote(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _yaml(tree: dict) -> str:
+    return yaml.safe_dump(tree, sort_keys=False, default_flow_style=None)
+
+
+def _redact_yaml(text: str) -> str:
+    """``text`` with secrets masked; the original text when nothing needed masking."""
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if not isinstance(tree, dict):
+        return text
+    clean = redact(tree)
+    return text if clean == tree else _yaml(clean)
+
+
+def _csv(rows: Iterable[dict]) -> str:
+    """The results table: one row per trial, ``config.*`` columns for the searched values."""
+    flat = []
+    for row in rows:
+        item = {k: v for k, v in row.items() if k != "config"}
+        item.update({f"config.{k}": v for k, v in (row.get("config") or {}).items()})
+        flat.append(item)
+    columns: list[str] = []
+    for item in flat:
+        columns.extend(k for k in item if k not in columns)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for item in flat:
+        writer.writerow({k: _text(v) if isinstance(v, list | tuple | dict) else v for k, v in item.items()})
+    return buf.getvalue()
+
+
+def _quiet_mlflow() -> None:
+    """MLflow prints its database migrations at INFO on every new store; they are noise here."""
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "alembic"):
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
