@@ -100,6 +100,14 @@ def _cmd_teach(args: argparse.Namespace) -> int:
     return 0
 
 
+def _teacher_source(spec) -> str:
+    if spec.method == "ce":
+        return "none"
+    if spec.teachers.logits == "precomputed":
+        return "precomputed logits (Arrow stores under WORKDIR/logits)"
+    return "live"
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from edray.distill.loop import EpochMetrics
     from edray.pipeline import train
@@ -116,7 +124,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if _progress_enabled(args):
         _log(f"training {spec.method} on {spec.dataset.name} ({spec.student.arch}, {spec.optim.epochs} epochs, "
-             f"teachers {spec.teachers.logits if spec.method != 'ce' else 'none'})")
+             f"teachers: {_teacher_source(spec)})")
     result = train(spec, workdir, device=_device(args), progress=show if _progress_enabled(args) else None)
     if args.save_model and result.model is not None:
         import torch

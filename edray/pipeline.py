@@ -52,15 +52,17 @@ def ensure_teachers(spec: Spec, data: DataSplits, workdir: Path, *, device: str 
 
 
 def make_teacher_logits(
-    spec: Spec, data: DataSplits, workdir: Path, *, device: str = "cpu"
+    spec: Spec, data: DataSplits, workdir: Path, *, device: str = "cpu", build_stores: bool = False
 ) -> TeacherLogits | None:
     """The source of teacher logits for ``spec.method``: None for ``ce``; the Arrow stores
     when ``teachers.logits`` is ``precomputed``; else the teachers themselves, live."""
     if spec.method == "ce":
         return None
     if spec.teachers.logits == "precomputed":
-        from edray.logits.precompute import open_teacher_stores
+        from edray.logits.precompute import open_teacher_stores, precompute_stores
 
+        if build_stores:
+            precompute_stores(spec, data, workdir, device=device)  # finds finished stores at once
         return open_teacher_stores(spec, data, workdir, device=device)
     plan = make_plan(spec, data.num_classes)
     needed = sorted({i for group in plan.group_teachers for i in group})
@@ -81,5 +83,5 @@ def train(
 ) -> RunResult:
     """One training run of ``spec.method`` with the spec's teachers."""
     data = data or load_data(spec.dataset)
-    teachers = make_teacher_logits(spec, data, workdir, device=device)
+    teachers = make_teacher_logits(spec, data, workdir, device=device, build_stores=True)
     return run_ed(spec, data, teachers, report=report, device=device, progress=progress, evaluate_test=evaluate_test)

@@ -64,11 +64,20 @@ def compile_space(spec: Spec) -> DefineByRun:
     for p in spec.search.params:
         if p.type == "switch_epochs":
             _switch_bounds(spec, p)
-    params = list(spec.search.params)
+    return _DefineByRun(spec)
 
-    def define(trial: optuna.Trial) -> dict[str, Any]:
+
+class _DefineByRun:
+    """The compiled space as a picklable callable: Tune checkpoints its searcher, and
+    with it this function, so that a sweep can resume."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        spec = self.spec
         constants: dict[str, Any] = {}
-        for p in params:
+        for p in spec.search.params:
             if p.type == "int":
                 trial.suggest_int(p.path, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
             elif p.type == "float":
@@ -92,8 +101,6 @@ def compile_space(spec: Spec) -> DefineByRun:
                     used += trial.suggest_float(f"{p.path}[{k}]", lo, max(lo, hi))
                 constants[f"{p.path}[{g - 1}]"] = round(1.0 - used, 10)
         return constants
-
-    return define
 
 
 def resolve_config(base: Spec | dict, config: dict[str, Any]) -> Spec:

@@ -115,6 +115,7 @@ def _searcher(spec: Spec, max_concurrent: int):
 
     from edray.distributed.searcher import GradeAwareOptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = spec.search
     points = search.points_to_evaluate
     if points is None:
@@ -232,7 +233,6 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=limited, scheduler=_scheduler(spec), num_samples=num_samples, reuse_actors=True,
-                metric=METRIC, mode="max",
             ),
             run_config=run_config,
         )
