@@ -227,6 +227,23 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from edray.ui import serve_ui
+    from edray.workdir import resolve_workdir
+
+    return serve_ui(resolve_workdir(args.workdir), port=args.port, host=args.host, tracking_uri=args.tracking_uri)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from edray.report import write_report
+    from edray.workdir import resolve_workdir
+
+    out = write_report(args.experiment, resolve_workdir(args.workdir), Path(args.output),
+                       tracking_uri=args.tracking_uri)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edray", description="Tune Education Distillation recipes at cluster scale.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -271,6 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the workdir's)")
     _add_common(p, spec=False)
     p.set_defaults(func=_cmd_best)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on the work directory's store (127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, metavar="P", help="port (default 5000)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else is "
+                   "reachable from the network)")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow store (default: $MLFLOW_TRACKING_URI or the workdir's)")
+    _add_common(p, spec=False)
+    p.set_defaults(func=_cmd_ui)
+
+    p = sub.add_parser("report", help="write one self-contained HTML page about a sweep")
+    p.add_argument("experiment", metavar="EXPERIMENT", help="MLflow experiment (the spec's name)")
+    p.add_argument("-o", "--output", default="report.html", metavar="FILE", help="where to write it (default report.html)")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow store (default: $MLFLOW_TRACKING_URI or the workdir's)")
+    _add_common(p, spec=False)
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

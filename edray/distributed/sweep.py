@@ -236,7 +236,12 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
             ),
             run_config=run_config,
         )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        # The parent run must not stay RUNNING forever; --resume reopens it.
+        tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="KILLED")
+        raise
     result = _collect(spec, grid, tracker, parent_id, tic)
 
     if result.best_config is not None:

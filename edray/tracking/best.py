@@ -17,6 +17,7 @@ def best_spec_yaml(experiment: str, workdir: Path, *, tracking_uri: str | None =
     Raises:
         EdrayError: no such experiment, or no sweep of it has finished.
     """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workdir}/mlflow.db"
