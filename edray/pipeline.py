@@ -61,7 +61,7 @@ def make_teacher_logits(
     if spec.teachers.logits == "precomputed":
         from edray.logits.precompute import open_teacher_stores, precompute_stores
 
-        if build_stores:
+        if build_stores and spec.teachers.store_uri is None:
             precompute_stores(spec, data, workdir, device=device)  # finds finished stores at once
         return open_teacher_stores(spec, data, workdir, device=device)
     plan = make_plan(spec, data.num_classes)

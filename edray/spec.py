@@ -100,6 +100,8 @@ class TeachersSpec(_Strict):
     mode: Literal["per_group", "shared"] = "shared"
     logits: Literal["live", "precomputed"] = Field("live", description="run teachers live, or read an Arrow store")
     views: int = Field(8, ge=1, description="precomputed views per training sample (view 0 is unaugmented)")
+    store_uri: str | None = Field(None, description="where the logit stores are read from, e.g. s3://bucket/logits; "
+                                  "default WORKDIR/logits")
     view_seed: int = Field(0, description="seed of the augmentation views, apart from the training seed so that "
                            "runs of several seeds share one logit store")
     models: list[TeacherSpec] = Field(min_length=1)

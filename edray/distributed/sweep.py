@@ -167,7 +167,7 @@ def _prepare_teachers(spec: Spec, workdir: Path, log: Callable[[str], None]) -> 
         return
     data = load_data(spec.dataset)
     ensure_teachers(spec, data, workdir, progress=log)
-    if spec.teachers.logits == "precomputed":
+    if spec.teachers.logits == "precomputed" and spec.teachers.store_uri is None:
         from edray.logits.precompute import precompute_stores
 
         precompute_stores(spec, data, workdir, progress=log)

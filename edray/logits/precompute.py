@@ -61,8 +61,9 @@ def store_key(spec: Spec, teacher: TeacherCheckpoint, data: DataSplits, split: s
     )
 
 
-def _store_root(workdir: Path) -> Path:
-    return workdir / "logits"
+def _store_root(spec: Spec, workdir: Path) -> str:
+    """``teachers.store_uri`` (a local path or s3:// / gs:// URI), else ``WORKDIR/logits``."""
+    return spec.teachers.store_uri or str(workdir / "logits")
 
 
 @torch.no_grad()
@@ -108,7 +109,7 @@ def precompute_stores(
                     progress(f"teacher {i} {split}: shard {done}/{total}")
 
             path = write_store(
-                _store_root(workdir), key, rows=len(images), views=v, outputs=len(teacher.classes),
+                _store_root(spec, workdir), key, rows=len(images), views=v, outputs=len(teacher.classes),
                 sample_ids=torch.arange(len(images)), compute_shard=_teacher_logits(spec, teacher, images, v, device),
                 progress=shard_progress,
             )
@@ -131,7 +132,7 @@ def open_teacher_stores(spec: Spec, data: DataSplits, workdir: Path, *, device: 
     for i in needed:
         teacher = load_teacher(spec, i, data, workdir, device=device)
         key = store_key(spec, teacher, data, "train", views=spec.teachers.views)
-        stores[i] = open_store(_store_root(workdir) / key.name, key)
+        stores[i] = open_store(f"{_store_root(spec, workdir).rstrip('/')}/{key.name}", key)
         classes[i] = teacher.classes
     return StoreTeachers(stores, classes, plan.classes.groups, plan.group_teachers)
 
