@@ -201,14 +201,14 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
         run_name=run_name, spec_dict=spec.model_dump(mode="json"), resume_run_id=state.get("parent_run_id")
     )
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    storage = str(workdir / "ray_results")
-    state = {"run_name": run_name, "parent_run_id": parent_id, "experiment_path": str(Path(storage) / run_name)}
+    storage = _storage_root(workdir, "ray_results")
+    state = {"run_name": run_name, "parent_run_id": parent_id, "experiment_path": f"{storage.rstrip('/')}/{run_name}"}
     _write_json(state_path, state)
 
     _init_ray(options.address)
     ctx = TrialContext(
         base_spec=spec.model_dump(mode="json"), workdir=str(workdir), models_dir=str(sweep_dir / "models" / run_name),
-        train_storage=str(workdir / "ray_train"),
+        train_storage=_storage_root(workdir, "ray_train"),
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), _trial_resources(spec))
     callback = TrackingCallback(
@@ -260,6 +260,14 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
         tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="FAILED")
     result.wall_s = time.monotonic() - tic
     return result
+
+
+def _storage_root(workdir: Path, name: str) -> str:
+    """Where Tune and Train keep trial state: ``$EDRAY_SHARED/<name>`` on a cluster (an
+    s3:// or gs:// prefix, or a shared mount, so a trial can restart on another node),
+    else under the work directory."""
+    shared = os.environ.get("EDRAY_SHARED")
+    return f"{shared.rstrip('/')}/{name}" if shared else str(workdir / name)
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -1,0 +1,10 @@
+"""Ray cluster files (``clusters/*.yaml``) and their offline validator.
+
+``validate_cluster_file`` checks a cluster-launcher file (``ray up``) or a KubeRay manifest
+without cloud credentials, so that ``edray validate clusters/aws.yaml`` fails in a second
+instead of minutes into a billed ``ray up``.
+"""
+
+from edray.clusters.validate import ClusterKind, validate_cluster_file
+
+__all__ = ["ClusterKind", "validate_cluster_file"]
