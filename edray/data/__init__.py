@@ -1,0 +1,26 @@
+"""Datasets (read from disk, never downloaded), train/val/test carving, replayable views.
+
+Importing this package registers every dataset in :data:`DATASETS`.
+"""
+
+from edray.data import cifar100, digits, folders, synthetic  # noqa: F401  (register the datasets)
+from edray.data.groups import ClassGroups, split_classes
+from edray.data.imagesets import FileImageSet, ImageSet, TensorImageSet, iterate_batches, subset
+from edray.data.splits import DATASETS, DataSplits, load_data
+from edray.data.views import ViewParams, apply_views, view_params
+
+__all__ = [
+    "DATASETS",
+    "ClassGroups",
+    "DataSplits",
+    "FileImageSet",
+    "ImageSet",
+    "TensorImageSet",
+    "ViewParams",
+    "apply_views",
+    "iterate_batches",
+    "load_data",
+    "split_classes",
+    "subset",
+    "view_params",
+]

@@ -1,0 +1,146 @@
+"""Replayable augmentation views (DESIGN §3).
+
+A view's crop offset and flip are a pure function of ``(seed, sample id, view)``, computed
+with a counter-based hash (splitmix64) instead of a random generator. A teacher's logits
+precomputed for view v of sample i are therefore computed on exactly the pixels the
+student sees when it later draws view v of sample i, in any process, on any machine, and
+without touching (or depending on) any global RNG state.
+
+View 0 is the evaluation view: the centred crop of the padded image (the image itself),
+never flipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edray.spec import AugmentSpec
+
+__all__ = ["ViewParams", "apply_views", "counter_hash", "view_params"]
+
+_MASK = (1 << 64) - 1
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
+_MUL2 = np.uint64(0x94D049BB133111EB)
+# Salts that make the dx, dy and flip draws independent hashes of the same key.
+_SALT_DX, _SALT_DY, _SALT_FLIP = 1, 2, 3
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser on a uint64 array (wraps modulo 2**64, as intended)."""
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MUL1
+        z = (z ^ (z >> np.uint64(27))) * _MUL2
+        return z ^ (z >> np.uint64(31))
+
+
+def _as_u64(value: int | torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(value, int):
+        return np.array(value & _MASK, dtype=np.uint64)
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.dtype.kind == "u":
+        return arr.astype(np.uint64)
+    if arr.dtype.kind != "i":
+        raise TypeError(f"hash keys must be integers, got dtype {arr.dtype}")
+    # Two's-complement reinterpretation keeps negative keys distinct from positive ones.
+    return arr.astype(np.int64).view(np.uint64)
+
+
+def counter_hash(*keys: int | torch.Tensor | np.ndarray) -> np.ndarray:
+    """A 64-bit hash of a tuple of integer keys, broadcast over array keys.
+
+    Chained splitmix64: ``h = mix(mix(mix(k0) ^ k1) ^ k2)...``. Pure and stateless, so
+    equal keys give equal hashes everywhere.
+    """
+    if not keys:
+        raise ValueError("counter_hash needs at least one key")
+    h = _splitmix64(_as_u64(keys[0]))
+    for key in keys[1:]:
+        h = _splitmix64(h ^ _as_u64(key))
+    return np.atleast_1d(h)
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    """Per-sample crop offsets into the padded image and flips.
+
+    Attributes:
+        dx: column of the crop's left edge in the padded image, int64 [B], in [0, 2 * pad].
+        dy: row of the crop's top edge, int64 [B], in [0, 2 * pad].
+        flip: horizontal flip after the crop, bool [B].
+    """
+
+    dx: torch.Tensor
+    dy: torch.Tensor
+    flip: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.dx)
+
+
+def view_params(seed: int, sample_ids: torch.Tensor, views: torch.Tensor | int, aug: AugmentSpec) -> ViewParams:
+    """Crop offsets and flips of ``views`` (one per sample, or one for all) of ``sample_ids``.
+
+    The crop offset is uniform over the ``2 * crop_padding + 1`` positions per axis; the
+    flip is a fair coin when ``aug.hflip`` is on and never otherwise. View 0 is always
+    the centre crop without flip, whatever the seed.
+    """
+    ids = torch.as_tensor(sample_ids, dtype=torch.long).reshape(-1)
+    view = torch.as_tensor(views, dtype=torch.long).reshape(-1)
+    if view.numel() == 1:
+        view = view.expand(len(ids))
+    if len(view) != len(ids):
+        raise ValueError(f"views has {len(view)} entries for {len(ids)} sample ids")
+    if (view < 0).any():
+        raise ValueError("views must be >= 0 (0 is the evaluation view)")
+    pad = aug.crop_padding
+    key = counter_hash(int(seed), ids, view)
+    span = np.uint64(2 * pad + 1)
+    dx = torch.from_numpy((counter_hash(key, _SALT_DX) % span).astype(np.int64))
+    dy = torch.from_numpy((counter_hash(key, _SALT_DY) % span).astype(np.int64))
+    if aug.hflip:
+        flip = torch.from_numpy((counter_hash(key, _SALT_FLIP) >> np.uint64(63)).astype(bool))
+    else:
+        flip = torch.zeros(len(ids), dtype=torch.bool)
+    evaluation = view == 0
+    dx = torch.where(evaluation, pad, dx)
+    dy = torch.where(evaluation, pad, dy)
+    flip = flip & ~evaluation
+    return ViewParams(dx=dx, dy=dy, flip=flip)
+
+
+def apply_views(images: torch.Tensor, params: ViewParams, aug: AugmentSpec) -> torch.Tensor:
+    """Zero-pad by ``crop_padding``, crop H x W at ``(dy, dx)``, flip where ``flip``.
+
+    Images are normalised before this, so the zero padding is the dataset mean. One
+    gather for the whole batch: no Python loop over samples.
+
+    Args:
+        images: float [B, C, H, W].
+        params: from :func:`view_params`, one entry per image.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
+    b, _, h, w = images.shape
+    if len(params) != b:
+        raise ValueError(f"{len(params)} view params for a batch of {b} images")
+    pad = aug.crop_padding
+    device = images.device
+    dx, dy, flip = params.dx.to(device), params.dy.to(device), params.flip.to(device)
+    if pad == 0 and not bool(flip.any()):
+        return images
+    padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
+    cols = torch.arange(w, device=device)
+    cols = torch.where(flip[:, None], (w - 1) - cols, cols) + dx[:, None]  # [B, W]
+    rows = torch.arange(h, device=device)[None, :] + dy[:, None]  # [B, H]
+    batch = torch.arange(b, device=device)[:, None, None]
+    # Advanced indices around a slice put the indexed dims first: [B, H, W, C].
+    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
