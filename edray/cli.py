@@ -7,6 +7,7 @@ at run time. The traceback is shown only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -48,10 +49,18 @@ def _device(args: argparse.Namespace) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, *, check: bool = True):
+    """The validated spec; ``check`` also runs :func:`~edray.preflight.preflight` (names
+    that must exist, data on disk, grades that fit), so a mistake fails before any work."""
     from edray.spec import load_spec
 
-    return load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, args.overrides)
+    if check:
+        from edray.preflight import preflight
+
+        preflight(spec, search=args.command in ("validate", "sweep"),
+                  offline=args.command == "validate" or getattr(args, "dry_run", False))
+    return spec
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -130,8 +139,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         import torch
 
         out = Path(args.save_model)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(result.model, out)
+        tmp = out.with_name(f".{out.name}.tmp")
+        buf = io.BytesIO()
+        torch.save(result.model, buf)  # in memory: torch's zip writer reports a full disk as a RuntimeError
+        try:  # beside the target, then renamed: a full disk leaves no half model that loads later
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(buf.getbuffer())
+            tmp.replace(out)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise EdrayError("--save-model", f"cannot write {out} ({err.strerror or err})",
+                             "free space or choose another path") from None
     summary = result.summary()
     if args.json:
         print(json.dumps(summary))
@@ -146,7 +164,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from edray.distributed.sweep import SweepOptions, run_sweep
     from edray.workdir import resolve_workdir
 
-    spec = _load(args)
+    spec = _load(args, check=args.dry_run)  # run_sweep runs the same checks itself
     if spec.search is None:
         raise EdrayError("search", f"{args.spec} has no search section", "add search.params (see search_spaces/digits.yaml)")
     if args.num_samples is not None and args.num_samples < 1:
@@ -320,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     except EdrayError as err:
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).splitlines())}", file=sys.stderr)  # one line, always
         return err.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

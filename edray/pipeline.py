@@ -12,7 +12,14 @@ from pathlib import Path
 from edray.data import DataSplits, load_data
 from edray.distill.loop import EpochMetrics, ReportFn, RunResult, run_ed
 from edray.distill.plan import make_plan
-from edray.distill.teachers import LiveTeachers, TeacherCheckpoint, TeacherLogits, load_teacher, teacher_path, train_teacher
+from edray.distill.teachers import (
+    LiveTeachers,
+    TeacherCheckpoint,
+    TeacherLogits,
+    load_teacher,
+    teacher_path,
+    train_teacher,
+)
 from edray.spec import Spec
 
 __all__ = ["ensure_teachers", "make_teacher_logits", "teach", "train"]
@@ -63,7 +70,9 @@ def make_teacher_logits(
 
         if build_stores and spec.teachers.store_uri is None:
             precompute_stores(spec, data, workdir, device=device)  # finds finished stores at once
-        return open_teacher_stores(spec, data, workdir, device=device)
+        # A run that builds its stores also checks the ones it did not build (store_uri).
+        verify = build_stores and spec.teachers.store_uri is not None
+        return open_teacher_stores(spec, data, workdir, device=device, verify=verify)
     plan = make_plan(spec, data.num_classes)
     needed = sorted({i for group in plan.group_teachers for i in group})
     loaded = {i: load_teacher(spec, i, data, workdir, device=device) for i in needed}

@@ -8,11 +8,12 @@ allowed, so that ``edray validate`` can print one line and exit 2.
 from __future__ import annotations
 
 import functools
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from edray.errors import EdrayError
 
@@ -37,8 +38,37 @@ __all__ = [
 Method = Literal["ed", "kd", "mtkd", "ce"]
 
 
+def _takes_numbers(annotation: Any) -> bool:
+    """True for ``int`` / ``float`` fields, also inside ``X | None``, ``list[X]`` and ``dict[str, X]``."""
+    origin = get_origin(annotation)
+    if origin in (list, dict):
+        return _takes_numbers(get_args(annotation)[-1])
+    if origin in (Union, types.UnionType):
+        return any(_takes_numbers(a) for a in get_args(annotation) if a is not type(None))
+    return annotation in (int, float)
+
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(isinstance(v, bool) for v in value)
+    if isinstance(value, dict):
+        return any(isinstance(v, bool) for v in value.values())
+    return isinstance(value, bool)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and inf are refused everywhere: a NaN temperature or ratio passes every "> 0"
+    # and "sums to 1" check and only shows up as a NaN loss hours later.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML reads yes/no/true as booleans, and pydantic would quietly take them as 1 and 0.
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _holds_bool(value) and _takes_numbers(field.annotation):
+            raise ValueError(f"must be a number, not a boolean (got {value!r})")
+        return value
 
 
 class AugmentSpec(_Strict):
@@ -79,6 +109,7 @@ class TrainRecipe(_Strict):
     batch_size: int = Field(64, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
+    seed: int = Field(0, description="teacher's own seed: runs of several student seeds share one teacher")
 
 
 class TeacherSpec(_Strict):
@@ -262,6 +293,14 @@ class ScalingSpec(_Strict):
         "auto", description="auto: single-worker trials train inside the Tune trial, others via TorchTrainer"
     )
 
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _resources_non_negative(cls, resources: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in resources.items() if v < 0}
+        if bad:
+            raise ValueError(f"resources must be >= 0, got {bad}")
+        return resources
+
 
 class TrackingSpec(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or WORKDIR/mlflow.db")
@@ -299,6 +338,12 @@ class Spec(_Strict):
             raise ValueError("method kd distils from one full-class teacher: set teachers.mode to shared")
         if self.optim.schedule.kind == "multistep" and any(m >= self.optim.epochs for m in self.optim.schedule.milestones):
             raise ValueError(f"optim.schedule.milestones must be < optim.epochs ({self.optim.epochs})")
+        workers = self.scaling.num_workers
+        if workers > 1 and self.scaling.trainer != "inline" and self.optim.batch_size % workers:
+            # Every global batch is cut into equal slices, one per worker (see distill.loop._shard).
+            raise ValueError(
+                f"optim.batch_size ({self.optim.batch_size}) must be a multiple of scaling.num_workers ({workers})"
+            )
         return self
 
 
@@ -311,7 +356,8 @@ def _format_loc(loc: tuple) -> str:
         if isinstance(item, int):
             parts.append(f"[{item}]")
         elif isinstance(item, str) and not item.startswith(("function-", "literal[", "list[", "union[")):
-            parts.append(("." if parts else "") + item)
+            # A key with a newline or no characters would break the one-line error: quote it.
+            parts.append(("." if parts else "") + (item if item.isprintable() and item.strip() else repr(item)))
     return "".join(parts)
 
 
@@ -424,6 +470,24 @@ def _split_path(path: str) -> list[str | int]:
     return keys
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping.
+
+    Plain YAML keeps the last value silently, so a spec with ``alpha`` twice runs with
+    whichever came last. Keys brought in by a ``<<`` merge may still be overridden.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        keys = [k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]
+        values = [self.construct_object(k, deep=True) for k in keys]
+        for i, key in enumerate(values):
+            if key in values[:i]:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"duplicate key {key!r}", keys[i].start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 @functools.cache
 def _defaults_tree() -> dict:
     """Every known key of the schema, as a nested dict, for override checking."""
@@ -451,11 +515,12 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     if not path.is_file():
         raise EdrayError(str(path), "no such spec file", "give the path of a YAML spec, e.g. search_spaces/digits.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise EdrayError(where, f"invalid YAML ({getattr(err, 'problem', err)})", "fix the YAML syntax") from None
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())  # one line, whatever YAML says
+        raise EdrayError(where, f"invalid YAML ({problem})", "fix the YAML syntax") from None
     except (OSError, UnicodeDecodeError) as err:
         raise EdrayError(str(path), f"cannot read ({err})", "check the file") from None
     if data is None:

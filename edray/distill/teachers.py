@@ -11,6 +11,7 @@ k's classes", answered by :class:`LiveTeachers` or by a precomputed Arrow store.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -78,7 +79,6 @@ def _identity(spec: Spec, index: int, data: DataSplits, classes: list[int]) -> s
             "data": data.fingerprint,
             "augmentation": spec.dataset.augmentation.model_dump(),
             "classes": classes,
-            "seed": spec.seed,
             "index": index,
         },
         sort_keys=True,
@@ -161,7 +161,7 @@ def train_teacher(
     val = subset(data.val, _rows_of(data.val.labels, classes))
     train_y, val_y = local_of[train.labels], local_of[val.labels]
 
-    torch.manual_seed(spec.seed * 1000 + index)
+    torch.manual_seed(t.train.seed * 1000 + index)
     model = build_backbone(t.arch, num_classes=len(classes), in_channels=data.in_channels, image_size=data.image_size)
     model.to(device)
     optim = OptimSpec(
@@ -178,11 +178,11 @@ def train_teacher(
     for epoch in range(t.train.epochs):
         model.train()
         set_lr(optimizer, lr_at(optim, epoch))
-        gen = torch.Generator().manual_seed(spec.seed * 7919 + index * 104729 + epoch)
+        gen = torch.Generator().manual_seed(t.train.seed * 7919 + index * 104729 + epoch)
         order = torch.randperm(len(train), generator=gen)
         for x, _, idx in iterate_batches(train, order, t.train.batch_size, num_workers=spec.optim.num_workers):
             views = torch.randint(1, 2**31 - 1, (len(idx),), generator=gen)
-            x = apply_views(x, view_params(spec.seed + index + 1, idx, views, aug), aug).to(device)
+            x = apply_views(x, view_params(t.train.seed + index + 1, idx, views, aug), aug).to(device)
             loss = F.cross_entropy(model(x), train_y[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -200,11 +200,20 @@ def train_teacher(
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    """Write to a temp file beside ``path`` and rename, so a crash leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write to a temp file beside ``path`` and rename, so a crash leaves no half file.
+
+    The checkpoint is serialised in memory first: torch's zip writer reports a full disk
+    as a RuntimeError ("unexpected pos"), a plain write as the OSError it is.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     try:
-        torch.save(obj, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)

@@ -50,6 +50,45 @@ def _check_paths(spec: Spec) -> None:
             if p.low * g > 1 + 1e-9 or p.high * g < 1 - 1e-9:
                 raise EdrayError(f"search.params[{i}]", f"{g} ratios in [{p.low}, {p.high}] cannot sum to 1",
                                  "widen low/high")
+        if p.type in ("int", "float", "categorical"):
+            for value in p.choices if p.type == "categorical" else (p.low, p.high):
+                _check_value(spec, i, p, int(value) if p.type == "int" else value)
+    _check_points(spec)
+
+
+def _check_value(spec: Spec, index: int, p: SearchParam, value: Any) -> None:
+    """A bound or choice must be a valid value of its field, or some trials fail after the
+    sweep has started. Checks across fields (a switch past the epochs) are left to the trial."""
+    try:
+        resolve_config(spec, {p.path: value})
+    except EdrayError as err:
+        if err.path == p.path:
+            raise EdrayError(f"search.params[{index}]", f"{p.path} = {value!r} is not allowed ({err.problem})",
+                             "keep low/high or choices inside the field's valid range") from None
+
+
+def _drawn_names(spec: Spec) -> set[str]:
+    """The names the compiled space draws: ``ed.alpha``, ``ed.switch_epochs[0]``, ..."""
+    names: set[str] = set()
+    grades = spec.ed.grades
+    for p in spec.search.params:
+        count = {"switch_epochs": grades - 1, "temperatures": grades, "split_ratios": grades - 1}.get(p.type)
+        names.update([p.path] if count is None else (f"{p.path}[{i}]" for i in range(count)))
+    return names
+
+
+def _check_points(spec: Spec) -> None:
+    """``search.points_to_evaluate``: a misspelt name would be ignored by Optuna, silently."""
+    names = _drawn_names(spec)
+    for j, point in enumerate(spec.search.points_to_evaluate or []):
+        where = f"search.points_to_evaluate[{j}]"
+        unknown = sorted(set(point) - names)
+        if unknown:
+            raise EdrayError(where, f"{unknown[0]!r} is not a searched value", f"use some of {sorted(names)}")
+        try:
+            resolve_config(spec, point)
+        except EdrayError as err:
+            raise EdrayError(where, f"does not give a valid spec ({err.path}: {err.problem})", "fix the values") from None
 
 
 def compile_space(spec: Spec) -> DefineByRun:

@@ -167,10 +167,13 @@ def _prepare_teachers(spec: Spec, workdir: Path, log: Callable[[str], None]) -> 
         return
     data = load_data(spec.dataset)
     ensure_teachers(spec, data, workdir, progress=log)
-    if spec.teachers.logits == "precomputed" and spec.teachers.store_uri is None:
-        from edray.logits.precompute import precompute_stores
+    if spec.teachers.logits == "precomputed":
+        from edray.logits.precompute import open_teacher_stores, precompute_stores
 
-        precompute_stores(spec, data, workdir, progress=log)
+        if spec.teachers.store_uri is None:
+            precompute_stores(spec, data, workdir, progress=log)  # builds, or hashes what is there
+        else:  # read-only stores built elsewhere: check every byte once, before any trial reads them
+            open_teacher_stores(spec, data, workdir, verify=True)
 
 
 def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable[[str], None] = print) -> SweepResult:
@@ -179,6 +182,9 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
         raise EdrayError("search", "the spec has no search section", "add search.params (see search_spaces/digits.yaml)")
     tic = time.monotonic()
     compile_space(spec)  # validate the space before anything starts
+    from edray.preflight import preflight
+
+    preflight(spec)  # unknown names, missing data, grades that do not fit: before any teacher trains
     num_samples = options.num_samples or spec.search.num_samples
     max_concurrent = options.max_concurrent or spec.search.max_concurrent
     sweep_dir = _sweep_dir(spec, workdir)
@@ -248,7 +254,7 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
         best = best_spec_dict(spec, result.best_config)
         best_path = sweep_dir / "best.yaml"
         best_text = yaml.safe_dump(best, sort_keys=False)
-        best_path.write_text(best_text)
+        _write_text(best_path, best_text)
         result.best_spec_path = str(best_path)
         if options.final_eval and spec.search.final_eval.seeds > 0:
             accs = _final_eval(best, spec.search.final_eval.seeds, workdir, log)
@@ -271,10 +277,21 @@ def _storage_root(workdir: Path, name: str) -> str:
 
 
 def _write_json(path: Path, obj: dict) -> None:
+    _write_text(path, json.dumps(obj, indent=2))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Temp file, then rename: a full disk leaves the old file or none, never a truncated
+    one (a truncated best.yaml can still parse, with the cut-off fields at their defaults)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise EdrayError(str(path), f"cannot write ({err.strerror or err})",
+                         "free space or choose another --workdir") from None
 
 
 def _reporter():

@@ -29,6 +29,7 @@ import torch
 from edray.data import DataSplits, load_data
 from edray.distill.loop import DistContext, run_ed
 from edray.distill.plan import make_plan
+from edray.distributed.faults import maybe_die, note_resume
 from edray.distributed.space import resolve_config
 from edray.pipeline import make_teacher_logits
 from edray.spec import DatasetSpec, Spec
@@ -101,8 +102,10 @@ def _train(spec: Spec, ctx: TrialContext, *, trial_id: str, dist: DistContext, r
     data = _cached_data(spec.dataset.model_dump_json())
     teachers = make_teacher_logits(spec, data, Path(ctx.workdir), device=_device(spec))
     resume = _load_state(checkpoint)
+    note_resume(resume, dist.rank)  # fault-injection tests only (see distributed/faults.py)
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        maybe_die(metrics["epoch"], dist.rank)  # fault-injection tests only
         metrics = _extra_metrics(spec, metrics)
         final = state.pop("final_model", None) if state else None
         if final is not None and dist.rank == 0:

@@ -66,11 +66,11 @@ def _store_root(spec: Spec, workdir: Path) -> str:
     return spec.teachers.store_uri or str(workdir / "logits")
 
 
-@torch.no_grad()
 def _teacher_logits(spec: Spec, teacher: TeacherCheckpoint, images: ImageSet, views: int, device: str):
     aug = spec.dataset.augmentation
     model = teacher.model.to(device).eval()
 
+    @torch.no_grad()  # here, not on the outer function: the writer calls this later, outside it
     def compute(start: int, stop: int) -> torch.Tensor:
         out = torch.empty(stop - start, views, len(teacher.classes))
         for s in range(start, stop, _BATCH):
@@ -118,8 +118,12 @@ def precompute_stores(
     return out
 
 
-def open_teacher_stores(spec: Spec, data: DataSplits, workdir: Path, *, device: str = "cpu") -> StoreTeachers:
-    """The train stores of the method's teachers, checked against this run's key.
+def open_teacher_stores(
+    spec: Spec, data: DataSplits, workdir: Path, *, device: str = "cpu", verify: bool = False
+) -> StoreTeachers:
+    """The train stores of the method's teachers, checked against this run's key
+    (``verify``: every shard hashed too, which finds bit flips; the sweep driver does it
+    once for stores it did not build, e.g. read from ``teachers.store_uri``).
 
     Raises:
         EdrayError: a store is missing (run ``edray precompute``) or was built for another
@@ -132,7 +136,7 @@ def open_teacher_stores(spec: Spec, data: DataSplits, workdir: Path, *, device: 
     for i in needed:
         teacher = load_teacher(spec, i, data, workdir, device=device)
         key = store_key(spec, teacher, data, "train", views=spec.teachers.views)
-        stores[i] = open_store(f"{_store_root(spec, workdir).rstrip('/')}/{key.name}", key)
+        stores[i] = open_store(f"{_store_root(spec, workdir).rstrip('/')}/{key.name}", key, verify=verify)
         classes[i] = teacher.classes
     return StoreTeachers(stores, classes, plan.classes.groups, plan.group_teachers)
 

@@ -114,17 +114,25 @@ class LogitStore:
             view = _as_index(views)
         if view.shape != row.shape:
             raise IndexError(f"views has {view.shape[0]} entries, rows has {row.shape[0]}")
-        if row.size and (row.min() < 0 or row.max() >= self.rows):
-            raise IndexError(f"rows must lie in [0, {self.rows}), got [{row.min()}, {row.max()}]")
+        lo, hi = (int(row.min()), int(row.max())) if row.size else (0, 0)
+        if row.size and (lo < 0 or hi >= self.rows):
+            raise IndexError(f"rows must lie in [0, {self.rows}), got [{lo}, {hi}]")
         if view.size and (view.min() < 0 or view.max() >= self.views):
             raise IndexError(f"views must lie in [0, {self.views}), got [{view.min()}, {view.max()}]")
-        out = np.empty((row.size, self.outputs), dtype=np.float16)
         per = self.manifest.rows_per_shard
-        shard = row // per
-        order = np.argsort(shard, kind="stable")  # group the batch by shard: one pass per shard touched
-        for sel in np.split(order, np.flatnonzero(np.diff(shard[order])) + 1) if row.size else ():
-            s = int(shard[sel[0]])
-            out[sel] = self._shard(s)[0][row[sel] - s * per, view[sel]]
+        if row.size and lo // per == hi // per:  # one shard (always, for most stores): one gather, no scatter
+            s = lo // per
+            return torch.from_numpy(self._shard(s)[0][row - s * per, view]).float()
+        out = np.empty((row.size, self.outputs), dtype=np.float16)
+        if row.size:
+            shard, local = np.divmod(row, per)
+            order = np.argsort(shard, kind="stable")  # group the batch by shard: one gather per shard touched
+            first, last = lo // per, hi // per
+            bounds = np.searchsorted(shard[order], np.arange(first, last + 2)).tolist()
+            for s, a, b in zip(range(first, last + 1), bounds[:-1], bounds[1:]):
+                if a < b:
+                    sel = order[a:b]
+                    out[sel] = self._shard(s)[0][local[sel], view[sel]]
         return torch.from_numpy(out).float()
 
     def _shard(self, index: int) -> tuple[np.ndarray, np.ndarray]:

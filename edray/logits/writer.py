@@ -43,6 +43,9 @@ _LAYOUT = "layout.json"
 _DONE = ".done"
 _TMP = ".tmp"
 _FIX_WRITE = "free space or choose another --workdir"
+# Default shard size. A batch's gather costs a numpy call per shard it touches, so shards
+# should be few; a kill loses at most one shard of compute, so they should not be huge.
+_SHARD_BYTES = 32 << 20
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ def write_store(
     outputs: int,
     sample_ids: torch.Tensor | np.ndarray,
     compute_shard: ComputeShard,
-    rows_per_shard: int = 4096,
+    rows_per_shard: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Build the store for ``key`` under ``root`` (or find it built) and return its directory.
@@ -72,7 +75,8 @@ def write_store(
         sample_ids: ``[R]`` integer ids of the rows' samples, stored so readers can check alignment.
         compute_shard: ``compute_shard(start, stop)`` returns raw float logits
             ``[stop - start, V, K]`` for rows ``start..stop-1``; they are stored as float16.
-        rows_per_shard: rows per shard file (the last may be short).
+        rows_per_shard: rows per shard file (the last may be short); default: as many as
+            fill 32 MiB, so a small store is one shard and reads take the one-gather path.
         progress: called as ``progress(rows_done, rows)`` once at the start and after each shard.
 
     Returns:
@@ -87,6 +91,8 @@ def write_store(
         ValueError: ``compute_shard`` returned the wrong shape (a bug in the caller).
     """
     base = _check_root(root)
+    if rows_per_shard is None and all(isinstance(n, (int, np.integer)) for n in (views, outputs)):
+        rows_per_shard = max(1, _SHARD_BYTES // (2 * max(1, int(views)) * max(1, int(outputs))))
     _check_layout(key, rows=rows, views=views, outputs=outputs, rows_per_shard=rows_per_shard)
     ids = _as_sample_ids(sample_ids, rows)
     final = base / key.name
@@ -175,10 +181,16 @@ def _as_float16(block: np.ndarray | torch.Tensor, shape: tuple[int, int, int], s
 
 
 def _is_finished(final: Path, key: StoreKey) -> bool:
+    """A store that opens for ``key`` and whose every shard hashes right.
+
+    Hashing reads the whole store once per build call (the driver's, not each trial's):
+    a bit flip keeps sizes and schema intact, and only the checksum tells it from the
+    real logits. A corrupt store is then rebuilt, never handed to a trial.
+    """
     if not (final / MANIFEST_NAME).is_file():
         return False
     try:
-        open_store(final, key)
+        open_store(final, key, verify=True)
     except EdrayError:
         return False
     return True

@@ -1,0 +1,290 @@
+"""A finished sweep read back from MLflow: everything ``edray report`` shows, nothing drawn.
+
+MLflow is the only source: the report of a sweep run on a cluster is written anywhere
+the tracking store is reachable, without the sweep's work directory. The parent run
+gives the spec, the results table and the best config; the child runs give the
+per-epoch history the learning curves need. The figures are drawn from these by the
+same code as at the end of the sweep, so they match the ones on the parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edray.errors import EdrayError
+from edray.spec import SearchParam
+from edray.tracking.secrets import redact_text
+from edray.tracking.uri import sqlite_path
+
+__all__ = ["BASELINES", "MethodResult", "SweepRecord", "TrialRow", "load_sweep", "report_tracking_uri"]
+
+log = logging.getLogger(__name__)
+
+METRIC = "val_acc"
+BASELINES = ("kd", "mtkd", "ce")
+_HISTORY_KEYS = (METRIC, f"{METRIC}_seen", "grade")  # what the learning curves draw
+_SWEEP = "tags.`edray.kind` = 'sweep'"
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial as the results table shows it."""
+
+    trial_id: str
+    status: str  # completed | pruned | errored
+    metric: float | None
+    config: dict[str, Any]  # searched path -> value
+    run_id: str | None = None
+    epochs: int | None = None  # last epoch logged
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """The best a method reached in this experiment (the sweep's own ED row included)."""
+
+    method: str
+    source: str  # the run that holds the best validation accuracy
+    runs: int  # sweeps and trials of this method that count
+    best_val_acc: float | None
+    test_acc_mean: float | None = None
+    test_acc_std: float | None = None
+
+
+@dataclass
+class SweepRecord:
+    """A finished sweep and what it is compared with."""
+
+    experiment: str
+    tracking_uri: str  # passwords masked
+    run_id: str
+    run_name: str
+    method: str
+    status: str
+    start: datetime | None
+    end: datetime | None
+    spec: dict[str, Any]
+    summary: dict[str, float]  # the parent run's metrics
+    results: list[dict]  # results.json, as render_figures takes it
+    history: dict[str, list[dict]]  # trial id -> per-epoch records
+    space: list[SearchParam]
+    best_yaml: str
+    trials: list[TrialRow]
+    methods: list[MethodResult]  # the sweep first, then each baseline that was run
+    other_sweeps: list[str] = field(default_factory=list)  # names of older finished sweeps
+    metric: str = METRIC
+
+    @property
+    def baselines(self) -> list[MethodResult]:
+        return self.methods[1:]
+
+
+def report_tracking_uri(workdir: Path, tracking_uri: str | None = None) -> str:
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the workdir's SQLite store."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri.strip()
+    return f"sqlite:///{Path(workdir).expanduser().resolve() / 'mlflow.db'}"
+
+
+def load_sweep(experiment: str, uri: str, *, run_id: str | None = None):
+    """The newest finished ED sweep of ``experiment`` (or the sweep ``run_id``), read back.
+
+    Without an ED sweep, the newest finished sweep of any method. A sweep is finished
+    when its parent run is FINISHED (a killed or failed one has no best config).
+
+    Raises:
+        EdrayError: no store, no such experiment (names the ones there are), no finished
+            sweep (names the sweeps there are and their state).
+    """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.tracking import MlflowClient
+
+    shown = redact_text(uri)
+    path = sqlite_path(uri)
+    if path is not None and not path.expanduser().is_file():
+        raise EdrayError(str(path), "no MLflow store here",
+                         "run `edray sweep` first, or pass the --workdir (or --tracking-uri) of a sweep")
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or exp.lifecycle_stage != "active":
+        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        fix = f"use one of: {', '.join(names)}" if names else "run `edray sweep` first: this store has no experiment"
+        raise EdrayError("EXPERIMENT", f"no experiment {experiment!r} in {shown}", fix)
+    parent = _pick_sweep(client, exp, run_id)
+    with tempfile.TemporaryDirectory(prefix="edray-report-") as tmp:
+        results = json.loads(_artifact(client, parent, "results.json", tmp) or "[]")
+        spec = yaml.safe_load(_artifact(client, parent, "spec.yaml", tmp) or "{}") or {}
+        best_yaml = _artifact(client, parent, "best.yaml", tmp) or ""
+    children = _children(client, exp.experiment_id, parent.info.run_id)
+    history = {tid: _history(client, run.info.run_id) for tid, run in children.items()}
+    trials = [_trial_row(row, children.get(str(row.get("trial_id"))), history) for row in results]
+    method = str(parent.data.params.get("method") or spec.get("method") or "ed")
+    own = MethodResult(method=method, source=parent.info.run_name, runs=1,
+                       best_val_acc=_metric(parent, "best_val_acc"),
+                       test_acc_mean=_metric(parent, "final_test_acc_mean"),
+                       test_acc_std=_metric(parent, "final_test_acc_std"))
+    methods = [own, *(_baselines(client, exp.experiment_id, skip=method))]
+    older = _finished_sweeps(client, exp.experiment_id)
+    return SweepRecord(
+        experiment=experiment, tracking_uri=shown, run_id=parent.info.run_id, run_name=parent.info.run_name,
+        method=method, status=parent.info.status, start=_time(parent.info.start_time), end=_time(parent.info.end_time),
+        spec=spec, summary=dict(parent.data.metrics), results=results, history=history, space=_space(spec),
+        best_yaml=best_yaml, trials=trials, methods=methods,
+        other_sweeps=[r.info.run_name for r in older if r.info.run_id != parent.info.run_id],
+    )
+
+
+# ---------------------------------------------------------------------- which sweep
+
+
+def _pick_sweep(client, exp, run_id: str | None):
+    if run_id:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            run = None
+        if run is None or run.info.experiment_id != exp.experiment_id or run.data.tags.get("edray.kind") != "sweep":
+            raise EdrayError("run_id", f"{run_id} is not a sweep of experiment {exp.name!r}",
+                             "pass the parent run id that `edray sweep` printed")
+        return run
+    finished = _finished_sweeps(client, exp.experiment_id)
+    for run in finished:
+        if run.data.params.get("method", "ed") == "ed":
+            return run
+    if finished:
+        return finished[0]
+    sweeps = client.search_runs([exp.experiment_id], filter_string=_SWEEP, order_by=["attributes.start_time DESC"],
+                                max_results=20)
+    if sweeps:
+        seen = ", ".join(f"{r.info.run_name} ({r.info.status.lower()})" for r in sweeps)
+        problem = f"experiment {exp.name!r} has no finished sweep, only: {seen}"
+    else:
+        problem = f"experiment {exp.name!r} has no sweep run"
+    raise EdrayError("EXPERIMENT", problem, "run `edray sweep SPEC` to the end (or continue one with --resume)")
+
+
+def _finished_sweeps(client, experiment_id: str) -> list:
+    return list(client.search_runs([experiment_id], filter_string=f"{_SWEEP} and attributes.status = 'FINISHED'",
+                                   order_by=["attributes.start_time DESC"], max_results=1000))
+
+
+# ---------------------------------------------------------------------- the sweep's own records
+
+
+def _artifact(client, run, name: str, tmp: str) -> str | None:
+    try:
+        return Path(client.download_artifacts(run.info.run_id, name, tmp)).read_text()
+    except Exception as err:  # an artifact missing from an older sweep: shown as missing, never fatal
+        log.warning("run %s has no %s (%s)", run.info.run_id, name, type(err).__name__)
+        return None
+
+
+def _children(client, experiment_id: str, parent_id: str) -> dict[str, Any]:
+    """Trial id -> child run, over every page of results."""
+    out: dict[str, Any] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                  max_results=1000, page_token=token)
+        for run in page:
+            trial_id = run.data.tags.get("edray.trial_id")
+            if trial_id:
+                out.setdefault(trial_id, run)
+        token = page.token
+        if not token:
+            return out
+
+
+def _history(client, run_id: str) -> list[dict]:
+    """Per-epoch records (step = epoch), as the sweep hands them to ``render_figures``."""
+    by_step: dict[int, dict] = {}
+    for key in _HISTORY_KEYS:
+        for m in client.get_metric_history(run_id, key):
+            by_step.setdefault(int(m.step), {"epoch": int(m.step)})[key] = m.value
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _trial_row(row: dict, run, history: dict[str, list[dict]]) -> TrialRow:
+    trial_id = str(row.get("trial_id"))
+    records = history.get(trial_id) or []
+    return TrialRow(
+        trial_id=trial_id, status=str(row.get("status", "")), metric=_finite(row.get(METRIC)),
+        config=dict(row.get("config") or {}), run_id=run.info.run_id if run is not None else None,
+        epochs=max((r["epoch"] for r in records), default=None),
+    )
+
+
+def _space(spec: dict) -> list[SearchParam]:
+    params = ((spec.get("search") or {}).get("params")) or []
+    out = []
+    for raw in params:
+        try:
+            out.append(SearchParam.model_validate(raw))
+        except Exception:  # a param this edray no longer knows: drawn without its bounds
+            log.warning("search param %r not understood; its bounds are left out of the figures", raw)
+    return out
+
+
+# ---------------------------------------------------------------------- baselines
+
+
+def _baselines(client, experiment_id: str, *, skip: str) -> list[MethodResult]:
+    """Per baseline method: its best validation accuracy over finished sweeps (and trials
+    outside one), with the final test accuracy of the sweep that reached it."""
+    out = []
+    for method in BASELINES:
+        if method == skip:
+            continue
+        runs = client.search_runs([experiment_id], filter_string=f"params.method = '{method}'", max_results=1000)
+        sweeps = {r.info.run_id for r in runs
+                  if r.data.tags.get("edray.kind") == "sweep" and r.info.status == "FINISHED"}
+        candidates = []  # (val acc, (test mean, test std), run name)
+        for run in runs:
+            if run.info.run_id in sweeps:
+                candidates.append((_metric(run, "best_val_acc"),
+                                   (_metric(run, "final_test_acc_mean"), _metric(run, "final_test_acc_std")),
+                                   run.info.run_name))
+            elif (run.data.tags.get("edray.kind") != "sweep" and run.info.status == "FINISHED"
+                  and run.data.tags.get("edray.status", "completed") == "completed"
+                  and run.data.tags.get("mlflow.parentRunId") not in sweeps):  # a finished sweep speaks for its trials
+                candidates.append((_metric(run, METRIC), (_metric(run, "test_acc"), None), run.info.run_name))
+        if not candidates:
+            continue
+        best = max(candidates, key=lambda c: -math.inf if c[0] is None else c[0])
+        tested = [c for c in candidates if c[1][0] is not None]
+        if best[1][0] is None and tested:  # the best has no test score: the best one that has
+            best = (best[0], max(tested, key=lambda c: -math.inf if c[0] is None else c[0])[1], best[2])
+        out.append(MethodResult(method=method, source=best[2], runs=len(candidates), best_val_acc=best[0],
+                                test_acc_mean=best[1][0], test_acc_std=best[1][1]))
+    return out
+
+
+# ---------------------------------------------------------------------- small helpers
+
+
+def _metric(run, key: str) -> float | None:
+    return _finite(run.data.metrics.get(key))
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _time(ms: int | None) -> datetime | None:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc) if ms else None

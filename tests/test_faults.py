@@ -1,0 +1,340 @@
+"""Faults a days-long sweep on spot machines meets, injected for real (see RELIABILITY.md).
+
+A Ray Train worker dies mid-trial, the sweep driver is SIGKILLed, MLflow is unreachable
+or flaky, the disk fills up or turns read-only, a logit store flips a bit. Each test runs
+the real thing (Ray, MLflow on SQLite, Arrow stores, the CLI in a child process where a
+process limit or another user is needed) and checks what survives on disk and in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+from mlflow.tracking import MlflowClient
+
+from edray.cli import build_parser, main
+from edray.distributed import faults
+from edray.distributed.space import resolve_config
+from edray.distributed.sweep import SweepOptions, run_sweep
+from edray.pipeline import train
+from edray.tracking.callback import EPOCH_METRICS
+
+from .conftest import DIGITS_YAML, FAST, fast_spec
+
+EPOCHS = 6
+# One fixed config (a single choice), no early stopping, no final evaluation: the trial
+# is what is under test, and the sweep around it is as short as a real one can be.
+SWEEP = [
+    f"optim.epochs={EPOCHS}", "ed.switch_epochs=[2, 4]", "search.num_samples=1", "search.max_concurrent=1",
+    "search.params=[{path: ed.replay, type: categorical, choices: [mixed]}]", "search.early_stopping.kind=none",
+    "search.final_eval.seeds=0", "scaling.max_failures=2",
+]
+SECRETS = {
+    "EDRAY_TEST_API_KEY": "sk-live-5f0c1e2d3c4b5a69",
+    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-K7MDENG-bPxRfiCY",
+    "DB_PASSWORD": "correct-horse-battery-staple",
+}
+URL_PASSWORD = "hunter2-in-a-url"
+
+
+def _cli_args(*overrides: str) -> list[str]:
+    return [arg for o in (*FAST, *overrides) for arg in ("--set", o)]
+
+
+def _workdir(root: Path, teacher_workdir: Path, *, logits: bool = True) -> Path:
+    """A fresh work directory holding the session's trained teachers (and stores, if built)."""
+    work = root / "work"
+    shutil.copytree(teacher_workdir / "teachers", work / "teachers")
+    if logits and (teacher_workdir / "logits").is_dir():
+        shutil.copytree(teacher_workdir / "logits", work / "logits")
+    return work
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def _children(client: MlflowClient, parent) -> list:
+    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+
+
+def _non_loopback_ipv4() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.123", 9))  # no packet is sent: this only picks the outgoing interface
+        except OSError:
+            return None
+        ip = s.getsockname()[0]
+    return None if ip.startswith("127.") else ip
+
+
+class _FlakyMetrics:
+    """``MlflowClient.log_batch`` that fails like an overloaded server (HTTP 503) on chosen
+    metric calls: three failures in a row outlast the tracker's retries, so that batch must
+    be kept and sent later; a single failure is retried at once."""
+
+    def __init__(self, original, fail_calls: set[int]):
+        self.original, self.fail_calls, self.calls, self.failed = original, fail_calls, 0, 0
+
+    def __call__(self, client, run_id, metrics=(), params=(), tags=(), **kw):
+        if metrics:
+            self.calls += 1
+            if self.calls in self.fail_calls:
+                self.failed += 1
+                raise MlflowException("503 Service Unavailable", error_code=TEMPORARILY_UNAVAILABLE)
+        return self.original(client, run_id, metrics=metrics, params=params, tags=tags, **kw)
+
+
+# ---------------------------------------------------------------------- 1. a worker dies mid-trial
+
+
+def test_killed_train_worker_resumes_same_grade_and_epoch_and_mlflow_has_each_epoch_once(
+    tmp_path, teacher_workdir, monkeypatch
+):
+    """One real sweep with every fault of a bad day at once: the Ray Train worker dies in
+    epoch 4 (grade 2), MLflow answers 503 four times, secrets sit in the environment and in
+    a URL of the spec. The trial resumes from its epoch-3 checkpoint in grade 2, ends with
+    the metrics of a run that never stopped, and MLflow holds every epoch exactly once."""
+    pytest.importorskip("ray")
+    import ray
+
+    _shutdown_ray()  # the environment below must reach the Ray processes this sweep starts
+    work = _workdir(tmp_path, teacher_workdir)
+    marker = tmp_path / "killed.json"
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # notice the death sooner (default 2 s)
+    monkeypatch.setenv(faults.KILL_AT_EPOCH, "4")
+    monkeypatch.setenv(faults.MARKER, str(marker))
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    flaky = _FlakyMetrics(MlflowClient.log_batch, fail_calls={2, 3, 4, 7})
+    monkeypatch.setattr(MlflowClient, "log_batch", lambda self, *a, **kw: flaky(self, *a, **kw))
+    spec = fast_spec(*SWEEP, "scaling.trainer=torch_trainer",
+                     f"dataset.root=https://bob:{URL_PASSWORD}@data.example/digits")  # digits reads no root
+    try:
+        result = run_sweep(spec, work, SweepOptions(progress=False, final_eval=False), log=lambda _m: None)
+        dashboard = ray._private.worker.get_dashboard_url()
+        host, port = dashboard.rsplit(":", 1)
+        socket.create_connection(("127.0.0.1", int(port)), timeout=5).close()  # it is up, on loopback
+        outside = _non_loopback_ipv4()
+        if outside is not None:  # and not reachable from the network
+            with pytest.raises(OSError):
+                socket.create_connection((outside, int(port)), timeout=5).close()
+    finally:
+        _shutdown_ray()
+
+    # The worker died once, at epoch 4, and its replacement resumed from epoch 3, grade 2.
+    assert json.loads(marker.read_text())["epoch"] == 4
+    resumed = [json.loads(line) for line in Path(f"{marker}.resumed").read_text().splitlines()]
+    assert resumed == [{"epoch": 3, "grade": 2, "rank": 0}]
+    assert (result.trials, result.completed, result.errored) == (1, 1, 0)
+
+    # Same numbers as a run that never stopped (same spec, same stores, this process).
+    reference = train(resolve_config(spec, result.best_config), work, evaluate_test=False)
+    assert result.best_val_acc == pytest.approx(reference.val_acc, abs=1e-9)
+
+    # MLflow: one child, every epoch of every metric exactly once, no batch lost to the 503s.
+    assert flaky.failed == 4
+    client = MlflowClient(result.tracking_uri)
+    parent = client.get_run(result.parent_run_id)
+    (child,) = _children(client, parent)
+    assert child.data.tags["edray.status"] == "completed" and child.info.status == "FINISHED"
+    for key in EPOCH_METRICS:
+        assert _steps(client, child.info.run_id, key) == list(range(1, EPOCHS + 1)), key
+    logged = sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, "val_acc"))
+    assert [v for _, v in logged] == pytest.approx([m.val_acc for m in reference.history], abs=1e-9)
+    grades = sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, "grade"))
+    assert [int(v) for _, v in grades] == [1, 1, 2, 2, 3, 3]
+
+    # Secrets: not in any param, tag, metric or artifact, nor anywhere in the store's files.
+    assert "***" in child.data.params["dataset.root"]
+    blobs = [(work / "mlflow.db").read_bytes()]
+    blobs += [p.read_bytes() for p in (work / "mlflow-artifacts").rglob("*") if p.is_file()]
+    for run in (parent, child):
+        blobs.append(json.dumps([run.data.params, run.data.tags, run.data.metrics]).encode())
+    for secret in [*SECRETS.values(), URL_PASSWORD]:
+        assert not any(secret.encode() in blob for blob in blobs), secret
+
+    # The Ray dashboard listened on loopback only.
+    assert host == "127.0.0.1", dashboard
+
+
+# ---------------------------------------------------------------------- 2. the driver dies
+# A SIGKILLed ``edray sweep`` resumed with ``--resume``: tests/test_sweep.py::
+# test_a_killed_sweep_resumes_without_running_finished_trials_again (not repeated here).
+
+
+# ---------------------------------------------------------------------- 3. MLflow unreachable
+
+
+def test_unreachable_tracking_server_fails_fast_before_anything_trains(tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    work = tmp_path / "work"
+    tic = time.monotonic()
+    code = main(["sweep", str(DIGITS_YAML), "--workdir", str(work), "--set", f"tracking.uri=http://127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - tic < 20
+    assert err == (f"error: tracking.uri: cannot reach MLflow at http://127.0.0.1:{port} (connection refused); "
+                   "fix: start the server, or fix tracking.uri / MLFLOW_TRACKING_URI\n")
+    assert not work.exists()  # no teacher trained, no store built, no Ray state
+
+
+# ---------------------------------------------------------------------- 4. logit stores that lie
+
+
+def test_bit_flipped_store_is_rebuilt_by_precompute_and_refused_when_read_by_uri(
+    tmp_path, teacher_workdir, capsys
+):
+    """A flipped bit keeps the file's size and schema: only the checksum sees it. A store
+    edray builds is hashed before use and rebuilt; one it only reads (``store_uri``) is
+    refused before training, naming the shard."""
+    work = _workdir(tmp_path, teacher_workdir, logits=False)
+    args = [str(DIGITS_YAML), "--workdir", str(work), *_cli_args()]
+    assert main(["precompute", *args]) == 0
+    capsys.readouterr()
+    store = next(m.parent for m in sorted((work / "logits").glob("*/manifest.json"))
+                 if json.loads(m.read_text())["key"]["dataset_split"] == "train")
+    shard = store / "shard-00000.arrow"  # a training store: the ones a run reads
+    good = shard.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0x10
+    shard.write_bytes(bytes(data))
+
+    code = main(["train", str(DIGITS_YAML), "--workdir", str(tmp_path / "other"), *_cli_args(
+        f"teachers.store_uri={work / 'logits'}", "teachers.models[0].checkpoint=" + str(_teacher_file(work, 0)),
+        "teachers.models[1].checkpoint=" + str(_teacher_file(work, 1)),
+        "teachers.models[2].checkpoint=" + str(_teacher_file(work, 2)))])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "checksum mismatch" in err and str(shard) in err
+    assert not (tmp_path / "other").exists()
+
+    assert main(["precompute", *args, "--verify"]) == 0  # the corrupt store is rebuilt, then verified
+    assert shard.read_bytes() == good
+    assert "verified" in capsys.readouterr().out
+
+
+def _teacher_file(work: Path, index: int) -> Path:
+    (path,) = sorted((work / "teachers").glob(f"*-t{index}-*.pt"))
+    return path
+
+
+# ---------------------------------------------------------------------- 5. full disk, read-only workdir
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(name, size_kb)``: a real, small filesystem to fill up or turn read-only
+    (root ignores permission bits, not a read-only mount). Skipped where mounting is not
+    allowed; test_logit_store covers the store itself with a file-size limit instead."""
+    mounts: list[Path] = []
+
+    def mount(name: str, size_kb: int) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+        if res.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()})")
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounts):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _remount(path: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+
+
+def _error_line(capsys, *parts: str) -> str:
+    out, err = capsys.readouterr()
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for part in parts:
+        assert part in err, err
+    return err
+
+
+def _leftovers(root: Path) -> list[str]:
+    """Temp files, manifests, checkpoints: anything a later run could take as finished."""
+    return sorted(p.name for p in root.rglob("*") if p.is_file() and (p.suffix in (".tmp", ".pt", ".arrow")
+                                                                      or p.name == "manifest.json"))
+
+
+def test_read_only_workdir_precompute_and_sweep_fail_cleanly(tmpfs, teacher_workdir, capsys):
+    work = _workdir(tmpfs("ro", 8 * 1024), teacher_workdir, logits=False)
+    _remount(work.parent, "ro")
+    code = main(["precompute", str(DIGITS_YAML), "--workdir", str(work), *_cli_args()])
+    assert code == 2
+    _error_line(capsys, f"error: {work / 'logits'}: cannot write (Read-only file system)", "choose another --workdir")
+    code = main(["sweep", str(DIGITS_YAML), "--workdir", str(work), *_cli_args(*SWEEP)])
+    assert code == 2  # before Ray, a trial or a checkpoint
+    _error_line(capsys, "error: tracking.uri: ", "Read-only file system", "choose a writable --workdir")
+    assert sorted(p.name for p in work.iterdir()) == ["teachers"]
+
+
+def test_full_disk_during_precompute_leaves_no_store_and_a_rerun_finishes(tmpfs, teacher_workdir, capsys):
+    root = tmpfs("small", 4 * 1024)
+    work = _workdir(root, teacher_workdir, logits=False)
+    used_kb = sum(p.stat().st_size for p in work.rglob("*") if p.is_file()) // 1024
+    _remount(root, f"size={used_kb + 96}k")  # the teachers fit; a 240 kB training store does not
+    args = ["precompute", str(DIGITS_YAML), "--workdir", str(work), *_cli_args()]
+    assert main(args) == 2
+    _error_line(capsys, "cannot write (No space left on device)", "free space or choose another --workdir")
+    assert _leftovers(work / "logits") == []  # no temp file, no shard, no manifest: nothing looks finished
+    _remount(root, "size=16m")  # space freed
+    assert main([*args, "--verify"]) == 0
+    assert capsys.readouterr().out.count("verified") == 6
+
+
+def test_full_disk_while_saving_teachers_and_models_leaves_no_half_file(tmpfs, teacher_workdir, digits_data, capsys):
+    work = tmpfs("teach", 256)  # one teacher checkpoint is ~1 MB
+    assert main(["teach", str(DIGITS_YAML), "--workdir", str(work), *_cli_args()]) == 2
+    _error_line(capsys, "cannot write (No space left on device)")
+    assert _leftovers(work) == []
+
+    work = _workdir(tmpfs("big", 16 * 1024), teacher_workdir)
+    if not (work / "logits").is_dir():
+        from edray.logits.precompute import precompute_stores
+
+        precompute_stores(fast_spec(), digits_data, work)
+    model = tmpfs("models", 16) / "student.pt"  # the student is ~100 kB
+    args = ["train", str(DIGITS_YAML), "--workdir", str(work), "--save-model", str(model),
+            *_cli_args("optim.epochs=4", "ed.switch_epochs=[1, 2]")]
+    assert main(args) == 2
+    _error_line(capsys, f"error: --save-model: cannot write {model} (No space left on device)")
+    assert _leftovers(model.parent) == []
+    _remount(model.parent, "size=4m")
+    assert main(args) == 0
+    assert isinstance(torch.load(model, weights_only=False), torch.nn.Module)
+
+
+# ---------------------------------------------------------------------- 6. what listens where
+
+
+def test_mlflow_ui_binds_to_loopback_unless_asked():
+    import inspect
+
+    from edray.ui import serve_ui
+
+    parser = build_parser()
+    assert parser.parse_args(["ui"]).host == "127.0.0.1"
+    assert inspect.signature(serve_ui).parameters["host"].default == "127.0.0.1"  # library callers too
+    assert parser.parse_args(["ui", "--host", "0.0.0.0"]).host == "0.0.0.0"  # only when the user asks
