@@ -207,7 +207,7 @@ class _Output:
 
     def last(self, n: int = 3) -> str:
         self._thread.join(timeout=2.0)
-        lines = [line.strip() for line in self._tail if line.strip()]
+        lines = [redact_text(line.strip()) for line in self._tail if line.strip()]
         return " | ".join(lines[-n:]) or "no output"
 
 
@@ -218,7 +218,8 @@ def _wait_ready(proc: subprocess.Popen, url: str, output: _Output, timeout_s: fl
         code = proc.poll()
         if code is not None:
             raise EdrayError("edray ui", f"the MLflow server exited with code {code} before answering: "
-                             f"{output.last()}", "run with --debug, or start `mlflow server` by hand to see why",
+                             f"{output.last()}", "fix the store URI (or install its database driver); "
+                             "`mlflow server --backend-store-uri URI` shows the whole output",
                              exit_code=RUNTIME_ERROR)
         try:
             with opener.open(f"{url}/health", timeout=2.0) as response:

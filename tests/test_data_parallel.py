@@ -9,6 +9,7 @@ real ``cnn_small``) batch statistics are per worker, so they only stay close.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -25,17 +26,27 @@ import torch.multiprocessing as mp
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from edray.data import load_data
+from edray.data import DataSplits, load_data
 from edray.distill import loop
 from edray.distill.loop import DistContext, run_ed
 from edray.logits.precompute import precompute_stores
 from edray.pipeline import make_teacher_logits
+from edray.spec import DatasetSpec
 
 from .conftest import DIGITS_YAML, FAST, fast_spec
 
 EPOCHS = 6
 SHORT = [*FAST, f"optim.epochs={EPOCHS}", "ed.switch_epochs=[2, 4]", "search.params[0].min_grade_epochs=1"]
-VARIANTS = ("bn", "bn_free")
+# A global batch of 24: no pass of these grades (366, 737, 1222 images) ends in a batch of
+# one, which two workers cannot split; loop._shard drops it, one worker would train on it.
+DP = [*SHORT, "optim.batch_size=24"]
+# "exact": no BatchNorm and a tiny learning rate, so float rounding is not amplified by
+# the dynamics; "control": the same with a 1% larger step, to size what a wrong gradient does.
+RUNS = {
+    "bn": (DP, False),
+    "exact": ([*DP, "optim.lr=0.00001"], True),
+    "control": ([*DP, "optim.lr=0.0000101"], True),
+}
 
 
 def _strip_bn(module: nn.Module) -> nn.Module:
@@ -48,10 +59,10 @@ def _strip_bn(module: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def _students(variant: str):
-    """``bn_free``: the same student with every BatchNorm (units and TR heads) made an identity."""
+def _students(bn_free: bool):
+    """The same student with every BatchNorm (units and TR heads) made an identity."""
     real = loop.GrowingStudent
-    if variant == "bn_free":
+    if bn_free:
         loop.GrowingStudent = lambda backbone, classes: _strip_bn(real(backbone, classes))
     try:
         yield
@@ -59,27 +70,31 @@ def _students(variant: str):
         loop.GrowingStudent = real
 
 
-def _run(spec, data, teachers, variant: str, dist: DistContext) -> dict:
-    with _students(variant):
-        result = run_ed(spec, data, teachers, dist=dist, evaluate_test=False)
+@functools.lru_cache(maxsize=1)
+def _data(dataset_json: str) -> DataSplits:
+    return load_data(DatasetSpec.model_validate_json(dataset_json))
+
+
+def _run(name: str, workdir: str, dist: DistContext) -> dict:
+    overrides, bn_free = RUNS[name]
+    spec = fast_spec(*overrides)
+    data = _data(spec.dataset.model_dump_json())
+    with _students(bn_free):
+        result = run_ed(spec, data, make_teacher_logits(spec, data, Path(workdir)), dist=dist, evaluate_test=False)
     return {"history": [asdict(m) for m in result.history], "state": result.model.state_dict()}
 
 
 def _worker(rank: int, world: int, init_file: str, workdir: str, out: str) -> None:
-    """One rank: both variants data-parallel, then one single-process reference run each
-    (rank 0 the BatchNorm one, rank 1 the BN-free one, side by side)."""
+    """One rank: ``bn`` and ``exact`` data-parallel, then the one-process runs side by side."""
     torch.set_num_threads(1)
-    spec = fast_spec(*SHORT)
-    data = load_data(spec.dataset)
-    teachers = make_teacher_logits(spec, data, Path(workdir))
     torch_dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        for variant in VARIANTS:
-            torch.save(_run(spec, data, teachers, variant, DistContext(rank, world)), f"{out}/{variant}-dp{rank}.pt")
+        for name in ("bn", "exact"):
+            torch.save(_run(name, workdir, DistContext(rank, world)), f"{out}/{name}-dp{rank}.pt")
     finally:
         torch_dist.destroy_process_group()
-    variant = VARIANTS[rank]
-    torch.save(_run(spec, data, teachers, variant, DistContext()), f"{out}/{variant}-solo.pt")
+    for name in (["bn"], ["exact", "control"])[rank]:
+        torch.save(_run(name, workdir, DistContext()), f"{out}/{name}-solo.pt")
 
 
 @pytest.fixture(scope="module")
@@ -103,33 +118,34 @@ def _max_param_gap(a: dict, b: dict) -> float:
 
 
 def test_two_gloo_workers_keep_identical_weights(runs):
-    """Gradients are all-reduced, so both ranks hold the same model (BN buffers aside)."""
-    for variant in VARIANTS:
-        a, b = runs[f"{variant}-dp0"]["state"], runs[f"{variant}-dp1"]["state"]
+    """Gradients are all-reduced, so both ranks hold the same weights (BatchNorm's running statistics aside)."""
+    for name in ("bn", "exact"):
+        a, b = runs[f"{name}-dp0"]["state"], runs[f"{name}-dp1"]["state"]
         weights = [k for k in a if "running_" not in k and "num_batches" not in k]
-        assert all(torch.equal(a[k], b[k]) for k in weights), variant
+        assert all(torch.equal(a[k], b[k]) for k in weights), name
 
 
-def test_without_batchnorm_two_workers_follow_one(runs):
-    dp, solo = runs["bn_free-dp0"], runs["bn_free-solo"]
+def test_without_batchnorm_two_workers_follow_one_to_float_rounding(runs):
+    dp, solo, control = runs["exact-dp0"], runs["exact-solo"], runs["control-solo"]
     assert set(dp["state"]) == set(solo["state"])
-    assert not [k for k in solo["state"] if "running_" in k], "the BN-free student has no BatchNorm"
-    assert _max_param_gap(dp["state"], solo["state"]) < 1e-4
-    for m_dp, m_solo in zip(dp["history"], solo["history"], strict=True):
-        assert m_dp["grade"] == m_solo["grade"] and m_dp["lr"] == m_solo["lr"]
-        assert m_dp["train_loss"] == pytest.approx(m_solo["train_loss"], rel=1e-4)
-        assert m_dp["val_acc"] == pytest.approx(m_solo["val_acc"], abs=1.5 / 216)  # at most one sample apart
+    assert not [k for k in solo["state"] if "running_" in k], "the student has no BatchNorm left"
+    gap = _max_param_gap(dp["state"], solo["state"])
+    assert gap < 1e-8
+    # What the bound rules out: a step 1% off moves the weights hundreds of times further.
+    assert _max_param_gap(control["state"], solo["state"]) > 100 * max(gap, 1e-9)
+    assert [m["val_acc"] for m in dp["history"]] == [m["val_acc"] for m in solo["history"]]
+    assert [m["grade"] for m in dp["history"]] == [1, 1, 2, 2, 3, 3]
 
 
 def test_with_batchnorm_two_workers_stay_close_to_one(runs):
     dp, solo = runs["bn-dp0"], runs["bn-solo"]
     assert [m["grade"] for m in dp["history"]] == [m["grade"] for m in solo["history"]]
-    # Per-worker batch statistics (16 images instead of 32) change the trajectory a little.
+    # Batch statistics are per worker (12 images, not 24), so the runs drift apart a little.
+    # train_loss is rank 0's mean over its own half of each epoch.
     for m_dp, m_solo in zip(dp["history"], solo["history"], strict=True):
         assert m_dp["train_loss"] == pytest.approx(m_solo["train_loss"], rel=0.25)
     assert dp["history"][-1]["val_acc"] == pytest.approx(solo["history"][-1]["val_acc"], abs=0.1)
-    # Not trivially close: the BN runs differ where the BN-free runs do not.
-    assert _max_param_gap(dp["state"], solo["state"]) > 1e-3
+    assert solo["history"][-1]["val_acc"] > 0.5  # both actually learnt
 
 
 @pytest.mark.slow

@@ -1,9 +1,9 @@
 """Faults a days-long sweep on spot machines meets, injected for real (see RELIABILITY.md).
 
-A Ray Train worker dies mid-trial, the sweep driver is SIGKILLed, MLflow is unreachable
-or flaky, the disk fills up or turns read-only, a logit store flips a bit. Each test runs
-the real thing (Ray, MLflow on SQLite, Arrow stores, the CLI in a child process where a
-process limit or another user is needed) and checks what survives on disk and in MLflow.
+A Ray Train worker dies mid-trial, MLflow is unreachable or flaky, the disk fills up or
+turns read-only (a real tmpfs), a logit store flips a bit. Each test runs the real thing
+(Ray, MLflow on SQLite, Arrow stores, the CLI entry point) and checks what survives on
+disk and in MLflow. A SIGKILLed sweep driver is tests/test_sweep.py's.
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ class _FlakyMetrics:
 # ---------------------------------------------------------------------- 1. a worker dies mid-trial
 
 
+@pytest.mark.slow
 def test_killed_train_worker_resumes_same_grade_and_epoch_and_mlflow_has_each_epoch_once(
     tmp_path, teacher_workdir, monkeypatch
 ):

@@ -86,9 +86,20 @@ def _check_points(spec: Spec) -> None:
         if unknown:
             raise EdrayError(where, f"{unknown[0]!r} is not a searched value", f"use some of {sorted(names)}")
         try:
-            resolve_config(spec, point)
+            resolve_config(spec, _with_derived(spec, point))
         except EdrayError as err:
             raise EdrayError(where, f"does not give a valid spec ({err.path}: {err.problem})", "fix the values") from None
+
+
+def _with_derived(spec: Spec, point: dict[str, Any]) -> dict[str, Any]:
+    """``point`` plus what the space derives from it (the last split ratio), as its trial gets them."""
+    out = dict(point)
+    g = spec.ed.grades
+    for p in spec.search.params:
+        drawn = [f"{p.path}[{k}]" for k in range(g - 1)]
+        if p.type == "split_ratios" and all(k in point for k in drawn):
+            out[f"{p.path}[{g - 1}]"] = round(1.0 - sum(point[k] for k in drawn), 10)
+    return out
 
 
 def compile_space(spec: Spec) -> DefineByRun:

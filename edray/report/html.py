@@ -68,7 +68,7 @@ figure img { display: block; max-width: 100%; height: auto; margin: 0 auto; bord
 figcaption { font-size: 13px; margin-top: 6px; }
 .scroll { overflow-x: auto; border: 1px solid var(--line); border-radius: 6px; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; font-variant-numeric: tabular-nums; }
-th, td { padding: 5px 10px; text-align: left; border-bottom: 1px solid var(--line); white-space: nowrap; }
+th, td { padding: 5px 8px; text-align: left; border-bottom: 1px solid var(--line); white-space: nowrap; }
 th { background: var(--soft); font-weight: 600; position: sticky; top: 0; white-space: normal; vertical-align: bottom; }
 td.num, th.num { text-align: right; }
 tr.best td { background: #eaf6ee; font-weight: 600; }
@@ -269,8 +269,8 @@ def _e(value: Any) -> str:
 
 
 def _breakable(path: str) -> str:
-    """A spec path that may wrap after its dots (``ed.<wbr>optimizer_at_switch``): narrow columns."""
-    return "<wbr>".join(_e(part) for part in re.split(r"(?<=\.)", path))
+    """A spec path that may wrap after a dot or an underscore (``ed.<wbr>optimizer_<wbr>at_<wbr>switch``)."""
+    return "<wbr>".join(_e(part) for part in re.split(r"(?<=[._])", path))
 
 
 def _num(value: float | None) -> str:

@@ -96,7 +96,7 @@ def report_tracking_uri(workdir: Path, tracking_uri: str | None = None) -> str:
     return f"sqlite:///{Path(workdir).expanduser().resolve() / 'mlflow.db'}"
 
 
-def load_sweep(experiment: str, uri: str, *, run_id: str | None = None):
+def load_sweep(experiment: str, uri: str, *, run_id: str | None = None) -> SweepRecord:
     """The newest finished ED sweep of ``experiment`` (or the sweep ``run_id``), read back.
 
     Without an ED sweep, the newest finished sweep of any method. A sweep is finished

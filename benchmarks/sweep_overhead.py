@@ -1,0 +1,243 @@
+"""What a sweep costs on top of its training, and what grade-aware early stopping saves.
+
+Default mode: the same N digits trial configs are trained in-process one after another
+(``edray.pipeline.train`` with ``evaluate_test=False``, as a trial trains), then run as an
+``edray sweep`` on a local Ray cluster (early stopping off, the same configs through
+``search.points_to_evaluate``), one trial at a time and two at a time. The work directory
+is warm for both (teachers, logit stores and the MLflow store exist), so the difference
+is what Ray, Tune and MLflow add: ``overhead_per_trial_s = (sweep wall - in-process wall) / N``.
+The sweep's wall is split into phases (tracking, teachers, ray.init, Tune, final records).
+
+``--early-stopping``: N (default 16) seeded random configs, swept twice on the same
+configs, once with grade-aware ASHA and once without: epochs trained, trials stopped
+(and the grade each was stopped in), best validation accuracy found, wall time.
+
+    python benchmarks/sweep_overhead.py [--trials 6] [--json]
+    python benchmarks/sweep_overhead.py --early-stopping [--trials 16] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "search_spaces" / "digits.yaml"
+
+# Small teachers: they are trained once, before anything is timed.
+TEACHERS = [f"teachers.models[{i}].{k}" for i in range(3) for k in ("arch=cnn_medium", "train.epochs=4")]
+OVERHEAD = [*TEACHERS, "optim.epochs=6", "ed.switch_epochs=[2, 4]", "search.params[0].min_grade_epochs=1"]
+EARLY_STOPPING = [*TEACHERS]  # the shipped digits recipe: 40 epochs, grades of >= 4 epochs, grace 4
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _drawn(spec, config: dict[str, Any]) -> dict[str, Any]:
+    """A sampled config without the values the space derives (the last split ratio), as
+    ``search.points_to_evaluate`` takes it."""
+    derived = {f"{p.path}[{spec.ed.grades - 1}]" for p in spec.search.params if p.type == "split_ratios"}
+    return {k: v for k, v in config.items() if k not in derived}
+
+
+def _prepare(spec, workdir: Path):
+    """Teachers, logit stores and an MLflow store: what a second sweep finds already there."""
+    from mlflow.tracking import MlflowClient
+
+    from edray.data import load_data
+    from edray.logits.precompute import precompute_stores
+    from edray.pipeline import teach
+    from edray.tracking import resolve_tracking_uri
+
+    data = load_data(spec.dataset)
+    tic = time.monotonic()
+    teach(spec, workdir, data=data)
+    precompute_stores(spec, data, workdir)
+    teachers_s = time.monotonic() - tic
+    tic = time.monotonic()
+    MlflowClient(resolve_tracking_uri(spec, workdir)).search_experiments()  # creates the database
+    return data, {"teachers_and_stores_s": teachers_s, "mlflow_store_create_s": time.monotonic() - tic}
+
+
+def _in_process(spec, configs: list[dict], workdir: Path, data) -> dict[str, Any]:
+    from edray.distributed.space import resolve_config
+    from edray.pipeline import train
+
+    walls, accs = [], []
+    for config in configs:
+        tic = time.monotonic()
+        result = train(resolve_config(spec, config), workdir, data=data, evaluate_test=False)
+        walls.append(time.monotonic() - tic)
+        accs.append(result.val_acc)
+    return {"wall_s": sum(walls), "per_trial_s": statistics.fmean(walls), "val_accs": accs}
+
+
+class _Phases:
+    """Wall time of the sweep driver's steps (instrumentation only: wraps module functions)."""
+
+    STEPS = {"_tracker": "tracking_open_s", "_prepare_teachers": "teachers_check_s", "_init_ray": "ray_init_s",
+             "_finish_tracking": "final_records_s"}
+
+    def __init__(self, module):
+        self.module, self.times, self._saved = module, {}, {}
+
+    def __enter__(self):
+        for name, label in self.STEPS.items():
+            fn = self._saved[name] = getattr(self.module, name)
+
+            def timed(*a, _fn=fn, _label=label, **kw):
+                tic = time.monotonic()
+                try:
+                    return _fn(*a, **kw)
+                finally:
+                    self.times[_label] = self.times.get(_label, 0.0) + time.monotonic() - tic
+
+            setattr(self.module, name, timed)
+        return self
+
+    def __exit__(self, *exc):
+        for name, fn in self._saved.items():
+            setattr(self.module, name, fn)
+
+
+def _sweep(spec, workdir: Path, *, num_samples: int, max_concurrent: int) -> dict[str, Any]:
+    import ray
+
+    from edray.distributed import sweep
+
+    if ray.is_initialized():
+        ray.shutdown()  # every sweep pays its own ray.init, as `edray sweep` does
+    options = sweep.SweepOptions(num_samples=num_samples, max_concurrent=max_concurrent, progress=False,
+                                 final_eval=False)
+    tic = time.monotonic()
+    with _Phases(sweep) as phases:
+        result = sweep.run_sweep(spec, workdir, options, log=lambda _m: None)
+    wall = time.monotonic() - tic
+    known = sum(phases.times.values())
+    return {"wall_s": wall, "phases": {**phases.times, "tune_s": wall - known}, "result": result.summary()}
+
+
+def _spec_with(base: list[str], extra: list[str]):
+    from edray.spec import load_spec
+
+    return load_spec(DIGITS, [*base, *extra])
+
+
+def overhead(args) -> dict[str, Any]:
+    from edray.distributed.space import sample_configs
+
+    n = args.trials
+    base = [*OVERHEAD, *args.overrides]
+    spec = _spec_with(base, [])
+    configs = sample_configs(spec, n, seed=args.seed)
+    points = [_drawn(spec, c) for c in configs]
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="edray-bench-"))
+    data, setup = _prepare(spec, workdir)
+    _log(f"teachers and stores {setup['teachers_and_stores_s']:.1f}s, "
+         f"MLflow store {setup['mlflow_store_create_s']:.1f}s")
+    inproc = _in_process(spec, configs, workdir, data)
+    _log(f"in-process: {n} trials in {inproc['wall_s']:.1f}s")
+    out: dict[str, Any] = {"mode": "overhead", "trials": n, "epochs": spec.optim.epochs, "setup": setup,
+                           "in_process": inproc, "sweeps": {}}
+    for mc in args.max_concurrent:
+        sweep_spec = _spec_with(base, [f"search.points_to_evaluate={json.dumps(points)}",
+                                       "search.early_stopping.kind=none", f"search.num_samples={n}"])
+        run = _sweep(sweep_spec, workdir, num_samples=n, max_concurrent=mc)
+        res = run["result"]
+        assert res["completed"] == n, f"{res['completed']} of {n} trials completed"
+        run["overhead_per_trial_s"] = (run["wall_s"] - inproc["wall_s"]) / n
+        run["ratio"] = run["wall_s"] / inproc["wall_s"]
+        out["sweeps"][f"max_concurrent_{mc}"] = run
+        _log(f"sweep, {mc} at a time: {run['wall_s']:.1f}s, overhead {run['overhead_per_trial_s']:.2f}s per trial "
+             f"(x{run['ratio']:.2f}); " + ", ".join(f"{k} {v:.1f}" for k, v in run["phases"].items()))
+    return out
+
+
+def early_stopping(args) -> dict[str, Any]:
+    from edray.distributed.space import sample_configs
+
+    n = args.trials
+    base = [*EARLY_STOPPING, *args.overrides]
+    spec = _spec_with(base, [])
+    points = [_drawn(spec, c) for c in sample_configs(spec, n, seed=args.seed)]
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="edray-bench-"))
+    _prepare(spec, workdir)
+    out: dict[str, Any] = {"mode": "early_stopping", "trials": n, "epochs": spec.optim.epochs, "runs": {}}
+    mc = args.max_concurrent[0]
+    for kind in ("none", "asha"):
+        sweep_spec = _spec_with(base, [f"search.points_to_evaluate={json.dumps(points)}", f"search.num_samples={n}",
+                                       f"search.early_stopping.kind={kind}"])
+        run = _sweep(sweep_spec, workdir, num_samples=n, max_concurrent=mc)
+        res = run["result"]
+        stopped_in = _stopped_grades(sweep_spec, workdir)
+        out["runs"][kind] = {"epochs_trained": res["epochs_trained"], "completed": res["completed"],
+                             "pruned": res["pruned"], "best_val_acc": res["best_val_acc"], "wall_s": run["wall_s"],
+                             "pruned_in_grade": stopped_in}
+        _log(f"{kind}: {res['epochs_trained']} epochs, {res['pruned']} pruned (grades {stopped_in}), "
+             f"best val_acc {res['best_val_acc']:.4f}, {run['wall_s']:.0f}s")
+    none, asha = out["runs"]["none"], out["runs"]["asha"]
+    out["epochs_saved_fraction"] = 1 - asha["epochs_trained"] / none["epochs_trained"]
+    out["best_val_acc_lost"] = none["best_val_acc"] - asha["best_val_acc"]
+    return out
+
+
+def _stopped_grades(spec, workdir: Path) -> list[int]:
+    """The grade each pruned trial of the latest sweep was in when it stopped (from MLflow)."""
+    from mlflow.tracking import MlflowClient
+
+    from edray.tracking import resolve_tracking_uri
+
+    client = MlflowClient(resolve_tracking_uri(spec, workdir))
+    state = json.loads((workdir / "sweeps" / spec.name / "sweep.json").read_text())
+    exp = client.get_experiment_by_name(spec.tracking.experiment or spec.name)
+    runs = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.`mlflow.parentRunId` = '{state['parent_run_id']}' and tags.`edray.status` = 'pruned'"))
+    return sorted(int(r.data.metrics["grade"]) for r in runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--early-stopping", action="store_true", help="compare ASHA with no early stopping")
+    parser.add_argument("--trials", type=int, help="trials (default 6; 16 with --early-stopping)")
+    parser.add_argument("--max-concurrent", type=int, action="append",
+                        help="trials at once (repeatable; default 1 and 2; 2 with --early-stopping)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled configs")
+    parser.add_argument("--workdir", help="work directory (default: a new temporary one)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra spec overrides")
+    parser.add_argument("--json", action="store_true", help="last line of stdout is a JSON summary")
+    args = parser.parse_args()
+    args.trials = args.trials or (16 if args.early_stopping else 6)
+    args.max_concurrent = args.max_concurrent or ([2] if args.early_stopping else [1, 2])
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # Ray workers inherit it: one thread per trial
+    torch.set_num_threads(1)
+    tic = time.monotonic()
+    out = early_stopping(args) if args.early_stopping else overhead(args)
+    out["wall_s"] = time.monotonic() - tic
+    out["load_average"] = os.getloadavg()
+    if out["mode"] == "overhead":
+        print(f"{out['trials']} trials of {out['epochs']} epochs: in-process {out['in_process']['wall_s']:.1f}s")
+        for name, run in out["sweeps"].items():
+            print(f"  sweep {name}: {run['wall_s']:.1f}s, overhead {run['overhead_per_trial_s']:.2f}s/trial, "
+                  f"x{run['ratio']:.2f}")
+    else:
+        for kind, run in out["runs"].items():
+            print(f"  {kind:<5} {run['epochs_trained']:>4} epochs, {run['pruned']:>2} pruned, "
+                  f"best val_acc {run['best_val_acc']:.4f}, {run['wall_s']:.0f}s")
+        print(f"  epochs saved by ASHA: {out['epochs_saved_fraction']:.0%}, "
+              f"best val_acc lost: {out['best_val_acc_lost']:+.4f}")
+    if args.json:
+        print(json.dumps(out, default=str))
+
+
+if __name__ == "__main__":
+    main()
