@@ -54,21 +54,28 @@ def ui_tracking_uri(workdir: Path, tracking_uri: str | None = None) -> str:
     return f"sqlite:///{Path(workdir).expanduser().resolve() / 'mlflow.db'}"
 
 
-def ui_command(uri: str, artifacts: Path, *, host: str, port: int) -> list[str]:
-    """The ``mlflow server`` command line: one worker, no access log (the UI polls often).
+def ui_command(uri: str, artifacts: Path, *, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The ``mlflow server`` command line and the environment it adds.
 
-    Artifacts the server is asked to store (proxied uploads, experiments created through
-    it) go to ``artifacts``, beside those edray's tracker writes itself.
+    One worker, no access log (the UI polls often), no job executor. Artifacts the
+    server is asked to store (proxied uploads, experiments created through it) go to
+    ``artifacts``, beside those edray's tracker writes itself. A store URI that carries
+    a password goes through the environment, not the command line ``ps`` shows to all.
     """
-    return [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", uri,
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONUNBUFFERED": "1"}
+    store = ["--backend-store-uri", uri]
+    if redact_text(uri) != uri:
+        env["MLFLOW_BACKEND_STORE_URI"] = uri
+        store = []
+    cmd = [
+        sys.executable, "-m", "mlflow", "server", *store,
         "--artifacts-destination", str(artifacts),
         "--host", host,
         "--port", str(port),
         "--workers", "1",
         "--uvicorn-opts", "--no-access-log",
     ]
+    return cmd, env
 
 
 def serve_ui(workdir: Path, *, port: int = 5000, host: str = "127.0.0.1", tracking_uri: str | None = None,
@@ -94,8 +101,8 @@ def serve_ui(workdir: Path, *, port: int = 5000, host: str = "127.0.0.1", tracki
              "delete every run; bind 127.0.0.1 (the default) and use an SSH tunnel instead")
     _check_port_free(addresses, host, port)
     url = _url(host, port)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONUNBUFFERED": "1"}
-    cmd = ui_command(uri, workdir / ARTIFACT_DIR, host=host, port=port)
+    cmd, extra = ui_command(uri, workdir / ARTIFACT_DIR, host=host, port=port)
+    env = {**os.environ, **extra}
     with _stop_signals():
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)

@@ -21,7 +21,7 @@ LOSS_AB = 0.5111288590517497
 
 def test_kd_kl_matches_hand_value():
     got = kd_kl(torch.tensor([[2.0, 0.5]]), torch.tensor([[1.0, 0.0]]), 2.0)
-    assert got.item() == pytest.approx(KL_A, rel=1e-6)
+    assert got.item() == pytest.approx(KL_A, rel=1e-5)
 
 
 def test_sliced_loss_single_sample():
@@ -29,7 +29,7 @@ def test_sliced_loss_single_sample():
         torch.tensor([[1.0, 2.0, 0.5]]), torch.tensor([1]), [None, torch.tensor([[1.0, 0.0]])],
         torch.tensor([1]), [0, 1, 3], alpha=0.3, temperature=2.0,
     )
-    assert loss.item() == pytest.approx(LOSS_A, rel=1e-6)
+    assert loss.item() == pytest.approx(LOSS_A, rel=1e-5)
 
 
 def test_sliced_loss_mixed_groups_in_one_batch():
@@ -38,7 +38,7 @@ def test_sliced_loss_mixed_groups_in_one_batch():
         logits, torch.tensor([1, 0]), [torch.tensor([[5.0]]), torch.tensor([[1.0, 0.0]])],
         torch.tensor([1, 0]), [0, 1, 3], alpha=0.3, temperature=2.0,
     )
-    assert loss.item() == pytest.approx(LOSS_AB, rel=1e-6)
+    assert loss.item() == pytest.approx(LOSS_AB, rel=1e-5)
 
 
 def test_alpha_one_is_plain_cross_entropy():
@@ -46,7 +46,7 @@ def test_alpha_one_is_plain_cross_entropy():
     y = torch.randint(0, 4, (5,))
     loss = sliced_kd_loss(logits, y, [torch.randn(5, 4)], torch.zeros(5, dtype=torch.long), [0, 4],
                           alpha=1.0, temperature=3.0)
-    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
 
 
 def test_teacher_equal_to_student_gives_zero_kl():

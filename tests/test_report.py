@@ -149,12 +149,18 @@ def test_page_fetches_nothing(report):
         assert tag not in page.lower(), tag
 
 
-def test_baselines_are_compared_when_run(sweep, tmp_path):
-    """A kd sweep logged into (a copy of) the store, as ``edray sweep --set method=kd`` logs it."""
-    db = tmp_path / "mlflow.db"
+@pytest.fixture(scope="module")
+def store_copy(sweep, tmp_path_factory) -> str:
+    """A copy of the sweep's store that tests may add runs to (a fresh store costs seconds of migrations)."""
+    db = tmp_path_factory.mktemp("copy") / "mlflow.db"
     with closing(sqlite3.connect(sweep / "mlflow.db")) as src, closing(sqlite3.connect(db)) as dst:
         src.backup(dst)
-    uri = f"sqlite:///{db}"
+    return f"sqlite:///{db}"
+
+
+def test_baselines_are_compared_when_run(sweep, store_copy, tmp_path):
+    """A kd sweep logged into (a copy of) the store, as ``edray sweep --set method=kd`` logs it."""
+    uri = store_copy
     tracker = SweepTracker(uri, EXPERIMENT, artifact_root=tmp_path / "mlflow-artifacts")
     tracker.start_sweep(run_name="digits-kd", spec_dict={"name": EXPERIMENT, "method": "kd"})
     tracker.trial_run("kd0", params={"optim.lr": 0.05}, resolved_spec={"name": EXPERIMENT, "method": "kd"})
@@ -187,8 +193,8 @@ def test_unknown_experiment_and_missing_store_are_one_line_errors(sweep, tmp_pat
     assert not (tmp_path / "r.html").exists()
 
 
-def test_no_finished_sweep_names_the_sweeps_there_are(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_no_finished_sweep_names_the_sweeps_there_are(store_copy, tmp_path):
+    uri = store_copy
     tracker = SweepTracker(uri, "stopped", artifact_root=tmp_path / "mlflow-artifacts")
     tracker.start_sweep(run_name="stopped-1", spec_dict={"name": "stopped", "method": "ed"})
     tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="KILLED")

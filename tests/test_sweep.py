@@ -30,7 +30,8 @@ from edray import cli
 from edray.data import ImageSet, load_data
 from edray.distill.loop import DistContext, run_ed
 from edray.distributed import trial
-from edray.distributed.space import default_point, resolve_config
+from edray.distributed.space import compile_space, default_point, resolve_config
+from edray.errors import EdrayError
 from edray.models import build_backbone
 from edray.pipeline import make_teacher_logits, train
 from edray.spec import get_path, load_spec, spec_from_dict
@@ -288,6 +289,15 @@ def test_final_evaluation_is_the_best_config_on_the_test_split_over_seeds(swept)
     accs = [train(spec_from_dict({**best.model_dump(mode="json"), "seed": seed}), swept.workdir, data=data).test_acc
             for seed in (0, 1)]
     assert accs == pytest.approx(swept.summary["final_test_accs"], abs=1e-9)
+
+
+def test_points_to_evaluate_give_the_drawn_ratios_and_the_last_is_derived():
+    spec = fast_spec(*SHORT)
+    point = {**default_point(spec), "ed.split_ratios[0]": 0.4, "ed.split_ratios[1]": 0.25}
+    compile_space(fast_spec(*SHORT, f"search.points_to_evaluate={json.dumps([point])}"))  # 0.35 is left: fine
+    bad = {**point, "ed.split_ratios[1]": 0.7}
+    with pytest.raises(EdrayError, match=r"search.points_to_evaluate\[0\]"):
+        compile_space(fast_spec(*SHORT, f"search.points_to_evaluate={json.dumps([bad])}"))
 
 
 # ---------------------------------------------------------------------------------- validation, not test

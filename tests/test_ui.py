@@ -18,7 +18,7 @@ import pytest
 
 from edray.cli import main
 from edray.errors import EdrayError
-from edray.ui import serve_ui
+from edray.ui import serve_ui, ui_command
 from tests.test_report import EXPERIMENT, small_sweep
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never via a proxy
@@ -178,3 +178,13 @@ def test_a_server_that_dies_at_start_is_a_runtime_error_and_leaves_nothing(tmp_p
         serve_ui(tmp_path, port=_free_port(), tracking_uri="postgresql://edray:secret@127.0.0.1:1/none")
     assert err.value.exit_code == 1 and "secret" not in str(err.value)
     assert not [pid for pid in _descendants(os.getpid()) - before if _alive(pid)]
+
+
+def test_the_command_keeps_a_password_off_the_command_line(tmp_path):
+    cmd, env = ui_command(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "a", host="127.0.0.1", port=5000)
+    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path}/mlflow.db"
+    assert cmd[cmd.index("--artifacts-destination") + 1] == str(tmp_path / "a")
+    assert cmd[cmd.index("--workers") + 1] == "1" and env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    cmd, env = ui_command("postgresql://me:pw@db/mlflow", tmp_path / "a", host="127.0.0.1", port=5000)
+    assert "--backend-store-uri" not in cmd and not any("me:pw@" in part for part in cmd)
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql://me:pw@db/mlflow"
