@@ -220,7 +220,7 @@ def _history_figure(plt, results: list[dict], metric: str):
     ax.set_ylabel(metric)
     ax.set_title("Optimisation history")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     return fig
 
 
