@@ -21,7 +21,6 @@ from typing import Any
 import yaml
 
 from edray.distributed.space import compile_space, default_point, resolve_config
-from edray.distributed.trial import TrialContext, run_trial, uses_torch_trainer
 from edray.errors import EdrayError
 from edray.spec import Spec
 
@@ -135,6 +134,8 @@ def _searcher(spec: Spec, max_concurrent: int):
 
 
 def _trial_resources(spec: Spec) -> dict[str, float]:
+    from edray.distributed.trial import uses_torch_trainer
+
     scaling = spec.scaling
     if uses_torch_trainer(spec):
         # The trial driver only waits on its TorchTrainer: it must hold no CPU the
@@ -212,6 +213,8 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     _write_json(state_path, state)
 
     _init_ray(options.address)
+    from edray.distributed.trial import TrialContext, run_trial  # torch: not needed by --dry-run
+
     ctx = TrialContext(
         base_spec=spec.model_dump(mode="json"), workdir=str(workdir), models_dir=str(sweep_dir / "models" / run_name),
         train_storage=_storage_root(workdir, "ray_train"),
