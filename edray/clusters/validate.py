@@ -45,7 +45,7 @@ __all__ = ["ClusterKind", "validate_cluster_file"]
 ClusterKind = Literal["launcher", "kuberay"]
 
 Part = str | int
-_README = "see README.md "Run on a cluster""
+_README = "see README.md 'Run on a cluster'"
 _SSH_PORT = 22
 _WORLD = {"0.0.0.0/0", "::/0"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -459,7 +459,7 @@ def _check_security_group(provider: dict, src: str) -> None:
                     raise _error(src, ["provider", "security_group", "IpPermissions", i, field, j, cidr_key],
                                  f"opens {ports} ({proto}) to the whole internet ({cidr})",
                                  "only SSH (22) may be open to the world; reach the dashboard and MLflow through "
-                                 "an SSH tunnel (README.md "Run on a cluster"), or narrow the range to your address (x.x.x.x/32)")
+                                 "an SSH tunnel (README.md 'Run on a cluster'), or narrow the range to your address (x.x.x.x/32)")
 
 
 def _port_range(lo: Any, hi: Any) -> str:
@@ -554,7 +554,7 @@ def _check_ray_cluster_spec(spec: Any, where: list[Part], src: str, doc: dict) -
     if service_type in ("LoadBalancer", "NodePort"):
         raise _error(src, [*where, "headGroupSpec", "serviceType"],
                      f"{service_type} exposes the Ray dashboard and GCS outside the cluster",
-                     "use ClusterIP and `kubectl port-forward` (README.md "Run on a cluster")")
+                     "use ClusterIP and `kubectl port-forward` (README.md 'Run on a cluster')")
     if head.get("enableIngress"):
         raise _error(src, [*where, "headGroupSpec", "enableIngress"], "exposes the Ray dashboard through an Ingress",
                      "remove it and use `kubectl port-forward`")
@@ -695,7 +695,7 @@ def _check_k8s_exposure(doc: dict, label: str, src: str) -> None:
     """A plain Service or Ingress in the manifest must not publish the cluster either."""
     if doc["kind"] == "Ingress":
         raise _error(src, [label], "an Ingress exposes the cluster outside Kubernetes",
-                     "remove it and use `kubectl port-forward` (README.md "Run on a cluster")")
+                     "remove it and use `kubectl port-forward` (README.md 'Run on a cluster')")
     spec = doc.get("spec")
     service_type = spec.get("type") if isinstance(spec, dict) else None
     if doc["kind"] == "Service" and service_type in ("LoadBalancer", "NodePort"):
