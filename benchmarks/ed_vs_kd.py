@@ -59,7 +59,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     tic = time.monotonic()
-    settings = [("full", list(args.overrides)), ("low-data", [*args.overrides, f"dataset.train_fraction={args.low_fraction}"])]
+    low = [*args.overrides, f"dataset.train_fraction={args.low_fraction}"]
+    settings = [("full", list(args.overrides)), ("low-data", low)]
     results = []
     with tempfile.TemporaryDirectory() as d:
         for name, base in settings:

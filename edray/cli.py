@@ -41,6 +41,11 @@ def _add_common(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _add_tracking_uri(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else the workdir's mlflow.db)")
+
+
 def _device(args: argparse.Namespace) -> str:
     if args.device:
         return args.device
@@ -166,7 +171,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     spec = _load(args, check=args.dry_run)  # run_sweep runs the same checks itself
     if spec.search is None:
-        raise EdrayError("search", f"{args.spec} has no search section", "add search.params (see search_spaces/digits.yaml)")
+        raise EdrayError("search", f"{args.spec} has no search section",
+                         "add search.params (see search_spaces/digits.yaml)")
     if args.num_samples is not None and args.num_samples < 1:
         raise EdrayError("--num-samples", f"must be >= 1, got {args.num_samples}", "pass a positive count")
     if args.max_concurrent is not None and args.max_concurrent < 1:
@@ -293,9 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--num-samples", type=int, metavar="N", help="trials (default: search.num_samples)")
     p.add_argument("--max-concurrent", type=int, metavar="K", help="trials at once (default: search.max_concurrent)")
-    p.add_argument("--address", metavar="ADDR", help="join a running Ray cluster (e.g. auto); default: start a local one")
+    p.add_argument("--address", metavar="ADDR",
+                   help="join a running Ray cluster (e.g. auto); default: start a local one")
     p.add_argument("--resume", action="store_true", help="continue the last sweep of this spec")
-    p.add_argument("--dry-run", action="store_true", help="validate, print the space and sampled configs, train nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, print the space and sampled configs, train nothing")
     p.add_argument("--no-final-eval", action="store_true", help="skip the final test evaluation of the best config")
     p.add_argument("--json", action="store_true", help="last line of stdout is a JSON summary")
     p.set_defaults(func=_cmd_sweep)
@@ -303,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("best", help="write the best config of a sweep as a spec for `edray train`")
     p.add_argument("experiment", metavar="EXPERIMENT", help="MLflow experiment (the spec's name)")
     p.add_argument("-o", "--output", default="best.yaml", metavar="FILE", help="where to write it (default best.yaml)")
-    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the workdir's)")
+    _add_tracking_uri(p)
     _add_common(p, spec=False)
     p.set_defaults(func=_cmd_best)
 
@@ -311,14 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000, metavar="P", help="port (default 5000)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else is "
                    "reachable from the network)")
-    p.add_argument("--tracking-uri", metavar="URI", help="MLflow store (default: $MLFLOW_TRACKING_URI or the workdir's)")
+    _add_tracking_uri(p)
     _add_common(p, spec=False)
     p.set_defaults(func=_cmd_ui)
 
     p = sub.add_parser("report", help="write one self-contained HTML page about a sweep")
     p.add_argument("experiment", metavar="EXPERIMENT", help="MLflow experiment (the spec's name)")
-    p.add_argument("-o", "--output", default="report.html", metavar="FILE", help="where to write it (default report.html)")
-    p.add_argument("--tracking-uri", metavar="URI", help="MLflow store (default: $MLFLOW_TRACKING_URI or the workdir's)")
+    p.add_argument("-o", "--output", default="report.html", metavar="FILE",
+                   help="where to write it (default report.html)")
+    _add_tracking_uri(p)
     _add_common(p, spec=False)
     p.set_defaults(func=_cmd_report)
     return parser

@@ -85,7 +85,9 @@ class AugmentSpec(_Strict):
 class DatasetSpec(_Strict):
     """Which images, where on disk, and how train / validation / test are carved."""
 
-    name: str = Field("digits", description="digits, synthetic, cifar100, caltech256, food101, tiny_imagenet, imagefolder")
+    name: str = Field(
+        "digits", description="digits, synthetic, cifar100, caltech256, food101, tiny_imagenet, imagefolder"
+    )
     root: str | None = Field(None, description="directory holding the dataset; not used by digits / synthetic")
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="part of the training set held out for validation")
     test_fraction: float = Field(
@@ -188,7 +190,10 @@ class EDSpec(_Strict):
         if len(self.temperatures) != self.grades:
             raise ValueError(f"temperatures has {len(self.temperatures)} entries but grades is {self.grades}")
         if len(self.switch_epochs) != self.grades - 1:
-            raise ValueError(f"switch_epochs needs {self.grades - 1} entries (one per grade after the first), got {self.switch_epochs}")
+            raise ValueError(
+                f"switch_epochs needs {self.grades - 1} entries (one per grade after the first), "
+                f"got {self.switch_epochs}"
+            )
         return self
 
 
@@ -196,7 +201,9 @@ class ScheduleSpec(_Strict):
     """Learning-rate schedule over the whole run (not restarted at a grade switch)."""
 
     kind: Literal["multistep", "cosine", "constant"] = "cosine"
-    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which lr is multiplied by gamma")
+    milestones: list[int] = Field(
+        default_factory=list, description="multistep: epochs at which lr is multiplied by gamma"
+    )
     gamma: float = Field(0.1, gt=0, le=1)
 
 
@@ -332,11 +339,13 @@ class Spec(_Strict):
             )
         if self.teachers.mode == "per_group" and len(self.teachers.models) != self.ed.grades:
             raise ValueError(
-                f"teachers.mode per_group needs one teacher per grade ({self.ed.grades}), got {len(self.teachers.models)}"
+                f"teachers.mode per_group needs one teacher per grade ({self.ed.grades}), "
+                f"got {len(self.teachers.models)}"
             )
         if self.method == "kd" and self.teachers.mode != "shared":
             raise ValueError("method kd distils from one full-class teacher: set teachers.mode to shared")
-        if self.optim.schedule.kind == "multistep" and any(m >= self.optim.epochs for m in self.optim.schedule.milestones):
+        schedule = self.optim.schedule
+        if schedule.kind == "multistep" and any(m >= self.optim.epochs for m in schedule.milestones):
             raise ValueError(f"optim.schedule.milestones must be < optim.epochs ({self.optim.epochs})")
         workers = self.scaling.num_workers
         if workers > 1 and self.scaling.trainer != "inline" and self.optim.batch_size % workers:
@@ -496,7 +505,8 @@ def _defaults_tree() -> dict:
         out: dict = {}
         for name, field in model.model_fields.items():
             ann = field.annotation
-            sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            args = getattr(ann, "__args__", (ann,))
+            sub = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 sub = ann
             out[name] = tree(sub) if sub is not None else None

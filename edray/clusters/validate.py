@@ -459,7 +459,8 @@ def _check_security_group(provider: dict, src: str) -> None:
                     raise _error(src, ["provider", "security_group", "IpPermissions", i, field, j, cidr_key],
                                  f"opens {ports} ({proto}) to the whole internet ({cidr})",
                                  "only SSH (22) may be open to the world; reach the dashboard and MLflow through "
-                                 "an SSH tunnel (README.md 'Run on a cluster'), or narrow the range to your address (x.x.x.x/32)")
+                                 "an SSH tunnel (README.md 'Run on a cluster'), or narrow the range to your "
+                                 "address (x.x.x.x/32)")
 
 
 def _port_range(lo: Any, hi: Any) -> str:

@@ -277,7 +277,9 @@ def run_ed(
                 if teachers is not None and plan.alpha < 1.0:
                     for k in sample_groups.unique().tolist():
                         mask = sample_groups == k
-                        teacher_logits[k] = teachers.group_logits(k, x[mask.to(x.device)], rows[mask], views[mask]).to(device)
+                        teacher_logits[k] = teachers.group_logits(
+                            k, x[mask.to(x.device)], rows[mask], views[mask]
+                        ).to(device)
                 # Sum over the local slice, normalised by the global batch: all-reduced
                 # gradients then equal one worker's gradient of the whole batch.
                 loss = sliced_kd_loss(

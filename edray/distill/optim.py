@@ -32,7 +32,7 @@ def make_optimizer(optim: OptimSpec, params: Iterable[torch.nn.Parameter]) -> to
     params = list(params)
     if optim.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
-    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, nesterov=False)
+    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -114,7 +114,8 @@ def load_teacher(spec: Spec, index: int, data: DataSplits, workdir: Path, *, dev
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a truncated or foreign file
-        raise EdrayError(field, f"cannot read teacher checkpoint {path} ({err})", "retrain it with `edray teach`") from None
+        raise EdrayError(field, f"cannot read teacher checkpoint {path} ({err})",
+                         "retrain it with `edray teach`") from None
     classes = teacher_classes(spec, index, data.num_classes)
     t = spec.teachers.models[index]
     if blob.get("arch") != t.arch or blob.get("classes") != classes:
@@ -217,13 +218,16 @@ def _save_atomic(obj: dict, path: Path) -> None:
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise EdrayError(str(path), f"cannot write ({err.strerror or err})", "free space or choose another --workdir") from None
+        raise EdrayError(str(path), f"cannot write ({err.strerror or err})",
+                         "free space or choose another --workdir") from None
 
 
 class LiveTeachers:
     """Runs the teachers on each batch (the slow path the logit store replaces)."""
 
-    def __init__(self, teachers: list[TeacherCheckpoint], classes: ClassGroups, group_teachers: tuple[tuple[int, ...], ...]):
+    def __init__(
+        self, teachers: list[TeacherCheckpoint], classes: ClassGroups, group_teachers: tuple[tuple[int, ...], ...]
+    ):
         self.teachers = teachers
         self.classes = classes
         self.group_teachers = group_teachers
