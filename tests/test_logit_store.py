@@ -332,6 +332,10 @@ def _write_as_unprivileged(root: str, limit_bytes: int | None) -> str:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     elif os.geteuid() == 0:  # root ignores permission bits
+        # Import what the write needs first: the unprivileged user may not read the venv.
+        import numpy.random  # noqa: F401
+        import pyarrow.ipc  # noqa: F401
+
         os.setgid(65534)
         os.setuid(65534)
     try:
