@@ -46,12 +46,10 @@ class _Stop(Exception):
 
 
 def ui_tracking_uri(workdir: Path, tracking_uri: str | None = None) -> str:
-    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///WORKDIR/mlflow.db``
-    (the store ``edray sweep`` writes by default)."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri.strip()
-    return f"sqlite:///{Path(workdir).expanduser().resolve() / 'mlflow.db'}"
+    """The store to serve: the same rule as every command (the store ``edray sweep`` writes)."""
+    from edray.tracking.uri import workdir_tracking_uri
+
+    return workdir_tracking_uri(workdir, tracking_uri)
 
 
 def ui_command(uri: str, artifacts: Path, *, host: str, port: int) -> tuple[list[str], dict[str, str]]:

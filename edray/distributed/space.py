@@ -88,7 +88,8 @@ def _check_points(spec: Spec) -> None:
         try:
             resolve_config(spec, _with_derived(spec, point))
         except EdrayError as err:
-            raise EdrayError(where, f"does not give a valid spec ({err.path}: {err.problem})", "fix the values") from None
+            raise EdrayError(where, f"does not give a valid spec ({err.path}: {err.problem})",
+                             "fix the values") from None
 
 
 def _with_derived(spec: Spec, point: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +110,8 @@ def compile_space(spec: Spec) -> DefineByRun:
         EdrayError: a path that is not a spec field, or bounds that admit no config.
     """
     if spec.search is None:
-        raise EdrayError("search", "the spec has no search section", "add search.params (see search_spaces/digits.yaml)")
+        raise EdrayError("search", "the spec has no search section",
+                         "add search.params (see search_spaces/digits.yaml)")
     _check_paths(spec)
     for p in spec.search.params:
         if p.type == "switch_epochs":

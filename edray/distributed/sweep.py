@@ -179,13 +179,12 @@ def _prepare_teachers(spec: Spec, workdir: Path, log: Callable[[str], None]) -> 
 
 def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable[[str], None] = print) -> SweepResult:
     """Run the whole sweep and return its summary (see ``edray sweep --json``)."""
-    if spec.search is None:
-        raise EdrayError("search", "the spec has no search section", "add search.params (see search_spaces/digits.yaml)")
     tic = time.monotonic()
-    compile_space(spec)  # validate the space before anything starts
+    compile_space(spec)  # no search section, or a space with no valid trial: before anything starts
     from edray.preflight import preflight
 
-    preflight(spec)  # unknown names, missing data, grades that do not fit: before any teacher trains
+    # Unknown names, missing data, grades that do not fit: before any teacher trains.
+    preflight(spec, search=False)  # the space was just compiled
     num_samples = options.num_samples or spec.search.num_samples
     max_concurrent = options.max_concurrent or spec.search.max_concurrent
     sweep_dir = _sweep_dir(spec, workdir)

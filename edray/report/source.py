@@ -89,11 +89,10 @@ class SweepRecord:
 
 
 def report_tracking_uri(workdir: Path, tracking_uri: str | None = None) -> str:
-    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the workdir's SQLite store."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri.strip()
-    return f"sqlite:///{Path(workdir).expanduser().resolve() / 'mlflow.db'}"
+    """The store to read: the same rule as every command."""
+    from edray.tracking.uri import workdir_tracking_uri
+
+    return workdir_tracking_uri(workdir, tracking_uri)
 
 
 def load_sweep(experiment: str, uri: str, *, run_id: str | None = None) -> SweepRecord:

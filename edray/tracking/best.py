@@ -20,7 +20,9 @@ def best_spec_yaml(experiment: str, workdir: Path, *, tracking_uri: str | None =
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workdir}/mlflow.db"
+    from edray.tracking.uri import workdir_tracking_uri
+
+    uri = workdir_tracking_uri(workdir, tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise EdrayError("--workdir", f"no MLflow store at {uri.removeprefix('sqlite:///')}",
                          "pass the --workdir of the sweep, or --tracking-uri")

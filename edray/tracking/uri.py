@@ -18,7 +18,8 @@ from edray.errors import EdrayError
 from edray.spec import Spec
 from edray.tracking.secrets import redact_text
 
-__all__ = ["ARTIFACT_DIR", "artifacts_are_local", "check_tracking", "resolve_tracking_uri", "sqlite_path"]
+__all__ = ["ARTIFACT_DIR", "artifacts_are_local", "check_tracking", "resolve_tracking_uri",
+    "workdir_tracking_uri", "sqlite_path"]
 
 ARTIFACT_DIR = "mlflow-artifacts"
 _FIELD = "tracking.uri"
@@ -31,7 +32,13 @@ def resolve_tracking_uri(spec: Spec, workdir: Path) -> str:
     The embedded store's artifacts go to ``WORKDIR/mlflow-artifacts`` (see
     :class:`~edray.tracking.tracker.SweepTracker`'s ``artifact_root``).
     """
-    uri = spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return workdir_tracking_uri(workdir, spec.tracking.uri)
+
+
+def workdir_tracking_uri(workdir: Path, uri: str | None = None) -> str:
+    """``uri`` (a spec field or ``--tracking-uri``), else ``$MLFLOW_TRACKING_URI``, else the
+    work directory's SQLite store: the one rule every command that reads or writes MLflow uses."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri.strip()
     return f"sqlite:///{Path(workdir).expanduser().resolve() / 'mlflow.db'}"
