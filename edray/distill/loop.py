@@ -265,11 +265,12 @@ def run_ed(
                 if num_views == 1
                 else torch.randint(1, _ANY_VIEW, (len(order),), generator=gen)
             )
-            view_of = dict(zip(order.tolist(), views_all.tolist()))
+            view_of = torch.zeros(len(train_labels), dtype=torch.long)  # row -> its view this epoch
+            view_of[order] = views_all
             local_order, local_batch, global_sizes = _shard(order, global_batch, dist)
             batches = iterate_batches(data.train, local_order, local_batch, num_workers=spec.optim.num_workers)
             for (x, y, rows), global_size in zip(batches, global_sizes):
-                views = torch.tensor([view_of[r] for r in rows.tolist()], dtype=torch.long)
+                views = view_of[rows]
                 x = apply_views(x, view_params(spec.teachers.view_seed, rows, views, aug), aug).to(device)
                 logits = student(x)
                 sample_groups = group_of[y]
