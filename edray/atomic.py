@@ -1,0 +1,77 @@
+"""One way to write a file so that nobody ever sees half of it.
+
+Everything edray writes for another process or a later run (checkpoints, best.yaml,
+sweep state, reports, figures, store shards) goes through here: the bytes go to a temp
+file beside the target, are fsync'd, renamed over the target, and the directory is
+fsync'd. On any failure the temp file is removed, and an ``OSError`` (full disk,
+read-only mount) becomes one :class:`EdrayError` naming the path, exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from edray.errors import EdrayError
+
+__all__ = ["DEFAULT_FIX", "atomic_path", "write_bytes", "write_text"]
+
+DEFAULT_FIX = "free space or choose another --workdir"
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, fix: str = DEFAULT_FIX) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on a clean exit it becomes ``path``.
+
+    For writers that want a file name (``torch.save``, ``savefig``, pyarrow). The
+    writer's output is fsync'd and renamed; on any exception the temp file is removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as err:
+        raise EdrayError(str(path), f"cannot write ({err.strerror or err})", fix) from None
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass  # renamed into place, never created, or gone with its directory
+
+
+def write_bytes(path: str | Path, data: bytes | bytearray | memoryview, *, fix: str = DEFAULT_FIX) -> None:
+    """Write ``data`` to ``path`` atomically (see the module docstring)."""
+    with atomic_path(path, fix=fix) as tmp, open(tmp, "wb") as f:
+        f.write(memoryview(data))
+
+
+def write_text(path: str | Path, text: str, *, fix: str = DEFAULT_FIX) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"), fix=fix)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems (and platforms) cannot open a directory; the rename stands
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
