@@ -9,6 +9,7 @@ mechanics (atomic writes, resume, corruption, concurrency, workers) are in test_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pty
@@ -168,6 +169,22 @@ def test_every_other_input_changes_the_key_and_a_wrong_key_is_refused(
     with pytest.raises(EdrayError, match=rf"built for a different {field}: store has") as err:
         open_store(path, other)
     assert "edray precompute" in str(err.value)
+
+
+def test_the_key_records_the_real_normalisation(digits_data, teacher_workdir):
+    from edray.data.digits import DIGITS_MEAN, DIGITS_STD
+    from edray.data.imagesets import IMAGENET_MEAN, IMAGENET_STD, TensorImageSet
+    from edray.data.splits import normalisation_of
+
+    spec = fast_spec()
+    teacher = load_teacher(spec, 0, digits_data, teacher_workdir)
+    key = store_key(spec, teacher, digits_data, "train", views=spec.teachers.views)
+    assert key.normalisation == f"mean={DIGITS_MEAN[0]:.6g};std={DIGITS_STD[0]:.6g}" == digits_data.normalisation
+    photo = TensorImageSet(torch.zeros(1, 3, 2, 2), torch.zeros(1), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    other = dataclasses.replace(digits_data, normalisation=normalisation_of(photo))
+    changed = store_key(spec, teacher, other, "train", views=spec.teachers.views)
+    assert changed.name != key.name
+    assert changed.differences(key.fields()) == [("normalisation", key.normalisation, changed.normalisation)]
 
 
 def test_a_retrained_teacher_is_never_read_from_its_old_store(tmp_path, digits_data, teacher_workdir):

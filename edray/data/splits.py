@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edray.data.imagesets import ImageSet, subset
+from edray.data.imagesets import ImageSet, SubsetImageSet, subset
 from edray.registry import Registry
 from edray.spec import DatasetSpec
 
-__all__ = ["DATASETS", "DataSplits", "DatasetSource", "load_data", "stratified_split"]
+__all__ = ["DATASETS", "DataSplits", "DatasetSource", "load_data", "normalisation_of", "stratified_split"]
 
 DATASETS: Registry = Registry("dataset", "dataset.name")
 
@@ -62,7 +62,9 @@ class DataSplits:
 
     ``fingerprint`` (sha256 hex) identifies the data: dataset name, image size, the
     loader's identity (file list and sizes for file datasets), and for each split its
-    rows and labels. Logit-store and teacher cache keys use it.
+    rows and labels. Logit-store and teacher cache keys use it. ``normalisation`` is the
+    per-channel mean and std the images are normalised with (``mean=..;std=..``), which
+    the logit-store key records: the same pixels normalised otherwise give other logits.
     """
 
     train: ImageSet
@@ -73,6 +75,24 @@ class DataSplits:
     in_channels: int
     image_size: int
     fingerprint: str
+    normalisation: str
+
+
+def normalisation_of(images: ImageSet) -> str:
+    """``mean=a,b,c;std=d,e,f`` of the set's per-channel statistics (6 significant digits).
+
+    A set that makes its pixels already normalised (synthetic) has no statistics: its class
+    name stands for them.
+    """
+    base = images.base if isinstance(images, SubsetImageSet) else images
+    mean, std = getattr(base, "mean", None), getattr(base, "std", None)
+    if mean is None or std is None:
+        return f"built-in:{type(base).__name__}"
+
+    def text(t: torch.Tensor) -> str:
+        return ",".join(f"{v:.6g}" for v in t.reshape(-1).tolist())
+
+    return f"mean={text(mean)};std={text(std)}"
 
 
 def stratified_split(
@@ -168,4 +188,5 @@ def load_data(spec: DatasetSpec) -> DataSplits:
         in_channels=source.in_channels,
         image_size=source.image_size,
         fingerprint=_fingerprint(spec, source, parts),
+        normalisation=normalisation_of(source.train),
     )

@@ -37,10 +37,6 @@ class StoreInfo:
     nbytes: int
 
 
-def _normalisation(data: DataSplits) -> str:
-    return str(getattr(data, "normalisation", "") or f"{data.fingerprint}:default")
-
-
 def store_key(spec: Spec, teacher: TeacherCheckpoint, data: DataSplits, split: str, *, views: int) -> StoreKey:
     """Everything the stored logits depend on (DESIGN §3)."""
     images: ImageSet = getattr(data, split)
@@ -55,7 +51,7 @@ def store_key(spec: Spec, teacher: TeacherCheckpoint, data: DataSplits, split: s
         crop_padding=aug.crop_padding,
         hflip=aug.hflip,
         image_size=data.image_size,
-        normalisation=_normalisation(data),
+        normalisation=data.normalisation,
         views=views,
         seed=spec.teachers.view_seed,
     )
