@@ -9,6 +9,8 @@ read-only mount) becomes one :class:`EdrayError` naming the path, exit code 2.
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,9 +18,11 @@ from pathlib import Path
 
 from edray.errors import EdrayError
 
-__all__ = ["DEFAULT_FIX", "atomic_path", "write_bytes", "write_text"]
+__all__ = ["DEFAULT_FIX", "atomic_path", "exclusive_lock", "write_bytes", "write_text"]
 
 DEFAULT_FIX = "free space or choose another --workdir"
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -75,3 +79,29 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, *, fix: str = DEFAULT_FIX) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if absent) until the block ends.
+
+    One builder per cached artefact (a logit store, a decoded-image cache): a second
+    process waits here, then finds the artefact finished. The lock file stays (removing
+    it would race with a process about to lock it); the kernel drops the lock when the
+    holder closes it or dies.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise EdrayError(str(path), f"cannot write ({err.strerror or err})", fix) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is building %s; waiting for it", path.name.removesuffix(".lock").lstrip("."))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

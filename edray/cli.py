@@ -225,7 +225,7 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
     from edray.data import load_data
     from edray.logits.precompute import precompute_stores
     from edray.logits.reader import verify_store
-    from edray.workdir import resolve_workdir
+    from edray.workdir import images_dir, resolve_workdir
 
     if args.views is not None:
         if args.views < 1:
@@ -233,7 +233,7 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
         args.overrides.append(f"teachers.views={args.views}")  # trials must then use the same V
     spec = _load(args)
     workdir = resolve_workdir(args.workdir)
-    data = load_data(spec.dataset)
+    data = load_data(spec.dataset, image_cache=images_dir(workdir))
     tic = time.monotonic()
     infos = precompute_stores(spec, data, workdir, device=_device(args),
                               progress=_log if _progress_enabled(args) else None)

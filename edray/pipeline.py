@@ -21,6 +21,7 @@ from edray.distill.teachers import (
     train_teacher,
 )
 from edray.spec import Spec
+from edray.workdir import images_dir
 
 __all__ = ["ensure_teachers", "make_teacher_logits", "teach", "train"]
 
@@ -38,7 +39,7 @@ def teach(
 
     Teachers given by ``checkpoint`` path are loaded, never retrained.
     """
-    data = data or load_data(spec.dataset)
+    data = data or load_data(spec.dataset, image_cache=images_dir(workdir))
     out = []
     for i, t in enumerate(spec.teachers.models):
         if t.checkpoint is None and (force or not _exists(spec, i, data, workdir)):
@@ -91,6 +92,6 @@ def train(
     evaluate_test: bool = True,
 ) -> RunResult:
     """One training run of ``spec.method`` with the spec's teachers."""
-    data = data or load_data(spec.dataset)
+    data = data or load_data(spec.dataset, image_cache=images_dir(workdir))
     teachers = make_teacher_logits(spec, data, workdir, device=device, build_stores=True)
     return run_ed(spec, data, teachers, report=report, device=device, progress=progress, evaluate_test=evaluate_test)

@@ -27,6 +27,7 @@ __all__ = [
     "SubsetImageSet",
     "TensorImageSet",
     "iterate_batches",
+    "normalise_uint8",
     "subset",
 ]
 
@@ -102,10 +103,21 @@ class TensorImageSet(ImageSet):
         return (x - self.mean) / self.std
 
 
+def normalise_uint8(batch: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, C] pixels -> float32 [B, C, H, W], ``(x / 255 - mean) / std``.
+
+    One function for every set that stores uint8 pixels, so the decoded-image cache gives
+    exactly the floats a direct decode gives.
+    """
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.sub_(mean).div_(std)
+
+
 class FileImageSet(ImageSet):
     """Images decoded from files with PIL (RGB): shorter side to ``image_size``, centre crop.
 
     Holds only paths and labels, so it pickles cheaply into DataLoader workers.
+    :data:`RESIZE_RULE` names the decode below; the decoded-image cache keys on it.
 
     Args:
         root: directory the paths are relative to.
@@ -116,6 +128,7 @@ class FileImageSet(ImageSet):
     """
 
     in_memory = False
+    RESIZE_RULE = "pil-draft-rgb/shorter-side-bilinear/centre-crop/v1"
 
     def __init__(
         self,
@@ -159,14 +172,17 @@ class FileImageSet(ImageSet):
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise EdrayError(str(path), f"cannot decode image ({err})", "remove or replace the file") from None
 
-    def load(self, indices: torch.Tensor) -> torch.Tensor:
+    def load_uint8(self, indices: torch.Tensor) -> np.ndarray:
+        """The decoded pixels of rows ``indices``: uint8 [B, H, W, 3], what the image cache stores."""
         rows = torch.as_tensor(indices, dtype=torch.long).reshape(-1).tolist()
         size = self.image_size
         batch = np.empty((len(rows), size, size, 3), dtype=np.uint8)
         for i, row in enumerate(rows):
             batch[i] = self._decode(row)
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        return (x - self.mean) / self.std
+        return batch
+
+    def load(self, indices: torch.Tensor) -> torch.Tensor:
+        return normalise_uint8(self.load_uint8(indices), self.mean, self.std)
 
 
 class SubsetImageSet(ImageSet):

@@ -163,10 +163,12 @@ def _prepare_teachers(spec: Spec, workdir: Path, log: Callable[[str], None]) -> 
     """Train teachers that have a recipe and no checkpoint; build missing logit stores."""
     from edray.data import load_data
     from edray.pipeline import ensure_teachers
+    from edray.workdir import images_dir
 
+    # Decode file datasets once (and check a cache found from an earlier run) before any trial reads it.
+    data = load_data(spec.dataset, image_cache=images_dir(workdir), verify_cache=True)
     if spec.method == "ce" or spec.search is None:
         return
-    data = load_data(spec.dataset)
     ensure_teachers(spec, data, workdir, progress=log)
     if spec.teachers.logits == "precomputed":
         from edray.logits.precompute import open_teacher_stores, precompute_stores

@@ -33,6 +33,7 @@ from edray.distributed.faults import maybe_die, note_resume
 from edray.distributed.space import resolve_config
 from edray.pipeline import make_teacher_logits
 from edray.spec import DatasetSpec, Spec
+from edray.workdir import images_dir
 
 __all__ = ["TrialContext", "run_trial", "uses_torch_trainer"]
 
@@ -56,9 +57,10 @@ def uses_torch_trainer(spec: Spec) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_data(dataset_json: str) -> DataSplits:
-    # A reused Tune actor (reuse_actors=True) keeps its data between trials.
-    return load_data(DatasetSpec.model_validate_json(dataset_json))
+def _cached_data(dataset_json: str, image_cache: str | None = None) -> DataSplits:
+    # A reused Tune actor (reuse_actors=True) keeps its data between trials. The driver
+    # built the decoded-image cache before any trial started; trials only map it.
+    return load_data(DatasetSpec.model_validate_json(dataset_json), image_cache=image_cache)
 
 
 def _device(spec: Spec) -> str:
@@ -99,7 +101,7 @@ def _load_state(checkpoint) -> dict[str, Any] | None:
 
 
 def _train(spec: Spec, ctx: TrialContext, *, trial_id: str, dist: DistContext, report_fn, checkpoint) -> None:
-    data = _cached_data(spec.dataset.model_dump_json())
+    data = _cached_data(spec.dataset.model_dump_json(), str(images_dir(ctx.workdir)))
     teachers = make_teacher_logits(spec, data, Path(ctx.workdir), device=_device(spec))
     resume = _load_state(checkpoint)
     note_resume(resume, dist.rank)  # fault-injection tests only (see distributed/faults.py)

@@ -16,7 +16,6 @@ staging dir from another layout is wiped rather than mixed in.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -31,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from edray.atomic import exclusive_lock
 from edray.errors import EdrayError
 from edray.logits.fs import is_uri
 from edray.logits.key import StoreKey
@@ -100,7 +100,7 @@ def write_store(
         return final
     with _io(base):
         base.mkdir(parents=True, exist_ok=True)
-    with _locked(base / f".{key.name}.lock"):
+    with exclusive_lock(base / f".{key.name}.lock", fix=_FIX_WRITE):
         if _is_finished(final, key):  # another process finished it while we waited
             return final
         if final.exists():  # broken (truncated, corrupt): it is a cache, so rebuild it
@@ -275,22 +275,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path``; the file stays (removing it would race)."""
-    with _io(path):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another process is writing %s; waiting for it", path.name.removesuffix(".lock").lstrip("."))
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock, also when the process dies
 
 
 @contextmanager
