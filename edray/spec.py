@@ -97,6 +97,10 @@ class DatasetSpec(_Strict):
     train_fraction: float = Field(1.0, gt=0.0, le=1.0, description="keep this part of the training set (low-data runs)")
     image_size: int | None = Field(None, gt=0, description="resize images to this size; None keeps the native size")
     augmentation: AugmentSpec = Field(default_factory=AugmentSpec)
+    cache: Literal["auto", "off"] = Field(
+        "auto", description="file datasets: decode every image once into WORKDIR/images (uint8 Arrow, memory-mapped); "
+        "off: decode the files every epoch"
+    )
     # synthetic only
     num_classes: int | None = Field(None, gt=1, description="synthetic: number of classes")
     samples_per_class: int | None = Field(None, gt=0, description="synthetic: training samples per class")
@@ -119,6 +123,10 @@ class TeacherSpec(_Strict):
 
     arch: str
     checkpoint: str | None = Field(None, description="path of a trained teacher; None: edray teach trains it")
+    pretrained: str | None = Field(
+        None, description="torchvision weights to start from, e.g. IMAGENET1K_V2 (read from $TORCH_HOME, "
+        "never downloaded); the classifier is new, for the dataset's classes"
+    )
     train: TrainRecipe = Field(default_factory=TrainRecipe)
 
 
@@ -215,7 +223,14 @@ class OptimSpec(_Strict):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     epochs: int = Field(30, gt=0)
     batch_size: int = Field(64, gt=0)
-    num_workers: int = Field(0, ge=0, description="data-loader processes for datasets read from files")
+    num_workers: int | None = Field(
+        None, ge=0, description="data-loader processes for datasets read from files; "
+        "None: from scaling.resources_per_worker.CPU (one CPU stays with the training process)"
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on GPUs that have it, fp16 with a grad scaler on older GPUs, "
+        "fp32 on CPU"
+    )
 
 
 class SearchParam(_Strict):
@@ -347,6 +362,12 @@ class Spec(_Strict):
         schedule = self.optim.schedule
         if schedule.kind == "multistep" and any(m >= self.optim.epochs for m in schedule.milestones):
             raise ValueError(f"optim.schedule.milestones must be < optim.epochs ({self.optim.epochs})")
+        cpus = self.scaling.resources_per_worker.get("CPU", 1)
+        if self.optim.num_workers is not None and self.optim.num_workers > cpus:
+            raise ValueError(
+                f"optim.num_workers ({self.optim.num_workers}) exceeds the CPUs each worker gets "
+                f"(scaling.resources_per_worker.CPU = {cpus:g}); lower it or leave it unset"
+            )
         workers = self.scaling.num_workers
         if workers > 1 and self.scaling.trainer != "inline" and self.optim.batch_size % workers:
             # Every global batch is cut into equal slices, one per worker (see distill.loop._shard).

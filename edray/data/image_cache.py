@@ -40,6 +40,7 @@ import torch
 
 from edray.atomic import atomic_path, exclusive_lock, write_text
 from edray.data.imagesets import FileImageSet, ImageSet, normalise_uint8
+from edray.data.loading import BatchLoader, LoaderSettings
 from edray.errors import EdrayError
 from edray.logits.key import digest_of, file_sha256, fingerprint
 
@@ -229,17 +230,12 @@ def _build(images: FileImageSet, root: Path, key: ImageCacheKey, *, num_workers:
         )
     say(f"image cache: decoding {key.rows} images once at {key.image_size} px into {data} "
         f"({_size(need)})")
-    from edray.data.imagesets import _Batches  # one item per batch of rows, for DataLoader workers
-
-    order = torch.arange(key.rows).split(_ROWS_PER_BATCH)
-    loader = torch.utils.data.DataLoader(
-        _Batches(_Uint8View(images), list(order)), batch_size=None, shuffle=False, num_workers=num_workers,
-    )
+    loader = BatchLoader(_Uint8View(images), LoaderSettings(num_workers=num_workers))
     schema = _schema(key.image_size, key.digest())
     width = key.image_size * key.image_size * 3
     with atomic_path(data, fix="free space or set dataset.cache: off") as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            for pixels, _, _ in loader:
+            for pixels, _, _ in loader.batches(torch.arange(key.rows), _ROWS_PER_BATCH):
                 flat = pa.array(np.ascontiguousarray(pixels.numpy()).reshape(-1), type=pa.uint8())
                 writer.write_batch(pa.record_batch([pa.FixedSizeListArray.from_arrays(flat, width)], schema=schema))
         manifest = {
@@ -251,7 +247,9 @@ def _build(images: FileImageSet, root: Path, key: ImageCacheKey, *, num_workers:
 
 
 class _Uint8View(ImageSet):
-    """A file set whose ``load`` returns the uint8 decode, for the builder's DataLoader."""
+    """A file set whose ``load`` returns the uint8 decode, for the builder's worker processes."""
+
+    in_memory = False
 
     def __init__(self, images: FileImageSet):
         self.images = images

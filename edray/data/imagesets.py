@@ -3,13 +3,14 @@
 Grouping classes into grades needs every label before any image is decoded, and
 replayable views need stable row ids, so an :class:`ImageSet` is "labels + load(rows)"
 rather than a per-sample ``Dataset``. In-memory sets load a batch with one indexing op
-(no DataLoader); file sets decode with PIL and can fan out over DataLoader workers.
+(no DataLoader); file sets decode with PIL and can fan out over DataLoader workers
+(:mod:`edray.data.loading`).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,6 @@ __all__ = [
     "ImageSet",
     "SubsetImageSet",
     "TensorImageSet",
-    "iterate_batches",
     "normalise_uint8",
     "subset",
 ]
@@ -212,40 +212,3 @@ def subset(images: ImageSet, indices: torch.Tensor) -> ImageSet:
             raise IndexError(f"subset rows out of range for a set of {len(images)}")
         return SubsetImageSet(images.base, images.rows[indices])
     return SubsetImageSet(images, indices)
-
-
-class _Batches(torch.utils.data.Dataset):
-    """One item per batch, so DataLoader workers each decode whole batches."""
-
-    def __init__(self, images: ImageSet, batches: list[torch.Tensor]):
-        self.images = images
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx = self.batches[i]
-        return self.images.load(idx), self.images.labels[idx], idx
-
-
-def iterate_batches(
-    images: ImageSet, order: torch.Tensor, batch_size: int, *, num_workers: int = 0
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(x, y, idx)`` batches following ``order`` (row ids into ``images``).
-
-    The last batch may be short. In-memory sets, or ``num_workers == 0``, load in this
-    process; otherwise a DataLoader with ``num_workers`` processes decodes batches ahead.
-    """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be > 0, got {batch_size}")
-    order = torch.as_tensor(order, dtype=torch.long).reshape(-1)
-    batches = list(order.split(batch_size))
-    if num_workers <= 0 or images.in_memory or len(batches) <= 1:
-        for idx in batches:
-            yield images.load(idx), images.labels[idx], idx
-        return
-    loader = torch.utils.data.DataLoader(
-        _Batches(images, batches), batch_size=None, shuffle=False, num_workers=num_workers
-    )
-    yield from loader
