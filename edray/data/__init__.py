@@ -8,7 +8,7 @@ from edray.data.groups import ClassGroups, split_classes
 from edray.data.imagesets import FileImageSet, ImageSet, TensorImageSet, subset
 from edray.data.loading import BatchLoader, LoaderSettings, iterate_batches, loader_settings
 from edray.data.splits import DATASETS, DataSplits, load_data
-from edray.data.views import ViewParams, apply_views, view_params
+from edray.data.views import ViewParams, apply_views, batch_views, view_params
 
 __all__ = [
     "BatchLoader",
@@ -21,6 +21,7 @@ __all__ = [
     "TensorImageSet",
     "ViewParams",
     "apply_views",
+    "batch_views",
     "iterate_batches",
     "load_data",
     "loader_settings",

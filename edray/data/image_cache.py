@@ -39,8 +39,9 @@ import pyarrow as pa
 import torch
 
 from edray.atomic import atomic_path, exclusive_lock, write_text
-from edray.data.imagesets import FileImageSet, ImageSet, normalise_uint8
+from edray.data.imagesets import FileImageSet, ImageSet
 from edray.data.loading import BatchLoader, LoaderSettings
+from edray.data.views import normalise_pixels
 from edray.errors import EdrayError
 from edray.logits.key import digest_of, file_sha256, fingerprint
 
@@ -139,8 +140,15 @@ class CachedImageSet(ImageSet):
             out[i] = batches[b][r]
         return out
 
+    @property
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mean, self.std
+
+    def load_pixels(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.load_uint8(indices))
+
     def load(self, indices: torch.Tensor) -> torch.Tensor:
-        return normalise_uint8(self.load_uint8(indices), self.mean, self.std)
+        return normalise_pixels(self.load_pixels(indices), self.mean, self.std)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_batches": None}  # no mapped buffers: the child maps its own
@@ -230,12 +238,12 @@ def _build(images: FileImageSet, root: Path, key: ImageCacheKey, *, num_workers:
         )
     say(f"image cache: decoding {key.rows} images once at {key.image_size} px into {data} "
         f"({_size(need)})")
-    loader = BatchLoader(_Uint8View(images), LoaderSettings(num_workers=num_workers))
+    loader = BatchLoader(images, LoaderSettings(num_workers=num_workers), pixels=True)
     schema = _schema(key.image_size, key.digest())
     width = key.image_size * key.image_size * 3
     with atomic_path(data, fix="free space or set dataset.cache: off") as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            for pixels, _, _ in loader.batches(torch.arange(key.rows), _ROWS_PER_BATCH):
+            for pixels, _, _ in loader.batches(torch.arange(key.rows), _ROWS_PER_BATCH):  # uint8, in row order
                 flat = pa.array(np.ascontiguousarray(pixels.numpy()).reshape(-1), type=pa.uint8())
                 writer.write_batch(pa.record_batch([pa.FixedSizeListArray.from_arrays(flat, width)], schema=schema))
         manifest = {
@@ -244,19 +252,6 @@ def _build(images: FileImageSet, root: Path, key: ImageCacheKey, *, num_workers:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
-
-
-class _Uint8View(ImageSet):
-    """A file set whose ``load`` returns the uint8 decode, for the builder's worker processes."""
-
-    in_memory = False
-
-    def __init__(self, images: FileImageSet):
-        self.images = images
-        self.labels = images.labels
-
-    def load(self, indices: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.images.load_uint8(indices))
 
 
 def cache_image_set(

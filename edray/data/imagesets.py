@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from edray.data.views import normalise_pixels
 from edray.errors import EdrayError
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "ImageSet",
     "SubsetImageSet",
     "TensorImageSet",
-    "normalise_uint8",
     "subset",
 ]
 
@@ -53,6 +53,17 @@ class ImageSet(abc.ABC):
     @abc.abstractmethod
     def load(self, indices: torch.Tensor) -> torch.Tensor:
         """Float32 [B, C, H, W] images of rows ``indices``, normalised, at the set's size."""
+
+    def load_pixels(self, indices: torch.Tensor) -> torch.Tensor:
+        """A batch as it should cross to the device: uint8 [B, H, W, C] for sets of decoded
+        pixels (a quarter of the bytes; :func:`~edray.data.views.batch_views` normalises and
+        cuts the views there), else :meth:`load`'s floats."""
+        return self.load(indices)
+
+    @property
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) that normalise :meth:`load_pixels`'s uint8 pixels; None when it gives floats."""
+        return None
 
 
 def _stats(values: Sequence[float], channels: int, what: str) -> torch.Tensor:
@@ -101,16 +112,6 @@ class TensorImageSet(ImageSet):
         if size is not None and tuple(x.shape[-2:]) != (size, size) and len(x):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return (x - self.mean) / self.std
-
-
-def normalise_uint8(batch: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, H, W, C] pixels -> float32 [B, C, H, W], ``(x / 255 - mean) / std``.
-
-    One function for every set that stores uint8 pixels, so the decoded-image cache gives
-    exactly the floats a direct decode gives.
-    """
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-    return x.sub_(mean).div_(std)
 
 
 class FileImageSet(ImageSet):
@@ -172,6 +173,13 @@ class FileImageSet(ImageSet):
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise EdrayError(str(path), f"cannot decode image ({err})", "remove or replace the file") from None
 
+    @property
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mean, self.std
+
+    def load_pixels(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.load_uint8(indices))
+
     def load_uint8(self, indices: torch.Tensor) -> np.ndarray:
         """The decoded pixels of rows ``indices``: uint8 [B, H, W, 3], what the image cache stores."""
         rows = torch.as_tensor(indices, dtype=torch.long).reshape(-1).tolist()
@@ -182,7 +190,7 @@ class FileImageSet(ImageSet):
         return batch
 
     def load(self, indices: torch.Tensor) -> torch.Tensor:
-        return normalise_uint8(self.load_uint8(indices), self.mean, self.std)
+        return normalise_pixels(self.load_pixels(indices), self.mean, self.std)
 
 
 class SubsetImageSet(ImageSet):
@@ -202,6 +210,13 @@ class SubsetImageSet(ImageSet):
 
     def load(self, indices: torch.Tensor) -> torch.Tensor:
         return self.base.load(self.rows[torch.as_tensor(indices, dtype=torch.long)])
+
+    def load_pixels(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.base.load_pixels(self.rows[torch.as_tensor(indices, dtype=torch.long)])
+
+    @property
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.base.stats
 
 
 def subset(images: ImageSet, indices: torch.Tensor) -> ImageSet:

@@ -58,14 +58,16 @@ def loader_settings(optim: OptimSpec, scaling: ScalingSpec, device: str | torch.
 class _Rows(torch.utils.data.Dataset):
     """Item = a whole batch: the sampler yields row-id tensors, a worker decodes each whole."""
 
-    def __init__(self, images: ImageSet):
+    def __init__(self, images: ImageSet, pixels: bool):
         self.images = images
+        self.pixels = pixels
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, idx: torch.Tensor) -> Batch:
-        return self.images.load(idx), self.images.labels[idx], idx
+        x = self.images.load_pixels(idx) if self.pixels else self.images.load(idx)
+        return x, self.images.labels[idx], idx
 
 
 class _Order(torch.utils.data.Sampler):
@@ -85,17 +87,20 @@ class BatchLoader:
     """Yields ``(x, y, idx)`` batches of ``images`` in any order, pass after pass.
 
     One per image set per run: with ``persistent_workers`` the worker processes (and the
-    set pickled into them) live as long as the loader.
+    set pickled into them) live as long as the loader. With ``pixels``, batches are
+    :meth:`ImageSet.load_pixels` (uint8 where the set has decoded pixels), for
+    :func:`~edray.data.views.batch_views` to normalise and cut views on the device.
     """
 
-    def __init__(self, images: ImageSet, settings: LoaderSettings = LoaderSettings()):
+    def __init__(self, images: ImageSet, settings: LoaderSettings = LoaderSettings(), *, pixels: bool = False):
         self.images = images
         self.settings = settings
+        self._rows = _Rows(images, pixels)
         self._order = _Order()
         self._loader: torch.utils.data.DataLoader | None = None
         if settings.num_workers > 0 and not images.in_memory:
             self._loader = torch.utils.data.DataLoader(
-                _Rows(images), batch_size=None, sampler=self._order, num_workers=settings.num_workers,
+                self._rows, batch_size=None, sampler=self._order, num_workers=settings.num_workers,
                 prefetch_factor=settings.prefetch_factor, persistent_workers=settings.persistent_workers,
                 pin_memory=settings.pin_memory,
             )
@@ -106,19 +111,20 @@ class BatchLoader:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         batches = list(torch.as_tensor(order, dtype=torch.long).reshape(-1).split(batch_size))
         if self._loader is None or len(batches) <= 1:
-            for idx in batches:
-                x = self.images.load(idx)
-                yield (x.pin_memory() if self.settings.pin_memory else x), self.images.labels[idx], idx
+            for idx in batches:  # in this process: pinning would be one more copy, not an overlap
+                yield self._rows[idx]
             return
         self._order.batches = batches
         yield from self._loader
 
 
-def iterate_batches(images: ImageSet, order: torch.Tensor, batch_size: int, *, num_workers: int = 0) -> Iterator[Batch]:
+def iterate_batches(
+    images: ImageSet, order: torch.Tensor, batch_size: int, *, num_workers: int | None = 0
+) -> Iterator[Batch]:
     """Yield ``(x, y, idx)`` batches following ``order`` (row ids into ``images``).
 
-    The last batch may be short. In-memory sets, or ``num_workers == 0``, load in this
+    The last batch may be short. In-memory sets, or ``num_workers`` 0 or None, load in this
     process; otherwise ``num_workers`` processes decode batches ahead (for this pass only:
     a :class:`BatchLoader` keeps them across passes).
     """
-    yield from BatchLoader(images, LoaderSettings(num_workers=num_workers)).batches(order, batch_size)
+    yield from BatchLoader(images, LoaderSettings(num_workers=num_workers or 0)).batches(order, batch_size)

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from edray.data import DataSplits, ImageSet, apply_views, iterate_batches, view_params
+from edray.data import BatchLoader, DataSplits, ImageSet, batch_views, iterate_batches, loader_settings, view_params
 from edray.distill.losses import sliced_kd_loss
 from edray.distill.optim import lr_at, make_optimizer, set_lr
 from edray.distill.plan import Plan, make_plan
+from edray.distill.precision import Precision, configure_backends, prepare_model, resolve_precision, to_device
 from edray.distill.teachers import TeacherLogits
 from edray.errors import EdrayError
 from edray.models import Backbone, GrowingStudent, build_backbone
@@ -109,14 +110,17 @@ def _epoch_generator(spec: Spec, epoch: int, salt: int = 0) -> torch.Generator:
 
 @torch.no_grad()
 def _evaluate(
-    student: torch.nn.Module, images: ImageSet, rank: torch.Tensor, seen: int, device: str, batch_size: int = 512
+    student: torch.nn.Module, images: ImageSet, rank: torch.Tensor, seen: int, device: str,
+    precision: Precision | None = None, batch_size: int = 512,
 ) -> tuple[float, float]:
     """(accuracy over all samples, accuracy over samples of seen classes), ordered space."""
     student.eval()
+    precision = precision or resolve_precision("fp32", device)
     correct = total = correct_seen = total_seen = 0
     for x, y, _ in iterate_batches(images, torch.arange(len(images)), batch_size):
         target = rank[y]
-        pred = student(x.to(device)).argmax(1).cpu()
+        with precision.autocast():
+            pred = student(to_device(x, device)).argmax(1).cpu()
         hit = pred == target
         is_seen = target < seen
         correct += hit.sum().item()
@@ -180,6 +184,9 @@ class _Run:
     student: GrowingStudent
     device: str
     dist: DistContext
+    precision: Precision
+    scaler: torch.amp.GradScaler
+    loader: BatchLoader
     grade: int = 0
     optimizer: torch.optim.Optimizer | None = None
     history: list[EpochMetrics] = field(default_factory=list)
@@ -242,8 +249,12 @@ def _start(spec: Spec, data: DataSplits, teachers: TeacherLogits | None, device:
         spec.student.arch, num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
     )
     grade_classes = plan.classes.grade_classes if plan.method == "ed" else [data.num_classes]
-    student = GrowingStudent(backbone, grade_classes).to(device)
-    return _Run(spec, plan, data, teachers, student, device, dist)
+    precision = resolve_precision(spec.optim.precision, device)  # fp16 on a CPU fails here, before any work
+    configure_backends(deterministic=spec.deterministic, device=device)
+    student = prepare_model(GrowingStudent(backbone, grade_classes), device)
+    # uint8 batches where the data is decoded pixels: normalised and cut into views on the device.
+    loader = BatchLoader(data.train, loader_settings(spec.optim, spec.scaling, device), pixels=True)
+    return _Run(spec, plan, data, teachers, student, device, dist, precision, precision.grad_scaler(), loader)
 
 
 def _restore(run: _Run, resume: dict[str, Any]) -> int:
@@ -255,6 +266,8 @@ def _restore(run: _Run, resume: dict[str, Any]) -> int:
     run.student.load_state_dict(resume["student"])
     run.optimizer = _optimizer_for_grade(run.spec, run.student, run.grade, None)
     run.optimizer.load_state_dict(resume["optimizer"])
+    if resume.get("scaler"):
+        run.scaler.load_state_dict(resume["scaler"])
     run.history = [EpochMetrics(**m) for m in resume["history"]]
     _restore_rng(resume["rng"])
     return resume["epoch"]
@@ -312,7 +325,7 @@ def _train_one_epoch(run: _Run, passes: list[tuple[torch.Tensor, torch.Tensor]])
         view_of = torch.zeros(len(run.data.train.labels), dtype=torch.long)  # row -> its view this epoch
         view_of[order] = views_all
         local_order, local_batch, global_sizes = _shard(order, spec.optim.batch_size, dist)
-        batches = iterate_batches(run.data.train, local_order, local_batch, num_workers=spec.optim.num_workers)
+        batches = run.loader.batches(local_order, local_batch)
         for (x, y, rows), global_size in zip(batches, global_sizes):
             loss_sum += _train_step(run, params, x, y, rows, view_of[rows], global_size)
             seen_samples += len(y)
@@ -323,22 +336,30 @@ def _train_step(
     run: _Run, params: list[torch.nn.Parameter], x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
     views: torch.Tensor, global_size: int,
 ) -> float:
-    """One optimizer step on a batch; returns the batch's summed loss."""
+    """One optimizer step on a batch; returns the batch's summed loss.
+
+    The views are cut on the device (after one copy of the batch); the forward passes
+    run under the run's autocast, the loss in fp32 on their float logits.
+    """
     aug = run.spec.dataset.augmentation
-    x = apply_views(x, view_params(run.spec.teachers.view_seed, rows, views, aug), aug).to(run.device)
-    logits = run.student(x)
+    params = view_params(run.spec.teachers.view_seed, rows, views, aug)
+    x = batch_views(to_device(x, run.device), params, aug, run.data.train.stats)
     sample_groups = run.plan.classes.group_of[y]
+    with run.precision.autocast():
+        logits = run.student(x)
+        teacher_logits = _teacher_logits(run, x, sample_groups, rows, views)
     # Sum over the local slice, normalised by the global batch: all-reduced
     # gradients then equal one worker's gradient of the whole batch.
     loss = sliced_kd_loss(
-        logits, run.plan.classes.rank[y].to(run.device), _teacher_logits(run, x, sample_groups, rows, views),
+        logits.float(), run.plan.classes.rank[y].to(run.device), teacher_logits,
         sample_groups.to(run.device), run.plan.classes.offsets,
         alpha=run.plan.alpha, temperature=run.grade_spec.temperature,
     ) * len(y)
     run.optimizer.zero_grad(set_to_none=True)
-    (loss / global_size).backward()
+    run.scaler.scale(loss / global_size).backward()  # fp16: scaled so small gradients do not underflow
     _sync_gradients(params, run.dist)
-    run.optimizer.step()
+    run.scaler.step(run.optimizer)  # fp16: unscales, skips the step on inf/NaN; otherwise optimizer.step()
+    run.scaler.update()
     return loss.item()
 
 
@@ -351,7 +372,7 @@ def _teacher_logits(
         return out
     for k in sample_groups.unique().tolist():
         mask = sample_groups == k
-        out[k] = run.teachers.group_logits(k, x[mask.to(x.device)], rows[mask], views[mask]).to(run.device)
+        out[k] = run.teachers.group_logits(k, x[mask.to(x.device)], rows[mask], views[mask]).to(run.device).float()
     return out
 
 
@@ -370,7 +391,9 @@ def _run_epoch(run: _Run, epoch: int) -> EpochMetrics:
 def _epoch_metrics(run: _Run, epoch: int, lr: float, train_loss: float, tic: float) -> EpochMetrics:
     g = run.grade_spec
     seen = run.plan.classes.seen(g.groups)
-    val_acc, val_acc_seen = _evaluate(run.student, run.data.val, run.plan.classes.rank, seen, run.device)
+    val_acc, val_acc_seen = _evaluate(
+        run.student, run.data.val, run.plan.classes.rank, seen, run.device, run.precision
+    )
     return EpochMetrics(
         epoch=epoch + 1, grade=run.grade, lr=lr, train_loss=train_loss,
         val_acc=val_acc, val_acc_seen=val_acc_seen, seen_classes=seen,
@@ -386,6 +409,7 @@ def _checkpoint(run: _Run, epoch: int) -> dict[str, Any]:
         # checkpoint the caller still holds.
         "student": copy.deepcopy(run.student.state_dict()), "optimizer": copy.deepcopy(run.optimizer.state_dict()),
         "history": [asdict(m) for m in run.history], "rng": _rng_state(),
+        "scaler": run.scaler.state_dict(),  # empty unless fp16
     }
     if epoch + 1 == run.spec.optim.epochs:
         # The finished student (natural class order), so a wrapper can keep it.
@@ -399,7 +423,11 @@ def _result(run: _Run, evaluate_test: bool, start_wall: float) -> RunResult:
     data = run.data
     test_acc = None
     if evaluate_test:
-        test_acc, _ = _evaluate(model, data.test, torch.arange(data.num_classes), data.num_classes, "cpu")
+        test_acc, _ = _evaluate(
+            prepare_model(model, run.device), data.test, torch.arange(data.num_classes), data.num_classes,
+            run.device, run.precision,
+        )
+        model.cpu().to(memory_format=torch.contiguous_format)
     return RunResult(
         method=run.plan.method,
         val_acc=run.history[-1].val_acc if run.history else float("nan"),

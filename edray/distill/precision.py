@@ -111,9 +111,9 @@ def to_device(x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
     the previous step's kernels), 4-D images ``channels_last`` to match the model."""
     if _device_type(device) != "cuda":
         return x.to(device)
-    if x.device.type == "cpu" and not x.is_pinned():
-        x = x.pin_memory()
-    x = x.to(device, non_blocking=True)
+    # Only a pinned batch (from the loader's workers) can be copied asynchronously; pinning
+    # here would cost one more host copy than the plain one.
+    x = x.to(device, non_blocking=x.is_pinned())
     if x.dim() == 4 and x.is_floating_point():
         x = x.contiguous(memory_format=torch.channels_last)
     return x

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from edray.data import DataSplits, ImageSet, apply_views, view_params
+from edray.data import DataSplits, ImageSet, batch_views, view_params
 from edray.distill.plan import make_plan
+from edray.distill.precision import prepare_model, resolve_precision, to_device
 from edray.distill.teachers import TeacherCheckpoint, load_teacher
 from edray.logits.key import StoreKey, file_sha256
 from edray.logits.reader import LogitStore, open_store
@@ -64,17 +65,19 @@ def _store_root(spec: Spec, workdir: Path) -> str:
 
 def _teacher_logits(spec: Spec, teacher: TeacherCheckpoint, images: ImageSet, views: int, device: str):
     aug = spec.dataset.augmentation
-    model = teacher.model.to(device).eval()
+    model = prepare_model(teacher.model, device).eval()
+    precision = resolve_precision(spec.optim.precision, device)  # the run's autocast; stored as fp16 either way
 
     @torch.no_grad()  # here, not on the outer function: the writer calls this later, outside it
     def compute(start: int, stop: int) -> torch.Tensor:
         out = torch.empty(stop - start, views, len(teacher.classes))
         for s in range(start, stop, _BATCH):
             rows = torch.arange(s, min(stop, s + _BATCH))
-            x = images.load(rows)
+            x = to_device(images.load_pixels(rows), device)  # one copy per batch; the V views are cut on the device
             for v in range(views):
-                xv = apply_views(x, view_params(spec.teachers.view_seed, rows, v, aug), aug)
-                out[s - start : s - start + len(rows), v] = model(xv.to(device)).float().cpu()
+                xv = batch_views(x, view_params(spec.teachers.view_seed, rows, v, aug), aug, images.stats)
+                with precision.autocast():
+                    out[s - start : s - start + len(rows), v] = model(xv).float().cpu()
         return out
 
     return compute
