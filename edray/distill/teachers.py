@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from edray.data import DataSplits, ImageSet, apply_views, iterate_batches, subset, view_params
 from edray.data.groups import ClassGroups, split_classes
 from edray.distill.optim import lr_at, make_optimizer, set_lr
+from edray.distill.precision import prepare_model, resolve_precision, to_device
 from edray.errors import EdrayError
 from edray.models import Backbone, build_backbone
 from edray.spec import OptimSpec, ScheduleSpec, Spec, TeacherSpec
@@ -75,6 +76,7 @@ def _identity(spec: Spec, index: int, data: DataSplits, classes: list[int]) -> s
     blob = json.dumps(
         {
             "arch": t.arch,
+            **({"pretrained": t.pretrained} if t.pretrained else {}),  # absent when unset: old teachers keep their path
             "recipe": t.train.model_dump(),
             "data": data.fingerprint,
             "augmentation": spec.dataset.augmentation.model_dump(),
@@ -125,7 +127,8 @@ def load_teacher(spec: Spec, index: int, data: DataSplits, workdir: Path, *, dev
             f"this spec needs {t.arch} over {len(classes)} classes",
             "point to the right file or retrain with `edray teach`",
         )
-    model = build_backbone(t.arch, num_classes=len(classes), in_channels=data.in_channels, image_size=data.image_size)
+    model = build_backbone(t.arch, num_classes=len(classes), in_channels=data.in_channels, image_size=data.image_size,
+                           pretrained=t.pretrained, load_weights=False)  # the layout; the weights are the checkpoint's
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()
     return TeacherCheckpoint(t.arch, classes, model, float(blob.get("val_acc", float("nan"))), path)
@@ -163,8 +166,11 @@ def train_teacher(
     train_y, val_y = local_of[train.labels], local_of[val.labels]
 
     torch.manual_seed(t.train.seed * 1000 + index)
-    model = build_backbone(t.arch, num_classes=len(classes), in_channels=data.in_channels, image_size=data.image_size)
-    model.to(device)
+    model = build_backbone(t.arch, num_classes=len(classes), in_channels=data.in_channels, image_size=data.image_size,
+                           pretrained=t.pretrained, field=f"teachers.models[{index}].pretrained")
+    model = prepare_model(model, device)
+    precision = resolve_precision(spec.optim.precision, device)
+    scaler = precision.grad_scaler()
     optim = OptimSpec(
         lr=t.train.lr,
         momentum=t.train.momentum,
@@ -183,11 +189,14 @@ def train_teacher(
         order = torch.randperm(len(train), generator=gen)
         for x, _, idx in iterate_batches(train, order, t.train.batch_size, num_workers=spec.optim.num_workers):
             views = torch.randint(1, 2**31 - 1, (len(idx),), generator=gen)
-            x = apply_views(x, view_params(t.train.seed + index + 1, idx, views, aug), aug).to(device)
-            loss = F.cross_entropy(model(x), train_y[idx].to(device))
+            x = apply_views(to_device(x, device), view_params(t.train.seed + index + 1, idx, views, aug), aug)
+            with precision.autocast():
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), train_y[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         if progress:
             progress(f"teacher {index} ({t.arch}) epoch {epoch + 1}/{t.train.epochs} loss {loss.item():.3f}")
     val_acc = _accuracy(model, val, val_y, 256, device)
