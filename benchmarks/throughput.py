@@ -171,8 +171,8 @@ def step_rates(device: str, *, batch: int, steps: int) -> tuple[float, float, st
     return rates[0], rates[1], amp.name
 
 
-def ed_epochs(root: Path, workdir: Path) -> tuple[float, float]:
-    """CUDA only: one ED epoch of resnet18 on the cached data vs the same pixels held as tensors."""
+def ed_epochs(root: Path, workdir: Path, *, device: str = "cuda", size: int = SIZE) -> tuple[float, float]:
+    """One ED epoch of resnet18 on the cached data vs the same pixels held as tensors (run on CUDA)."""
     import dataclasses
 
     from edray.data import TensorImageSet, load_data
@@ -181,8 +181,8 @@ def ed_epochs(root: Path, workdir: Path) -> tuple[float, float]:
     from edray.spec import load_spec
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "search_spaces" / "caltech256.yaml", [
-        f"dataset.root={root}", "method=ce", "optim.epochs=2", "ed.switch_epochs=[1]", "ed.grades=2",
-        "ed.split_ratios=[0.5, 0.5]", "ed.temperatures=[4.0, 4.0]", "deterministic=false",
+        f"dataset.root={root}", f"dataset.image_size={size}", "method=ce", "optim.epochs=2", "ed.switch_epochs=[1]",
+        "ed.grades=2", "ed.split_ratios=[0.5, 0.5]", "ed.temperatures=[4.0, 4.0]", "deterministic=false",
         "scaling.resources_per_worker={CPU: %d, GPU: 1}" % _cpus(),
     ])
     cached = load_data(spec.dataset, image_cache=workdir / "images")
@@ -193,7 +193,7 @@ def ed_epochs(root: Path, workdir: Path) -> tuple[float, float]:
                                  val=SubsetImageSet(held, cached.val.rows))
     times = []
     for data in (cached, memory):
-        result = run_ed(spec, data, None, device="cuda", evaluate_test=False)
+        result = run_ed(spec, data, None, device=device, evaluate_test=False)
         times.append(result.history[-1].epoch_s)  # the second epoch: kernels picked, workers warm
     return times[0], times[1]
 
