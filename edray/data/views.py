@@ -185,7 +185,7 @@ def pixel_views(
     if pixels.device.type != "cpu":
         return apply_views(normalise_pixels(pixels, mean, std), params, aug)
     pad = aug.crop_padding
-    crops = torch.zeros_like(pixels)
+    crops = torch.empty_like(pixels)  # what the crop leaves uncovered is padding, zeroed after normalising
     spans = []
     for i, (dx, dy, flip) in enumerate(zip(params.dx.tolist(), params.dy.tolist(), params.flip.tolist())):
         # The crop window in image coordinates, clipped to the image; t* are its rows/cols in the crop.
