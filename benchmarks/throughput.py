@@ -7,8 +7,10 @@ Makes a JPEG folder in the Caltech-256 layout under a temp dir (``--classes`` fo
   CenterCrop(224), ToTensor, Normalize; ``--workers`` processes): what a user writes by hand;
 - ``edray_decode_img_s``: edray's file pipeline with the cache off (same workers), views applied;
 - ``cache_build_s``, ``cache_bytes_per_image``: decoding every image once into the cache;
-- ``edray_cache_img_s``: edray reading the decoded cache (uint8 rows from the memory map),
-  views (crop 16 px padding + flip) applied, in the training process;
+- ``edray_cache_img_s``: edray reading the decoded cache (uint8 rows gathered from the
+  memory map), views (crop 16 px padding + flip) cut and normalised, in the training
+  process as a CPU run does (no workers: for in-memory rows they cost more CPU than they
+  save); a GPU run cuts the views on the device;
 - ``step_fp32_img_s``, ``step_amp_img_s``: resnet18 training steps at 224 px from an
   in-memory batch on the best device present (CUDA: bf16 or fp16 autocast, channels_last;
   CPU: bf16 autocast);
@@ -41,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from edray.data import BatchLoader, LoaderSettings, batch_views, view_params
+from edray.data import BatchLoader, LoaderSettings
 from edray.data.folders import load_caltech256
 from edray.data.image_cache import cache_image_set
 from edray.distill.precision import configure_backends, prepare_model, resolve_precision, to_device
@@ -122,16 +124,18 @@ def imagefolder_rate(root: Path, *, workers: int, batch: int, rounds: int) -> tu
 
 
 def edray_rate(images, *, workers: int, batch: int, rounds: int) -> tuple[float, float]:
+    """A CPU run's input: the loader's workers read (or decode) rows and cut the views."""
     loader = BatchLoader(images, LoaderSettings(num_workers=workers, prefetch_factor=2 if workers else None),
-                         pixels=True)
+                         views=(0, AUG))
     epoch = [0]
 
     def one_pass() -> None:
         epoch[0] += 1
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(epoch[0]))
-        for x, _, rows in loader.batches(order, batch):
-            views = torch.randint(1, 2**31 - 1, (len(rows),))
-            batch_views(x, view_params(0, rows, views, AUG), AUG, images.stats).sum()  # as the training step does
+        gen = torch.Generator().manual_seed(epoch[0])
+        order = torch.randperm(len(images), generator=gen)
+        views = torch.randint(1, 2**31 - 1, (len(images),), generator=gen)
+        for x, _, _ in loader.batches(order, batch, views=views):
+            x.sum()  # touch it, as a training step would
 
     return _best_rate(len(images), one_pass, rounds)
 
@@ -208,7 +212,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="timed training steps (default: 3 on CPU, 50 on CUDA)")
     parser.add_argument("--json", action="store_true", help="last line of stdout is a JSON summary")
     args = parser.parse_args()
-    torch.set_num_threads(_cpus())
+    # The input measurements run the training process on one torch thread (as Ray gives a
+    # one-CPU worker; more threads spin against the loader processes on 2 busy cores);
+    # the training steps use every core.
+    torch.set_num_threads(1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({_cpus()} cores)"
     out: dict = {"device": name, "images": args.images, "classes": args.classes, "workers": args.workers}
@@ -233,7 +240,7 @@ def main() -> None:
                                  dataset_identity=files.identity, num_workers=args.workers, say=_log)
         out["cache_build_s"] = time.perf_counter() - tic
         out["cache_bytes_per_image"] = cached.nbytes / len(cached)
-        rate, cpu = edray_rate(cached, workers=0, batch=args.batch, rounds=args.rounds)
+        rate, cpu = edray_rate(cached, workers=args.workers, batch=args.batch, rounds=args.rounds)
         out.update(edray_cache_img_s=rate, edray_cache_cpu_ms_per_img=cpu)
         _log(f"edray, cache: {rate:.1f} img/s, {cpu:.2f} CPU ms/image (built in {out['cache_build_s']:.1f}s, "
              f"{out['cache_bytes_per_image'] / 1e3:.0f} kB/image)")
@@ -242,6 +249,7 @@ def main() -> None:
 
         steps = args.steps or (3 if device == "cpu" else 50)
         batch = 16 if device == "cpu" else 256
+        torch.set_num_threads(_cpus())
         fp32, amp, amp_name = step_rates(device, batch=batch, steps=steps)
         out.update(step_fp32_img_s=fp32, step_amp_img_s=amp, step_amp_precision=amp_name, step_batch=batch,
                    amp_over_fp32=amp / fp32)

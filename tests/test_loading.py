@@ -61,3 +61,23 @@ def test_persistent_workers_serve_every_pass_in_its_order():
     assert len(pids) == 2 and os.getpid() not in pids  # the same two workers for all three passes
     plain = list(iterate_batches(images, torch.arange(20), 6))
     assert {int(p) for x, _, _ in plain for p in x[:, 1]} == {os.getpid()}
+
+
+def test_views_cut_by_workers_equal_views_cut_in_the_training_process(tmp_path):
+    from edray.data import batch_views, view_params
+    from edray.data.folders import load_imagefolder
+    from edray.spec import AugmentSpec, DatasetSpec
+    from tests.test_image_cache import _write_folder
+
+    aug = AugmentSpec(crop_padding=3, hflip=True)
+    images = load_imagefolder(DatasetSpec(name="imagefolder", root=str(_write_folder(tmp_path)), image_size=12)).train
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))
+    views = torch.randint(1, 1000, (len(images),), generator=torch.Generator().manual_seed(2))
+    loader = BatchLoader(images, LoaderSettings(num_workers=2, prefetch_factor=2, persistent_workers=True),
+                         views=(7, aug))
+    assert loader.applies_views
+    got = list(loader.batches(order, 4, views=views))
+    assert torch.equal(torch.cat([idx for _, _, idx in got]), order)
+    for (x, _, idx), view in zip(got, views.split(4)):
+        expected = batch_views(images.load_pixels(idx), view_params(7, idx, view, aug), aug, images.stats)
+        assert torch.equal(x, expected)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from edray.data.imagesets import ImageSet
-from edray.spec import OptimSpec, ScalingSpec
+from edray.data.views import batch_views, view_params
+from edray.spec import AugmentSpec, OptimSpec, ScalingSpec
 
 __all__ = ["BatchLoader", "LoaderSettings", "iterate_batches", "loader_settings"]
 
@@ -58,15 +59,22 @@ def loader_settings(optim: OptimSpec, scaling: ScalingSpec, device: str | torch.
 class _Rows(torch.utils.data.Dataset):
     """Item = a whole batch: the sampler yields row-id tensors, a worker decodes each whole."""
 
-    def __init__(self, images: ImageSet, pixels: bool):
+    def __init__(self, images: ImageSet, pixels: bool, views: tuple[int, AugmentSpec] | None):
         self.images = images
         self.pixels = pixels
+        self.views = views
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, idx: torch.Tensor) -> Batch:
-        x = self.images.load_pixels(idx) if self.pixels else self.images.load(idx)
+    def __getitem__(self, item: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> Batch:
+        idx, view_ids = item if isinstance(item, tuple) else (item, None)
+        if self.views is not None and view_ids is not None:
+            seed, aug = self.views
+            params = view_params(seed, idx, view_ids, aug)
+            x = batch_views(self.images.load_pixels(idx), params, aug, self.images.stats)
+        else:
+            x = self.images.load_pixels(idx) if self.pixels else self.images.load(idx)
         return x, self.images.labels[idx], idx
 
 
@@ -74,12 +82,12 @@ class _Order(torch.utils.data.Sampler):
     """The batches of the current pass; the main process sets them before each pass."""
 
     def __init__(self) -> None:
-        self.batches: list[torch.Tensor] = []
+        self.batches: list = []
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator:
         return iter(self.batches)
 
 
@@ -89,15 +97,28 @@ class BatchLoader:
     One per image set per run: with ``persistent_workers`` the worker processes (and the
     set pickled into them) live as long as the loader. With ``pixels``, batches are
     :meth:`ImageSet.load_pixels` (uint8 where the set has decoded pixels), for
-    :func:`~edray.data.views.batch_views` to normalise and cut views on the device.
+    :func:`~edray.data.views.batch_views` to normalise and cut views on the device (a GPU
+    run). With ``views=(seed, aug)``, the loader itself cuts the views given to
+    :meth:`batches` (a CPU run: file sets' workers then decode and cut in parallel with
+    the training step).
     """
 
-    def __init__(self, images: ImageSet, settings: LoaderSettings = LoaderSettings(), *, pixels: bool = False):
+    def __init__(
+        self,
+        images: ImageSet,
+        settings: LoaderSettings = LoaderSettings(),
+        *,
+        pixels: bool = False,
+        views: tuple[int, AugmentSpec] | None = None,
+    ):
         self.images = images
         self.settings = settings
-        self._rows = _Rows(images, pixels)
+        self.applies_views = views is not None
+        self._rows = _Rows(images, pixels, views)
         self._order = _Order()
         self._loader: torch.utils.data.DataLoader | None = None
+        # In-memory sets stay in this process: handing a float batch across processes costs
+        # more CPU (a shared-memory copy each way) than gathering and cutting it here.
         if settings.num_workers > 0 and not images.in_memory:
             self._loader = torch.utils.data.DataLoader(
                 self._rows, batch_size=None, sampler=self._order, num_workers=settings.num_workers,
@@ -105,11 +126,17 @@ class BatchLoader:
                 pin_memory=settings.pin_memory,
             )
 
-    def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[Batch]:
-        """Batches following ``order`` (row ids into the set); the last may be short."""
+    def batches(self, order: torch.Tensor, batch_size: int, views: torch.Tensor | None = None) -> Iterator[Batch]:
+        """Batches following ``order`` (row ids into the set); the last may be short.
+
+        ``views``: the view id of each row of ``order``, cut by the loader when it was made
+        with ``views=(seed, aug)`` (and ignored otherwise: the caller cuts them).
+        """
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
-        batches = list(torch.as_tensor(order, dtype=torch.long).reshape(-1).split(batch_size))
+        batches: list = list(torch.as_tensor(order, dtype=torch.long).reshape(-1).split(batch_size))
+        if self.applies_views and views is not None:
+            batches = list(zip(batches, torch.as_tensor(views, dtype=torch.long).reshape(-1).split(batch_size)))
         if self._loader is None or len(batches) <= 1:
             for idx in batches:  # in this process: pinning would be one more copy, not an overlap
                 yield self._rows[idx]

@@ -252,8 +252,11 @@ def _start(spec: Spec, data: DataSplits, teachers: TeacherLogits | None, device:
     precision = resolve_precision(spec.optim.precision, device)  # fp16 on a CPU fails here, before any work
     configure_backends(deterministic=spec.deterministic, device=device)
     student = prepare_model(GrowingStudent(backbone, grade_classes), device)
-    # uint8 batches where the data is decoded pixels: normalised and cut into views on the device.
-    loader = BatchLoader(data.train, loader_settings(spec.optim, spec.scaling, device), pixels=True)
+    settings = loader_settings(spec.optim, spec.scaling, device)
+    if torch.device(device).type == "cpu":  # the loader (its workers, if any) cuts the views while this trains
+        loader = BatchLoader(data.train, settings, views=(spec.teachers.view_seed, spec.dataset.augmentation))
+    else:  # uint8 batches where the data is decoded pixels: normalised and cut into views on the device
+        loader = BatchLoader(data.train, settings, pixels=True)
     return _Run(spec, plan, data, teachers, student, device, dist, precision, precision.grad_scaler(), loader)
 
 
@@ -325,7 +328,7 @@ def _train_one_epoch(run: _Run, passes: list[tuple[torch.Tensor, torch.Tensor]])
         view_of = torch.zeros(len(run.data.train.labels), dtype=torch.long)  # row -> its view this epoch
         view_of[order] = views_all
         local_order, local_batch, global_sizes = _shard(order, spec.optim.batch_size, dist)
-        batches = run.loader.batches(local_order, local_batch)
+        batches = run.loader.batches(local_order, local_batch, views=view_of[local_order])
         for (x, y, rows), global_size in zip(batches, global_sizes):
             loss_sum += _train_step(run, params, x, y, rows, view_of[rows], global_size)
             seen_samples += len(y)
@@ -338,12 +341,14 @@ def _train_step(
 ) -> float:
     """One optimizer step on a batch; returns the batch's summed loss.
 
-    The views are cut on the device (after one copy of the batch); the forward passes
-    run under the run's autocast, the loss in fp32 on their float logits.
+    The views are cut by the loader (CPU) or on the device after one copy of the batch
+    (GPU); the forward passes run under the run's autocast, the loss in fp32 on their
+    float logits.
     """
-    aug = run.spec.dataset.augmentation
-    params = view_params(run.spec.teachers.view_seed, rows, views, aug)
-    x = batch_views(to_device(x, run.device), params, aug, run.data.train.stats)
+    x = to_device(x, run.device)
+    if not run.loader.applies_views:
+        aug = run.spec.dataset.augmentation
+        x = batch_views(x, view_params(run.spec.teachers.view_seed, rows, views, aug), aug, run.data.train.stats)
     sample_groups = run.plan.classes.group_of[y]
     with run.precision.autocast():
         logits = run.student(x)
