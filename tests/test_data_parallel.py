@@ -29,7 +29,7 @@ from torch import nn
 from edray.data import DataSplits, load_data
 from edray.distill import loop
 from edray.distill.loop import DistContext, run_ed
-from edray.logits.precompute import precompute_stores
+from edray.distill.precompute import precompute_stores
 from edray.pipeline import make_teacher_logits
 from edray.spec import DatasetSpec
 

@@ -26,16 +26,11 @@ from edray.data import apply_views, load_data, view_params
 from edray.distill.loop import run_ed
 from edray.distill.losses import sliced_kd_loss
 from edray.distill.plan import make_plan
+from edray.distill.precompute import _teacher_logits, precompute_stores, store_key
+from edray.distill.stored_teachers import StoreTeachers, open_teacher_stores
 from edray.distill.teachers import LiveTeachers, load_teacher, teacher_path
 from edray.errors import EdrayError
 from edray.logits import open_store
-from edray.logits.precompute import (
-    StoreTeachers,
-    _teacher_logits,
-    open_teacher_stores,
-    precompute_stores,
-    store_key,
-)
 from edray.pipeline import make_teacher_logits, teach
 
 from .conftest import DIGITS_YAML, FAST, fast_spec
