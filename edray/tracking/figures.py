@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import sys
 import warnings
@@ -26,6 +25,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from edray.atomic import atomic_path
 from edray.spec import SearchParam
 
 __all__ = ["FIGURES", "build_study", "render_figures"]
@@ -324,15 +324,13 @@ def _placeholder(plt, name: str, reason: str):
 
 def _save(plt, fig, path: Path) -> Path:
     """Write atomically: a reader never sees half a PNG."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
         reason = getattr(fig, "edray_placeholder", None)
         metadata = {"Title": path.stem, "Description": f"placeholder: {reason}" if reason else "edray sweep figure"}
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight", metadata=metadata)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight", metadata=metadata)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 
