@@ -79,3 +79,12 @@ def tmpfs(tmp_path):
 def remount(path: Path, options: str) -> None:
     """Change a :func:`tmpfs` mount's options (``ro``, ``size=4m``)."""
     subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+
+
+def one_error_line(capsys, *parts: str) -> str:
+    """The CLI's stderr: one ``error: ...`` line, no traceback, containing every part."""
+    _out, err = capsys.readouterr()
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for part in parts:
+        assert part in err, err
+    return err

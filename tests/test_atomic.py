@@ -22,7 +22,7 @@ from edray.atomic import DEFAULT_FIX, atomic_path, fsync_dir, write_bytes, write
 from edray.cli import main
 from edray.errors import USER_ERROR, EdrayError
 
-from .conftest import remount
+from .conftest import one_error_line, remount
 
 NO_SPACE = "cannot write (No space left on device)"
 
@@ -157,19 +157,11 @@ def sweep(tmp_path_factory, teacher_workdir) -> Path:
     return small_sweep(tmp_path_factory, teacher_workdir)
 
 
-def _one_error_line(capsys, *parts: str) -> str:
-    out, err = capsys.readouterr()
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for part in parts:
-        assert part in err, err
-    return err
-
-
 @pytest.mark.parametrize("command", ["best", "report"])
 def test_cli_writers_on_a_full_disk_exit_2(command, sweep, full, capsys):
     out = full / "sub" / f"{command}.out"
     assert main([command, "digits", "--workdir", str(sweep), "-o", str(out)]) == USER_ERROR
-    _one_error_line(capsys, f"error: {out}: {NO_SPACE}; fix: free space or choose another -o/--output")
+    one_error_line(capsys, f"error: {out}: {NO_SPACE}; fix: free space or choose another -o/--output")
     assert _files(full) == ["filler"]
     remount(full, "size=4m")  # space freed: the same command now writes the file
     assert main([command, "digits", "--workdir", str(sweep), "-o", str(out)]) == 0

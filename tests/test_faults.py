@@ -27,7 +27,7 @@ from edray.distributed.sweep import SweepOptions, run_sweep
 from edray.pipeline import train
 from edray.tracking.callback import EPOCH_METRICS
 
-from .conftest import DIGITS_YAML, FAST, fast_spec, remount
+from .conftest import DIGITS_YAML, FAST, fast_spec, one_error_line, remount
 
 EPOCHS = 6
 # One fixed config (a single choice), no early stopping, no final evaluation: the trial
@@ -238,14 +238,6 @@ def _teacher_file(work: Path, index: int) -> Path:
 # ---------------------------------------------------------------------- 5. full disk, read-only workdir
 
 
-def _error_line(capsys, *parts: str) -> str:
-    out, err = capsys.readouterr()
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for part in parts:
-        assert part in err, err
-    return err
-
-
 def _leftovers(root: Path) -> list[str]:
     """Temp files, manifests, checkpoints: anything a later run could take as finished."""
     return sorted(p.name for p in root.rglob("*") if p.is_file() and (p.suffix in (".tmp", ".pt", ".arrow")
@@ -257,10 +249,11 @@ def test_read_only_workdir_precompute_and_sweep_fail_cleanly(tmpfs, teacher_work
     remount(work.parent, "ro")
     code = main(["precompute", str(DIGITS_YAML), "--workdir", str(work), *_cli_args()])
     assert code == 2
-    _error_line(capsys, f"error: {work / 'logits'}: cannot write (Read-only file system)", "choose another --workdir")
+    one_error_line(capsys, f"error: {work / 'logits'}: cannot write (Read-only file system)",
+                   "choose another --workdir")
     code = main(["sweep", str(DIGITS_YAML), "--workdir", str(work), *_cli_args(*SWEEP)])
     assert code == 2  # before Ray, a trial or a checkpoint
-    _error_line(capsys, "error: tracking.uri: ", "Read-only file system", "choose a writable --workdir")
+    one_error_line(capsys, "error: tracking.uri: ", "Read-only file system", "choose a writable --workdir")
     assert sorted(p.name for p in work.iterdir()) == ["teachers"]
 
 
@@ -271,7 +264,7 @@ def test_full_disk_during_precompute_leaves_no_store_and_a_rerun_finishes(tmpfs,
     remount(root, f"size={used_kb + 96}k")  # the teachers fit; a 240 kB training store does not
     args = ["precompute", str(DIGITS_YAML), "--workdir", str(work), *_cli_args()]
     assert main(args) == 2
-    _error_line(capsys, "cannot write (No space left on device)", "free space or choose another --workdir")
+    one_error_line(capsys, "cannot write (No space left on device)", "free space or choose another --workdir")
     assert _leftovers(work / "logits") == []  # no temp file, no shard, no manifest: nothing looks finished
     remount(root, "size=16m")  # space freed
     assert main([*args, "--verify"]) == 0
@@ -281,7 +274,7 @@ def test_full_disk_during_precompute_leaves_no_store_and_a_rerun_finishes(tmpfs,
 def test_full_disk_while_saving_teachers_and_models_leaves_no_half_file(tmpfs, teacher_workdir, digits_data, capsys):
     work = tmpfs("teach", 256)  # one teacher checkpoint is ~1 MB
     assert main(["teach", str(DIGITS_YAML), "--workdir", str(work), *_cli_args()]) == 2
-    _error_line(capsys, "cannot write (No space left on device)")
+    one_error_line(capsys, "cannot write (No space left on device)")
     assert _leftovers(work) == []
 
     work = _workdir(tmpfs("big", 16 * 1024), teacher_workdir)
@@ -293,7 +286,7 @@ def test_full_disk_while_saving_teachers_and_models_leaves_no_half_file(tmpfs, t
     args = ["train", str(DIGITS_YAML), "--workdir", str(work), "--save-model", str(model),
             *_cli_args("optim.epochs=4", "ed.switch_epochs=[1, 2]")]
     assert main(args) == 2
-    _error_line(capsys, f"error: --save-model: cannot write {model} (No space left on device)")
+    one_error_line(capsys, f"error: --save-model: cannot write {model} (No space left on device)")
     assert _leftovers(model.parent) == []
     remount(model.parent, "size=4m")
     assert main(args) == 0
