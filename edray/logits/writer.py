@@ -6,8 +6,8 @@ Layout on disk while writing (``<name>`` = ``StoreKey.name``)::
     <root>/.<name>.partial/    staging: layout.json, shard-00000.arrow, shard-00000.done, ...
     <root>/<name>/             appears only when complete (one rename of the staging dir)
 
-A shard is written to a temp file, fsync'd and renamed; then its ``.done`` record (name,
-rows, bytes, sha256) is written the same way. A shard counts as finished only when both
+A shard is written to a temp file, fsync'd and renamed (:mod:`edray.atomic`); then its
+``.done`` record (name, rows, bytes, sha256) is written the same way. A shard counts as finished only when both
 exist and the sizes agree, so a kill at any point loses at most the shard in flight.
 ``layout.json`` records the shape and the sample ids the staging dir was started with; a
 staging dir from another layout is wiped rather than mixed in.
@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from edray.atomic import exclusive_lock
+from edray.atomic import DEFAULT_FIX, exclusive_lock, fsync_dir, write_bytes
 from edray.errors import EdrayError
 from edray.logits.fs import is_uri
 from edray.logits.key import StoreKey
@@ -42,7 +42,6 @@ __all__ = ["write_store"]
 _LAYOUT = "layout.json"
 _DONE = ".done"
 _TMP = ".tmp"
-_FIX_WRITE = "free space or choose another --workdir"
 # Default shard size. A batch's gather costs a numpy call per shard it touches, so shards
 # should be few; a kill loses at most one shard of compute, so they should not be huge.
 _SHARD_BYTES = 32 << 20
@@ -100,7 +99,7 @@ def write_store(
         return final
     with _io(base):
         base.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(base / f".{key.name}.lock", fix=_FIX_WRITE):
+    with exclusive_lock(base / f".{key.name}.lock", fix=DEFAULT_FIX):
         if _is_finished(final, key):  # another process finished it while we waited
             return final
         if final.exists():  # broken (truncated, corrupt): it is a cache, so rebuild it
@@ -132,10 +131,10 @@ def write_store(
             key.fields(), key.digest(), rows=rows, views=views, outputs=outputs, rows_per_shard=rows_per_shard,
             shards=[done[i] for i in range(total)],
         )
-        _write_atomic(staging / MANIFEST_NAME, manifest.to_json().encode())
+        write_bytes(staging / MANIFEST_NAME, manifest.to_json().encode())
         with _io(final):
             os.rename(staging, final)
-            _fsync_dir(base)
+            fsync_dir(base)
         _remove_bookkeeping(final)
     return final
 
@@ -203,10 +202,10 @@ def _prepare_staging(staging: Path, layout: dict[str, Any]) -> dict[int, ShardIn
             shutil.rmtree(staging)  # another layout, or started but never described: start over
         if not staging.exists():
             staging.mkdir()
-            _write_atomic(staging / _LAYOUT, json.dumps(layout).encode())
+            write_bytes(staging / _LAYOUT, json.dumps(layout).encode())
         done: dict[int, ShardInfo] = {}
         for path in staging.iterdir():
-            if path.name.endswith(_TMP):  # a write that was killed mid-way
+            if path.name.endswith(_TMP):  # a write that was killed mid-way (edray.atomic's temp file)
                 path.unlink()
             elif path.name.endswith(_DONE):
                 record = _read_json(path)
@@ -231,25 +230,9 @@ def _write_shard(staging: Path, name: str, ids: np.ndarray, block: np.ndarray, s
         writer.write_batch(batch)
     data = sink.getvalue()
     info = ShardInfo(name, n, data.size, hashlib.sha256(data).hexdigest())
-    _write_atomic(staging / name, data)
-    _write_atomic(staging / f"{name}{_DONE}", json.dumps(dataclasses.asdict(info)).encode())
+    write_bytes(staging / name, data)
+    write_bytes(staging / f"{name}{_DONE}", json.dumps(dataclasses.asdict(info)).encode())
     return info
-
-
-def _write_atomic(path: Path, data: bytes | pa.Buffer) -> None:
-    """Write to ``path.tmp``, fsync, rename: readers see the old file or the whole new one."""
-    tmp = path.with_name(path.name + _TMP)
-    with _io(path):
-        try:
-            with open(tmp, "wb") as f:
-                f.write(memoryview(data))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-        finally:
-            if tmp.exists():  # a full disk leaves a partial temp file: give the space back
-                tmp.unlink()
 
 
 def _remove_bookkeeping(final: Path) -> None:
@@ -269,18 +252,10 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def _io(path: Path) -> Iterator[None]:
     """Turn an OS error while writing ``path`` into the one-line error the CLI prints."""
     try:
         yield
     except OSError as e:
-        raise EdrayError(str(path), f"cannot write ({e.strerror or e})", _FIX_WRITE) from e
+        raise EdrayError(str(path), f"cannot write ({e.strerror or e})", DEFAULT_FIX) from e
