@@ -150,6 +150,10 @@ class TeachersSpec(_Strict):
 
 class StudentSpec(_Strict):
     arch: str
+    pretrained: str | None = Field(
+        None, description="torchvision weights the model starts from (as teachers.models[i].pretrained); "
+        "set for a teacher's own training run"
+    )
 
 
 class EDSpec(_Strict):
