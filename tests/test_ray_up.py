@@ -38,9 +38,10 @@ PORTS = {22: "ssh", 6379: "Ray GCS", 8265: "Ray dashboard", 5000: "MLflow", 1000
 UV_CACHE = Path("/var/tmp/edray-rayup-uv-cache")
 # The README's submit command, plus two of its documented options that make it short: two trials,
 # and the fast settings of tests/conftest.py.
-SWEEP_ARGS = ["--num-samples", "2", "--set", "optim.epochs=8", "--set", "ed.switch_epochs=[2, 5]",
-              *[a for k in range(3) for a in ("--set", f"teachers.models[{k}].train.epochs=4")],
-              "--set", "search.final_eval.seeds=1"]
+SWEEP_ARGS = ["--num-samples", "2", "--set", "optim.epochs=12", "--set", "ed.switch_epochs=[4, 8]",
+              "--set", "teachers.views=2", "--set", "search.final_eval.seeds=1",
+              *[a for k in range(3) for a in ("--set", f"teachers.models[{k}].train.epochs=4",
+                                              "--set", f"teachers.models[{k}].arch=cnn_medium")]]
 
 pytestmark = pytest.mark.slow
 
@@ -66,17 +67,16 @@ def _skip_reason() -> str | None:
     return None
 
 
-def _run(cmd: list[str], log: Path, timeout: float, **kw) -> tuple[subprocess.CompletedProcess, float]:
+def _run(cmd: list[str], log: Path, timeout: float, **kw) -> tuple[subprocess.CompletedProcess, float, str]:
+    """Run one step, its output in its own log file; return the process, its wall time and a tail."""
     tic = time.monotonic()
-    with log.open("ab") as out:
-        out.write(f"\n$ {' '.join(cmd)}\n".encode())
+    with log.open("wb") as out:
+        out.write(f"$ {' '.join(cmd)}\n".encode())
         out.flush()
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, **kw)
-    return proc, time.monotonic() - tic
-
-
-def _tail(log: Path, n: int = 60) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
+    text = log.read_text(errors="replace")
+    tail = "\n".join(ln[:300] for ln in text.splitlines()[-60:])
+    return proc, time.monotonic() - tic, f"{log}:\n{tail}"
 
 
 def _procs() -> list[tuple[int, int, str]]:
@@ -120,10 +120,11 @@ class Machine:
     uid: int
     home: Path
     key: Path           # the client's private key (the node has the public half)
+    sshd: subprocess.Popen | None
     shared: Path        # EDRAY_SHARED: a directory, the same path on every node
     node_tmp: Path      # RAY_TMPDIR of the node (a private /tmp/ray)
     client_tmp: Path    # RAY_TMPDIR of the client (`ray up` keeps its cluster state there)
-    log: Path
+    logs: Path          # one log file per step
 
 
 def _start_sshd(m: Machine) -> subprocess.Popen:
@@ -212,12 +213,11 @@ def machine():
     subprocess.run(["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/bash",
                     "--user-group", "--password", "*", user], check=True)
     pw = pwd.getpwnam(user)
-    m = Machine(tmp=tmp, user=user, uid=pw.pw_uid, home=home, key=tmp / "client" / "id_ed25519",
-                shared=tmp / "shared", node_tmp=tmp / "t", client_tmp=tmp / "c", log=tmp / "steps.log")
+    m = Machine(tmp=tmp, user=user, uid=pw.pw_uid, home=home, key=tmp / "client" / "id_ed25519", sshd=None,
+                shared=tmp / "shared", node_tmp=tmp / "t", client_tmp=tmp / "c", logs=tmp / "logs")
     # `ray up` keeps its SSH control sockets in a fixed place under /tmp: remove it if it is ours.
     control = _ssh_control_dir()
     control_existed = control.parent.exists()
-    sshd = None
     try:
         m.key.parent.mkdir(mode=0o700)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edray-rayup-test", "-f", str(m.key)],
@@ -232,14 +232,15 @@ def machine():
                        check=True)
         (ssh_dir / "authorized_keys").chmod(0o600)
         m.client_tmp.mkdir()
-        sshd = _start_sshd(m)
+        m.logs.mkdir()
+        m.sshd = _start_sshd(m)
         yield m
     finally:
         try:
             _kill_user(m.uid)
         finally:
-            if sshd is not None:
-                _kill_group(sshd)
+            if m.sshd is not None:
+                _kill_group(m.sshd)
             subprocess.run(["userdel", "--force", user], check=False, capture_output=True)
             if not control_existed:
                 shutil.rmtree(control.parent, ignore_errors=True)
@@ -294,51 +295,94 @@ def test_ray_up_sweep_mlflow_ray_down(machine: Machine, record_property):
     env.pop("RAY_ADDRESS", None)
     times: dict[str, float] = {}
 
-    proc, _ = _run([*_edray(), "validate", str(cfg)], m.log, 60, env=env, cwd=ROOT)
-    assert proc.returncode == 0, _tail(m.log)
+    proc, _, tail = _run([*_edray(), "validate", str(cfg)], m.logs / "validate.log", 60, env=env, cwd=ROOT)
+    assert proc.returncode == 0, tail
 
-    proc, times["ray up"] = _run([_ray(), "up", "-y", "--no-config-cache", str(cfg)], m.log, 480, env=env, cwd=ROOT)
-    assert proc.returncode == 0, _tail(m.log)
-
-    token = m.home / ".ray" / "auth_token"
-    if token.is_file():  # token authentication on: the client sends the head's token
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token.read_text().strip())
+    proc, times["ray up"], tail = _ray_up(cfg, m.logs / "up.log", env)
     try:
-        _submit_and_check(m, cfg, env, times)
+        assert proc.returncode == 0, tail
+        token = m.home / ".ray" / "auth_token"
+        if token.is_file():  # token authentication on: the client sends the head's token
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token.read_text().strip())
+        _submit_and_check(m, env, times)
     finally:
-        # README "Tear down" for machines you keep: stop MLflow on the head, then `ray down`.
-        _run([_ray(), "exec", str(cfg), "kill $(cat ~/edray-mlflow/mlflow.pid)"], m.log, 120, env=env, cwd=ROOT)
-        proc, times["ray down"] = _run([_ray(), "down", "-y", str(cfg)], m.log, 180, env=env, cwd=ROOT)
-    print("wall times (s): " + json.dumps({k: round(v, 1) for k, v in times.items()}))
-    for k, v in times.items():
-        record_property(k, round(v, 1))
-    assert proc.returncode == 0, _tail(m.log)
+        # README "Tear down", for machines you keep: stop MLflow on the head, then `ray down`.
+        _run([_ray(), "exec", str(cfg), "kill $(cat ~/edray-mlflow/mlflow.pid)"], m.logs / "stop-mlflow.log", 120,
+             env=env, cwd=ROOT)
+        down, times["ray down"], down_tail = _run([_ray(), "down", "-y", str(cfg)], m.logs / "down.log", 180,
+                                                  env=env, cwd=ROOT)
+        print("wall times (s): " + json.dumps({k: round(v, 1) for k, v in times.items()}))
+        for k, v in times.items():
+            record_property(k, round(v, 1))
+    assert down.returncode == 0, down_tail
 
     left = _wait_until_empty(lambda: _procs_of(m.uid), 30)
     assert not left, "processes the cluster started are still running after `ray down`:\n" + "\n".join(left)
+    # The machine goes away too: its sshd (by process group), then nothing may carry the test's paths
+    # (ssh control masters of `ray up` and `ray exec`, sshd).
+    _kill_group(m.sshd)
     left = _wait_until_empty(lambda: _client_procs(str(m.tmp)), 30)
-    assert not left, "client processes of the test are still running:\n" + "\n".join(left)
+    assert not left, "processes of the test are still running:\n" + "\n".join(left)
     stale = list(m.node_tmp.glob("**/ray_current_cluster"))
     assert not stale, f"stale {stale} after `ray down`"
 
 
-def _submit_and_check(m: Machine, cfg: Path, env: dict, times: dict) -> None:
-    submit = [_ray(), "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", ".", "--",
+def _ray_up(cfg: Path, log: Path, env: dict) -> tuple[subprocess.CompletedProcess, float, str]:
+    """`ray up`, holding the head's fixed ports until its `ray start --head` runs: on a shared
+    machine another Ray's dashboard would otherwise take 8265 while the node installs."""
+    held = []
+    for port in (p for p in PORTS if p != 22):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            s.close()
+            for h in held:
+                h.close()
+            pytest.skip(f"port {port} ({PORTS[port]}) was taken on 127.0.0.1")
+        s.listen()
+        held.append(s)
+    cmd = [_ray(), "up", "-y", "--no-config-cache", str(cfg)]
+    tic = time.monotonic()
+    with log.open("wb") as out:
+        out.write(f"$ {' '.join(cmd)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        try:
+            while proc.poll() is None and time.monotonic() - tic < 480:
+                if held and "ray start --head" in log.read_text(errors="replace"):
+                    for h in held:
+                        h.close()
+                    held = []
+                time.sleep(0.2)
+        finally:
+            for h in held:
+                h.close()
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    text = log.read_text(errors="replace")
+    tail = "\n".join(ln[:300] for ln in text.splitlines()[-60:])
+    return subprocess.CompletedProcess(cmd, proc.returncode), time.monotonic() - tic, f"{log}:\n{tail}"
+
+
+def _submit_and_check(m: Machine, env: dict, times: dict) -> None:
+    dashboard = "http://127.0.0.1:8265"
+    submit = [_ray(), "job", "submit", "--address", dashboard, "--working-dir", ".", "--",
               "edray", "sweep", "search_spaces/digits.yaml", "--address", "auto", "--json", *SWEEP_ARGS]
-    proc, times["job submit to SUCCEEDED"] = _run(submit, m.log, 480, env=env, cwd=ROOT)
-    out = m.log.read_text(errors="replace")
+    proc, times["job submit to SUCCEEDED"], tail = _run(submit, m.logs / "submit.log", 480, env=env, cwd=ROOT)
+    out = (m.logs / "submit.log").read_text(errors="replace")
     ids = re.findall(r"Job '(raysubmit_\w+)' submitted successfully", out)
-    assert ids, _tail(m.log)
-    status, _ = _run([_ray(), "job", "status", "--address", "http://127.0.0.1:8265", ids[-1]], m.log, 60, env=env)
-    last = m.log.read_text(errors="replace").splitlines()[-3:]
-    assert proc.returncode == 0 and any("SUCCEEDED" in ln for ln in last), _tail(m.log, 120)
+    assert proc.returncode == 0 and ids, tail
+    status, _, status_tail = _run([_ray(), "job", "status", "--address", dashboard, ids[-1]], m.logs / "status.log",
+                                  60, env=env)
+    assert f"Job '{ids[-1]}' succeeded" in status_tail, status_tail
 
     summary = _last_json(out)
     assert summary["trials"] == 2 and summary["errored"] == 0, summary
 
     # MLflow on the head, at the address the head wrote for every process on it.
-    env_file = (m.home / ".edray_env").read_text()
-    uri = re.search(r"MLFLOW_TRACKING_URI=(\S+)", env_file).group(1)
+    uri = re.search(r"MLFLOW_TRACKING_URI=(\S+)", (m.home / ".edray_env").read_text()).group(1)
     assert summary["tracking_uri"] == uri, (summary, uri)
     from mlflow.tracking import MlflowClient
 
@@ -352,13 +396,14 @@ def _submit_and_check(m: Machine, cfg: Path, env: dict, times: dict) -> None:
     trials = [r for r in children if r.data.tags.get("edray.kind") == "trial"]
     assert len(trials) == summary["trials"], [r.data.tags for r in children]
 
+    # `edray best` through that server: a spec `edray train` accepts.
     best = m.tmp / "best.yaml"
-    proc, _ = _run([*_edray(), "best", summary["experiment"], "--tracking-uri", uri, "-o", str(best)], m.log, 120,
-                   env=env, cwd=m.tmp)
-    assert proc.returncode == 0 and best.is_file(), _tail(m.log)
+    proc, _, tail = _run([*_edray(), "best", summary["experiment"], "--tracking-uri", uri, "-o", str(best)],
+                         m.logs / "best.log", 120, env=env, cwd=m.tmp)
+    assert proc.returncode == 0 and best.is_file(), tail
     assert yaml.safe_load(best.read_text()).get("search") is None
-    proc, _ = _run([*_edray(), "validate", str(best)], m.log, 120, env=env, cwd=m.tmp)
-    assert proc.returncode == 0, _tail(m.log)
+    proc, _, tail = _run([*_edray(), "validate", str(best)], m.logs / "validate-best.log", 120, env=env, cwd=m.tmp)
+    assert proc.returncode == 0, tail
 
 
 def _last_json(text: str) -> dict:
