@@ -57,6 +57,8 @@ def _skip_reason() -> str | None:
             return f"{tool} not found: apt-get install {package} (.ci/run does)"
     if shutil.which("python3.11", path="/usr/local/bin:/usr/bin:/bin") is None:
         return "no python3.11 on the node user's PATH for `uv venv --python 3.11`: apt-get install python3"
+    if subprocess.run(["/usr/bin/python3", "-m", "pip", "--version"], capture_output=True).returncode != 0:
+        return "no pip for the node's python3 (the cluster file installs uv with it): apt-get install python3-pip"
     for port, what in PORTS.items():
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -381,8 +383,13 @@ def _submit_and_check(m: Machine, env: dict, times: dict) -> None:
     summary = _last_json(out)
     assert summary["trials"] == 2 and summary["errored"] == 0, summary
 
-    # MLflow on the head, at the address the head wrote for every process on it.
-    uri = re.search(r"MLFLOW_TRACKING_URI=(\S+)", (m.home / ".edray_env").read_text()).group(1)
+    # MLflow on the head, at the address the README's `ray exec` prints (on loopback no tunnel is needed).
+    cfg = m.tmp / "local.yaml"
+    proc, _, tail = _run([_ray(), "exec", str(cfg), "echo $MLFLOW_TRACKING_URI"], m.logs / "mlflow-uri.log", 120,
+                         env=env, cwd=ROOT)
+    found = re.findall(r"^(http://\S+:5000)\s*$", (m.logs / "mlflow-uri.log").read_text(), flags=re.MULTILINE)
+    assert proc.returncode == 0 and found, tail
+    uri = found[-1]
     assert summary["tracking_uri"] == uri, (summary, uri)
     from mlflow.tracking import MlflowClient
 
