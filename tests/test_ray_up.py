@@ -292,10 +292,20 @@ def _edray() -> list[str]:
 def test_ray_up_sweep_mlflow_ray_down(machine: Machine, record_property):
     m = machine
     cfg = _cluster_file(m)
-    # The client's Ray temp dir and config cache stay in the test's directory too.
-    env = {**os.environ, "RAY_TMPDIR": str(m.client_tmp), "TMPDIR": str(m.client_tmp), "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)
+    # The client ("laptop") keeps its home, Ray temp dir and config cache in the test's directory.
+    laptop = m.tmp / "laptop"
+    laptop.mkdir(mode=0o700)
+    env = {**os.environ, "HOME": str(laptop), "RAY_TMPDIR": str(m.client_tmp), "TMPDIR": str(m.client_tmp),
+           "PYTHONPATH": str(ROOT)}
+    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        env.pop(key, None)
     times: dict[str, float] = {}
+    if "~/.ray/auth_token" in (yaml.safe_load(LOCAL_YAML.read_text()).get("file_mounts") or {}):
+        # Token authentication as the README says: make the token on the laptop before `ray up`
+        # (file_mounts copies it to every node), then `RAY_AUTH_MODE=token` for `ray job submit`.
+        proc, _, tail = _run([_ray(), "get-auth-token", "--generate"], m.logs / "token.log", 60, env=env)
+        assert proc.returncode == 0 and (laptop / ".ray" / "auth_token").is_file(), tail
+        env["RAY_AUTH_MODE"] = "token"
 
     proc, _, tail = _run([*_edray(), "validate", str(cfg)], m.logs / "validate.log", 60, env=env, cwd=ROOT)
     assert proc.returncode == 0, tail
@@ -303,9 +313,6 @@ def test_ray_up_sweep_mlflow_ray_down(machine: Machine, record_property):
     proc, times["ray up"], tail = _ray_up(cfg, m.logs / "up.log", env)
     try:
         assert proc.returncode == 0, tail
-        token = m.home / ".ray" / "auth_token"
-        if token.is_file():  # token authentication on: the client sends the head's token
-            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token.read_text().strip())
         _submit_and_check(m, env, times)
     finally:
         # README "Tear down", for machines you keep: stop MLflow on the head, then `ray down`.
