@@ -32,8 +32,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_YAML = ROOT / "clusters" / "local.yaml"
 SSHD = Path("/usr/sbin/sshd")
-# Ports the cluster file's head uses (GCS, dashboard, MLflow, Ray client) and SSH.
-PORTS = {22: "ssh", 6379: "Ray GCS", 8265: "Ray dashboard", 5000: "MLflow", 10001: "Ray client server"}
+# Fixed ports of the head (the cluster file's and Ray's defaults), checked on all interfaces; SSH on 127.0.0.1.
+PORTS = {22: "ssh", 6379: "Ray GCS", 8265: "Ray dashboard", 5000: "MLflow", 10001: "Ray client server",
+         52365: "Ray dashboard agent (runs submitted jobs)"}
 # uv's download cache for the node user, kept between runs on one machine (a CI machine starts cold).
 UV_CACHE = Path("/var/tmp/edray-rayup-uv-cache")
 # The README's submit command, plus two of its documented options that make it short: two trials,
@@ -63,9 +64,9 @@ def _skip_reason() -> str | None:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind(("127.0.0.1" if port == 22 else "", port))
             except OSError:
-                return f"port {port} ({what}) is in use on 127.0.0.1; the cluster file needs it"
+                return f"port {port} ({what}) is in use on this machine; the head needs it"
     return None
 
 
@@ -342,13 +343,14 @@ def _ray_up(cfg: Path, log: Path, env: dict) -> tuple[subprocess.CompletedProces
     held = []
     for port in (p for p in PORTS if p != 22):
         s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind(("", port))
         except OSError:
             s.close()
             for h in held:
                 h.close()
-            pytest.skip(f"port {port} ({PORTS[port]}) was taken on 127.0.0.1")
+            pytest.skip(f"port {port} ({PORTS[port]}) was taken on this machine")
         s.listen()
         held.append(s)
     cmd = [_ray(), "up", "-y", "--no-config-cache", str(cfg)]
