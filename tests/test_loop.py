@@ -126,3 +126,37 @@ def test_cli_train_without_teachers_exits_2(tmp_path):
     )
     assert res.returncode == 2 and res.stderr.startswith("error: teachers.models[0].checkpoint: no trained teacher")
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("before", [(False, False), (True, False)])
+def test_a_deterministic_run_leaves_the_process_as_it_found_it(before, digits_data, monkeypatch):
+    """Deterministic kernels, the cuBLAS variable and the global RNGs are set for the run only."""
+    import os
+    import random
+
+    import numpy as np
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    flags = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    try:
+        torch.manual_seed(1234)
+        np.random.seed(1234)
+        random.seed(1234)
+        expected = torch.rand(3), np.random.rand(3), random.random()
+        torch.manual_seed(1234)
+        np.random.seed(1234)
+        random.seed(1234)
+        spec = fast_spec("method=ce", "optim.epochs=1", "ed.switch_epochs=[]", "ed.grades=1", "ed.split_ratios=[1.0]",
+                         "ed.temperatures=[4.0]", "deterministic=true")
+        during: list[bool] = []
+        run_ed(spec, digits_data, None, evaluate_test=False,
+               progress=lambda _m: during.append(torch.are_deterministic_algorithms_enabled()))
+        assert during == [True]  # on for the run ...
+        assert torch.are_deterministic_algorithms_enabled() is before[0]  # ... and back as it was after
+        assert torch.is_deterministic_algorithms_warn_only_enabled() is before[1]
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        after = torch.rand(3), np.random.rand(3), random.random()
+        assert torch.equal(after[0], expected[0]) and np.array_equal(after[1], expected[1]) and after[2] == expected[2]
+    finally:
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])

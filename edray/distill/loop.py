@@ -16,27 +16,43 @@ import copy
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
 
 from edray.data import DataSplits, ImageSet, apply_views, iterate_batches, view_params
+from edray.data.views import LIVE_VIEW_IDS
 from edray.distill.losses import sliced_kd_loss
 from edray.distill.optim import lr_at, make_optimizer, set_lr
 from edray.distill.plan import Plan, make_plan
-from edray.distill.teachers import TeacherLogits
 from edray.errors import EdrayError
 from edray.models import Backbone, GrowingStudent, build_backbone
 from edray.spec import Spec
 
-__all__ = ["CHECKPOINT_FORMAT", "DistContext", "EpochMetrics", "ReportFn", "RunResult", "run_ed"]
+__all__ = ["CHECKPOINT_FORMAT", "DistContext", "EpochMetrics", "ReportFn", "RunResult", "TeacherLogits", "run_ed"]
 
 CHECKPOINT_FORMAT = 1
-_ANY_VIEW = 2**31 - 1
+
+
+class TeacherLogits(Protocol):
+    """What the loop asks of its teachers: logits over group ``k``'s classes for a batch
+    of group-k samples, each seen in the view the loop drew for it.
+
+    Attributes:
+        views: views per training sample a logit store holds (view 0 unaugmented), so the
+            loop draws only those; None for teachers run live, which see any view.
+    """
+
+    views: int | None
+
+    def group_logits(
+        self, group: int, x: torch.Tensor, rows: torch.Tensor, views: torch.Tensor
+    ) -> torch.Tensor: ...
 
 
 @dataclass
@@ -97,10 +113,32 @@ class DistContext:
 ReportFn = Callable[[dict[str, Any], dict[str, Any] | None], None]
 
 
-def _set_determinism(spec: Spec) -> None:
-    if spec.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+_CUBLAS = "CUBLAS_WORKSPACE_CONFIG"
+
+
+@contextmanager
+def _process_state(spec: Spec) -> Iterator[None]:
+    """Deterministic kernels (``spec.deterministic``) and the global RNGs, for this run only.
+
+    The run seeds the global RNGs (model init) and a resumed run restores them; both
+    flags and RNGs are process-wide, so they are put back as they were when the run
+    ends: a reused Tune actor's next trial, or the caller's notebook, sees no change.
+    """
+    flags = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    cublas = os.environ.get(_CUBLAS)
+    rng = _rng_state()
+    try:
+        if spec.deterministic:
+            os.environ.setdefault(_CUBLAS, ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+        if cublas is None:
+            os.environ.pop(_CUBLAS, None)
+        else:
+            os.environ[_CUBLAS] = cublas
+        _restore_rng(rng)
 
 
 def _epoch_generator(spec: Spec, epoch: int, salt: int = 0) -> torch.Generator:
@@ -220,16 +258,16 @@ def run_ed(
         EdrayError: a method that needs teachers without them, or a foreign checkpoint.
     """
     start_wall = time.monotonic()
-    _set_determinism(spec)
-    run = _start(spec, data, teachers, device, dist)
-    first_epoch = _restore(run, resume) if resume is not None else 0
-    for epoch in range(first_epoch, spec.optim.epochs):
-        metrics = _run_epoch(run, epoch)
-        if progress:
-            progress(metrics)
-        if report:
-            report(asdict(metrics), _checkpoint(run, epoch))
-    return _result(run, evaluate_test, start_wall)
+    with _process_state(spec):
+        run = _start(spec, data, teachers, device, dist)
+        first_epoch = _restore(run, resume) if resume is not None else 0
+        for epoch in range(first_epoch, spec.optim.epochs):
+            metrics = _run_epoch(run, epoch)
+            if progress:
+                progress(metrics)
+            if report:
+                report(asdict(metrics), _checkpoint(run, epoch))
+        return _result(run, evaluate_test, start_wall)
 
 
 def _start(spec: Spec, data: DataSplits, teachers: TeacherLogits | None, device: str, dist: DistContext) -> _Run:
@@ -285,7 +323,7 @@ def _epoch_order(run: _Run, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor
         passes = [p[torch.randperm(len(p), generator=gen)] for p in passes]
     else:
         passes = [active[torch.randperm(len(active), generator=gen)]]
-    num_views = getattr(run.teachers, "views", None)  # a store has a fixed number of views
+    num_views = run.teachers.views if run.teachers is not None else None
     return [(order, _views_for(num_views, len(order), gen)) for order in passes]
 
 
@@ -296,7 +334,7 @@ def _views_for(num_views: int | None, n: int, gen: torch.Generator) -> torch.Ten
     view only: view 0. Live teachers (no store): any view id, each a fresh augmentation.
     """
     if not num_views:
-        return torch.randint(1, _ANY_VIEW, (n,), generator=gen)
+        return torch.randint(1, LIVE_VIEW_IDS, (n,), generator=gen)
     if num_views == 1:
         return torch.zeros(n, dtype=torch.long)
     return torch.randint(1, num_views, (n,), generator=gen)

@@ -174,7 +174,8 @@ def _prepare_teachers(spec: Spec, workdir: Path, log: Callable[[str], None]) -> 
     data = load_data(spec.dataset)
     ensure_teachers(spec, data, workdir, progress=log)
     if spec.teachers.logits == "precomputed":
-        from edray.logits.precompute import open_teacher_stores, precompute_stores
+        from edray.distill.precompute import precompute_stores
+        from edray.distill.stored_teachers import open_teacher_stores
 
         if spec.teachers.store_uri is None:
             precompute_stores(spec, data, workdir, progress=log)  # builds, or hashes what is there
