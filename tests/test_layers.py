@@ -32,9 +32,6 @@ FORBIDDEN = {
                "logits", "distill", "preflight", "pipeline"},
     "optuna": {"search_space", "data", "models", "logits", "distill", "preflight", "pipeline", "spec"},
 }
-# A re-export kept for callers owned elsewhere; delete it (and this entry) once
-# edray/pipeline.py and edray/distributed/sweep.py import from edray.distill.
-SHIMS = {"edray/logits/precompute.py"}
 
 
 def _part(module: str) -> str:
@@ -61,7 +58,7 @@ def _imports(path: Path) -> list[tuple[int, str]]:
 
 
 def _modules() -> list[Path]:
-    return sorted(p for p in ROOT.rglob("*.py") if str(p.relative_to(ROOT.parent)) not in SHIMS)
+    return sorted(ROOT.rglob("*.py"))
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT.parent)))
