@@ -66,7 +66,8 @@ def make_teacher_logits(
     if spec.method == "ce":
         return None
     if spec.teachers.logits == "precomputed":
-        from edray.logits.precompute import open_teacher_stores, precompute_stores
+        from edray.distill.precompute import precompute_stores
+        from edray.distill.stored_teachers import open_teacher_stores
 
         if build_stores and spec.teachers.store_uri is None:
             precompute_stores(spec, data, workdir, device=device)  # finds finished stores at once

@@ -20,12 +20,16 @@ import torch.nn.functional as F
 
 from edray.spec import AugmentSpec
 
-__all__ = ["ViewParams", "apply_views", "counter_hash", "view_params"]
+__all__ = ["LIVE_VIEW_IDS", "ViewParams", "apply_views", "counter_hash", "view_params"]
 
 _MASK = (1 << 64) - 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
 _MUL2 = np.uint64(0x94D049BB133111EB)
+# Live teachers (no store) draw view ids from [1, LIVE_VIEW_IDS): a fresh augmentation each
+# time, as a store's views 1..V-1 are a fixed few. The bound (the largest int32) keeps ids
+# well inside the hash's integer keys.
+LIVE_VIEW_IDS = 2**31 - 1
 # Salts that make the dx, dy and flip draws independent hashes of the same key.
 _SALT_DX, _SALT_DY, _SALT_FLIP = 1, 2, 3
 

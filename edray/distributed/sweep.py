@@ -20,11 +20,13 @@ from typing import Any
 
 import yaml
 
+from edray.atomic import write_text
 from edray.distributed.space import compile_space, default_point, resolve_config
 from edray.errors import EdrayError
 from edray.spec import Spec
+from edray.trial_status import TrialStatus, trial_status
 
-__all__ = ["SweepOptions", "SweepResult", "best_spec_dict", "run_sweep"]
+__all__ = ["SweepOptions", "SweepResult", "best_spec_dict", "make_scheduler", "make_searcher", "run_sweep"]
 
 METRIC = "val_acc"
 
@@ -90,7 +92,8 @@ def _init_ray(address: str | None) -> None:
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
 
 
-def _scheduler(spec: Spec):
+def make_scheduler(spec: Spec):
+    """The sweep's trial scheduler: grade-aware ASHA, or FIFO when early stopping is off."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     es = spec.search.early_stopping
@@ -108,7 +111,9 @@ def _scheduler(spec: Spec):
     )
 
 
-def _searcher(spec: Spec, max_concurrent: int):
+def make_searcher(spec: Spec, max_concurrent: int):
+    """The sweep's Optuna searcher (it tells early-stopped trials as pruned) and the same
+    searcher behind a limit of ``max_concurrent`` trials at once, as Tune is given it."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
@@ -169,7 +174,8 @@ def _prepare_teachers(spec: Spec, workdir: Path, log: Callable[[str], None]) -> 
     data = load_data(spec.dataset)
     ensure_teachers(spec, data, workdir, progress=log)
     if spec.teachers.logits == "precomputed":
-        from edray.logits.precompute import open_teacher_stores, precompute_stores
+        from edray.distill.precompute import precompute_stores
+        from edray.distill.stored_teachers import open_teacher_stores
 
         if spec.teachers.store_uri is None:
             precompute_stores(spec, data, workdir, progress=log)  # builds, or hashes what is there
@@ -180,94 +186,134 @@ def _prepare_teachers(spec: Spec, workdir: Path, log: Callable[[str], None]) -> 
 def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable[[str], None] = print) -> SweepResult:
     """Run the whole sweep and return its summary (see ``edray sweep --json``)."""
     tic = time.monotonic()
+    _check(spec)
+    state = _load_state(spec, workdir, options.resume)
+    tracker = _tracker(spec, workdir)
+    _prepare_teachers(spec, workdir, log)
+    state = _start_tracking(spec, workdir, tracker, state)
+    _init_ray(options.address)
+    grid = _fit(_build_tuner(spec, workdir, options, tracker, state), tracker)
+    result = _collect(spec, grid, tracker, state["parent_run_id"], tic)
+    _finish(spec, workdir, options, tracker, grid, result, log)
+    result.wall_s = time.monotonic() - tic
+    return result
+
+
+def _check(spec: Spec) -> None:
+    """Everything that can be wrong with the spec, before any teacher trains."""
     compile_space(spec)  # no search section, or a space with no valid trial: before anything starts
     from edray.preflight import preflight
 
     # Unknown names, missing data, grades that do not fit: before any teacher trains.
     preflight(spec, search=False)  # the space was just compiled
-    num_samples = options.num_samples or spec.search.num_samples
-    max_concurrent = options.max_concurrent or spec.search.max_concurrent
-    sweep_dir = _sweep_dir(spec, workdir)
+
+
+def _load_state(spec: Spec, workdir: Path, resume: bool) -> dict[str, Any]:
+    """The state of the sweep to resume (its run name, parent run, Tune experiment), or {}."""
+    if not resume:
+        return {}
     state_path = _state_path(spec, workdir)
-    state: dict[str, Any] = {}
-    if options.resume:
-        if not state_path.is_file():
-            raise EdrayError("--resume", f"no sweep to resume at {state_path}", "start it without --resume")
-        state = json.loads(state_path.read_text())
+    if not state_path.is_file():
+        raise EdrayError("--resume", f"no sweep to resume at {state_path}", "start it without --resume")
+    return json.loads(state_path.read_text())
 
-    tracker = _tracker(spec, workdir)
-    _prepare_teachers(spec, workdir, log)
 
-    from ray import tune
-
-    from edray.tracking import TrackingCallback
-
+def _start_tracking(spec: Spec, workdir: Path, tracker, state: dict[str, Any]) -> dict[str, Any]:
+    """Open (or reopen) the MLflow parent run and record the sweep's state for ``--resume``."""
     run_name = state.get("run_name") or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     parent_id = tracker.start_sweep(
         run_name=run_name, spec_dict=spec.model_dump(mode="json"), resume_run_id=state.get("parent_run_id")
     )
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    _sweep_dir(spec, workdir).mkdir(parents=True, exist_ok=True)
     storage = _storage_root(workdir, "ray_results")
     state = {"run_name": run_name, "parent_run_id": parent_id, "experiment_path": f"{storage.rstrip('/')}/{run_name}"}
-    _write_json(state_path, state)
+    _write_json(_state_path(spec, workdir), state)
+    return state
 
-    _init_ray(options.address)
+
+def _build_tuner(spec: Spec, workdir: Path, options: SweepOptions, tracker, state: dict[str, Any]):
+    """A new Tuner, or the stopped one restored (``--resume``): finished trials are not re-run."""
+    from ray import tune
+
+    run_name = state["run_name"]
+    trainable = _trainable(spec, workdir, run_name)
+    _, limited = make_searcher(spec, options.max_concurrent or spec.search.max_concurrent)
+    run_config = _run_config(spec, workdir, options, tracker, run_name)
+    experiment_path = state["experiment_path"]
+    if options.resume and tune.Tuner.can_restore(experiment_path):
+        return tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+    tune_config = tune.TuneConfig(
+        search_alg=limited, scheduler=make_scheduler(spec), num_samples=options.num_samples or spec.search.num_samples,
+        reuse_actors=True,
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def _trainable(spec: Spec, workdir: Path, run_name: str):
+    from ray import tune
+
     from edray.distributed.trial import TrialContext, run_trial  # torch: not needed by --dry-run
 
     ctx = TrialContext(
-        base_spec=spec.model_dump(mode="json"), workdir=str(workdir), models_dir=str(sweep_dir / "models" / run_name),
+        base_spec=spec.model_dump(mode="json"), workdir=str(workdir),
+        models_dir=str(_sweep_dir(spec, workdir) / "models" / run_name),
         train_storage=_storage_root(workdir, "ray_train"),
     )
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), _trial_resources(spec))
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), _trial_resources(spec))
+
+
+def _run_config(spec: Spec, workdir: Path, options: SweepOptions, tracker, run_name: str):
+    from ray import tune
+
+    from edray.tracking import TrackingCallback
+
     callback = TrackingCallback(
         tracker, resolve=lambda cfg: resolve_config(spec, cfg).model_dump(mode="json"), total_epochs=spec.optim.epochs,
         log_models="all" if spec.tracking.log_models == "all" else "none",
     )
-    searcher, limited = _searcher(spec, max_concurrent)
-    run_config = tune.RunConfig(
+    return tune.RunConfig(
         name=run_name,
-        storage_path=storage,
+        storage_path=_storage_root(workdir, "ray_results"),
         callbacks=[callback],
         failure_config=tune.FailureConfig(max_failures=spec.scaling.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         verbose=1 if options.progress else 0,
         progress_reporter=_reporter() if options.progress else None,
     )
-    experiment_path = state["experiment_path"]
-    if options.resume and tune.Tuner.can_restore(experiment_path):
-        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=limited, scheduler=_scheduler(spec), num_samples=num_samples, reuse_actors=True,
-            ),
-            run_config=run_config,
-        )
+
+
+def _fit(tuner, tracker):
     try:
-        grid = tuner.fit()
+        return tuner.fit()
     except BaseException:
         # The parent run must not stay RUNNING forever; --resume reopens it.
         tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="KILLED")
         raise
-    result = _collect(spec, grid, tracker, parent_id, tic)
 
-    if result.best_config is not None:
-        best = best_spec_dict(spec, result.best_config)
-        best_path = sweep_dir / "best.yaml"
-        best_text = yaml.safe_dump(best, sort_keys=False)
-        _write_text(best_path, best_text)
-        result.best_spec_path = str(best_path)
-        if options.final_eval and spec.search.final_eval.seeds > 0:
-            accs = _final_eval(best, spec.search.final_eval.seeds, workdir, log)
-            result.final_test_accs = accs
-            result.final_test_acc_mean = statistics.fmean(accs)
-            result.final_test_acc_std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
-        _finish_tracking(spec, tracker, grid, result, best_text, sweep_dir)
-    else:
+
+def _finish(spec: Spec, workdir: Path, options: SweepOptions, tracker, grid, result: SweepResult,
+            log: Callable[[str], None]) -> None:
+    """best.yaml, the final evaluation on the test split, and the parent run's closing records."""
+    if result.best_config is None:
         tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="FAILED")
-    result.wall_s = time.monotonic() - tic
-    return result
+        return
+    best, best_text = _write_best(spec, workdir, result)
+    if options.final_eval and spec.search.final_eval.seeds > 0:
+        accs = _final_eval(best, spec.search.final_eval.seeds, workdir, log)
+        result.final_test_accs = accs
+        result.final_test_acc_mean = statistics.fmean(accs)
+        result.final_test_acc_std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
+    _finish_tracking(spec, tracker, grid, result, best_text, _sweep_dir(spec, workdir))
+
+
+def _write_best(spec: Spec, workdir: Path, result: SweepResult) -> tuple[dict[str, Any], str]:
+    """The best config as a spec ``edray train`` runs (``best.yaml``); returns it and its text."""
+    best = best_spec_dict(spec, result.best_config)
+    best_path = _sweep_dir(spec, workdir) / "best.yaml"
+    best_text = yaml.safe_dump(best, sort_keys=False)
+    write_text(best_path, best_text)  # atomic: a truncated best.yaml could still parse
+    result.best_spec_path = str(best_path)
+    return best, best_text
 
 
 def _storage_root(workdir: Path, name: str) -> str:
@@ -279,21 +325,7 @@ def _storage_root(workdir: Path, name: str) -> str:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    _write_text(path, json.dumps(obj, indent=2))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Temp file, then rename: a full disk leaves the old file or none, never a truncated
-    one (a truncated best.yaml can still parse, with the cut-off fields at their defaults)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise EdrayError(str(path), f"cannot write ({err.strerror or err})",
-                         "free space or choose another --workdir") from None
+    write_text(path, json.dumps(obj, indent=2))
 
 
 def _reporter():
@@ -306,44 +338,32 @@ def _reporter():
     )
 
 
-def _trial_status(result: dict[str, Any] | None, error: Any) -> str:
-    from edray.distributed.searcher import was_stopped_early
-
-    if error is not None:
-        return "errored"
-    return "pruned" if was_stopped_early(result) else "completed"
-
-
 def _collect(spec: Spec, grid, tracker, parent_id: str, tic: float) -> SweepResult:
     rows = []
     epochs = 0
     for r in grid:
         metrics = r.metrics or {}
-        status = _trial_status(metrics, r.error)
+        status = trial_status(metrics, r.error).value
         config = {k: v for k, v in (r.config or {}).items()}
         epochs += int(metrics.get("epoch", 0))
         rows.append({"status": status, "config": config, METRIC: metrics.get(METRIC),
                      "model_path": metrics.get("model_path")})
-    done = [row for row in rows if row["status"] == "completed" and row[METRIC] is not None]
+    done = [row for row in rows if row["status"] == TrialStatus.COMPLETED and row[METRIC] is not None]
     best = max(done, key=lambda row: row[METRIC]) if done else None
     return SweepResult(
-        experiment=tracker_experiment(tracker),
+        experiment=tracker.experiment,
         parent_run_id=parent_id,
         tracking_uri=tracker.uri,
         trials=len(rows),
-        completed=sum(row["status"] == "completed" for row in rows),
-        pruned=sum(row["status"] == "pruned" for row in rows),
-        errored=sum(row["status"] == "errored" for row in rows),
+        completed=sum(row["status"] == TrialStatus.COMPLETED for row in rows),
+        pruned=sum(row["status"] == TrialStatus.PRUNED for row in rows),
+        errored=sum(row["status"] == TrialStatus.ERRORED for row in rows),
         best_config=best["config"] if best else None,
         best_model_path=best["model_path"] if best else None,
         best_val_acc=best[METRIC] if best else None,
         wall_s=time.monotonic() - tic,
         epochs_trained=epochs,
     )
-
-
-def tracker_experiment(tracker) -> str:
-    return getattr(tracker, "experiment", None) or getattr(tracker, "experiment_name", "")
 
 
 def _final_eval(best: dict[str, Any], seeds: int, workdir: Path, log: Callable[[str], None]) -> list[float]:
@@ -368,7 +388,7 @@ def _finish_tracking(spec: Spec, tracker, grid, result: SweepResult, best_text: 
     results, history = [], {}
     for r in grid:
         trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
-        status = _trial_status(r.metrics, r.error)
+        status = trial_status(r.metrics, r.error).value
         results.append({"trial_id": trial_id, "status": status, "config": r.config or {},
                         METRIC: (r.metrics or {}).get(METRIC)})
         df = r.metrics_dataframe

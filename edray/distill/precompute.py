@@ -2,8 +2,10 @@
 
 For every teacher: V views of each training sample (view 0 the evaluation transform,
 views 1..V-1 replayable augmentations, see :mod:`edray.data.views`) and view 0 of each
-validation sample. Trials then read the stores instead of running the teachers; the
-student sees exactly the pixels of the view whose logits it is taught from.
+validation sample. Trials then read the stores instead of running the teachers
+(:mod:`edray.distill.stored_teachers`); the student sees exactly the pixels of the view
+whose logits it is taught from. Here, not in :mod:`edray.logits`: it runs the teachers,
+and the store code stays below the ED loop.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from edray.data import DataSplits, ImageSet, apply_views, view_params
 from edray.distill.plan import make_plan
 from edray.distill.teachers import TeacherCheckpoint, load_teacher
 from edray.logits.key import StoreKey, file_sha256
-from edray.logits.reader import LogitStore, open_store
+from edray.logits.reader import open_store
 from edray.logits.writer import write_store
 from edray.spec import Spec
 
-__all__ = ["StoreTeachers", "StoreInfo", "open_teacher_stores", "precompute_stores", "store_key"]
+__all__ = ["StoreInfo", "precompute_stores", "store_key", "store_root"]
 
 _BATCH = 256
 
@@ -61,7 +63,7 @@ def store_key(spec: Spec, teacher: TeacherCheckpoint, data: DataSplits, split: s
     )
 
 
-def _store_root(spec: Spec, workdir: Path) -> str:
+def store_root(spec: Spec, workdir: Path) -> str:
     """``teachers.store_uri`` (a local path or s3:// / gs:// URI), else ``WORKDIR/logits``."""
     return spec.teachers.store_uri or str(workdir / "logits")
 
@@ -109,52 +111,10 @@ def precompute_stores(
                     progress(f"teacher {i} {split}: shard {done}/{total}")
 
             path = write_store(
-                _store_root(spec, workdir), key, rows=len(images), views=v, outputs=len(teacher.classes),
+                store_root(spec, workdir), key, rows=len(images), views=v, outputs=len(teacher.classes),
                 sample_ids=torch.arange(len(images)), compute_shard=_teacher_logits(spec, teacher, images, v, device),
                 progress=shard_progress,
             )
             store = open_store(path, key)
             out.append(StoreInfo(i, split, Path(path), store.rows, store.views, store.nbytes))
     return out
-
-
-def open_teacher_stores(
-    spec: Spec, data: DataSplits, workdir: Path, *, device: str = "cpu", verify: bool = False
-) -> StoreTeachers:
-    """The train stores of the method's teachers, checked against this run's key
-    (``verify``: every shard hashed too, which finds bit flips; the sweep driver does it
-    once for stores it did not build, e.g. read from ``teachers.store_uri``).
-
-    Raises:
-        EdrayError: a store is missing (run ``edray precompute``) or was built for another
-            teacher, dataset, transform, view count or seed.
-    """
-    plan = make_plan(spec, data.num_classes)
-    needed = sorted({i for group in plan.group_teachers for i in group})
-    stores: dict[int, LogitStore] = {}
-    classes: dict[int, list[int]] = {}
-    for i in needed:
-        teacher = load_teacher(spec, i, data, workdir, device=device)
-        key = store_key(spec, teacher, data, "train", views=spec.teachers.views)
-        stores[i] = open_store(f"{_store_root(spec, workdir).rstrip('/')}/{key.name}", key, verify=verify)
-        classes[i] = teacher.classes
-    return StoreTeachers(stores, classes, plan.classes.groups, plan.group_teachers)
-
-
-class StoreTeachers:
-    """Teacher logits read from Arrow stores: the drop-in for :class:`LiveTeachers`."""
-
-    def __init__(self, stores: dict[int, LogitStore], classes: dict[int, list[int]],
-                 groups: tuple[tuple[int, ...], ...], group_teachers: tuple[tuple[int, ...], ...]):
-        self.stores = stores
-        self.group_teachers = group_teachers
-        self.views = next(iter(stores.values())).views
-        # Column indices of each group inside each teacher's outputs, computed once.
-        self._columns = {
-            (k, i): torch.tensor([classes[i].index(c) for c in groups[k]])
-            for k, teachers in enumerate(group_teachers) for i in teachers
-        }
-
-    def group_logits(self, group: int, x: torch.Tensor, rows: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-        outs = [self.stores[i].logits(rows, views)[:, self._columns[(group, i)]] for i in self.group_teachers[group]]
-        return torch.stack(outs).mean(0)
