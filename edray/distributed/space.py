@@ -156,15 +156,22 @@ class _DefineByRun:
 
 
 def resolve_config(base: Spec | dict, config: dict[str, Any]) -> Spec:
-    """The spec of one trial: ``base`` with every ``path -> value`` of ``config`` written in.
+    """The spec of one trial: ``base`` with every ``path -> value`` of ``config`` written in
+    (and cut to ``budget_epochs``, scaled alike, when the config carries it).
 
     Raises:
         EdrayError: the combined spec is invalid (e.g. a searched switch past the epochs).
     """
+    from edray.distributed.schedulers import BUDGET_KEY, fidelity_spec
+
     raw = copy.deepcopy(base.model_dump(mode="json") if isinstance(base, Spec) else base)
+    budget = config.get(BUDGET_KEY)
     for path, value in sorted(config.items()):
-        set_path(raw, path, value, where=f"search {path}")
-    return spec_from_dict(raw)
+        if path != BUDGET_KEY:
+            set_path(raw, path, value, where=f"search {path}")
+    spec = spec_from_dict(raw)
+    # A rung of successive halving trains a short copy of the config (see distributed/schedulers.py).
+    return fidelity_spec(spec, int(budget)) if budget is not None else spec
 
 
 def default_point(spec: Spec) -> dict[str, Any] | None:
