@@ -104,7 +104,11 @@ def test_parent_and_children_are_nested_with_flat_params_metrics_statuses(store,
                          epoch=epoch)
     assert _steps(client, runs["t1"], "val_acc") == [(e, pytest.approx(0.1 * e)) for e in range(1, 6)]
     assert [s for s, _ in _steps(client, runs["t1"], "grade")] == [1, 2, 3, 4, 5]
-    assert set(client.get_run(runs["t1"]).data.metrics) == {"val_acc", "grade"}  # text and bools are not metrics
+    # Columns the runs table sorts by: the method as a tag, switch epochs and epochs as numbers.
+    assert child.data.tags["edray.method"] == "ed"
+    assert child.data.metrics == {"switch_epoch_1": 3.0, "switch_epoch_2": 6.0, "budget_epochs": 8.0}
+    assert set(client.get_run(runs["t1"]).data.metrics) == {"val_acc", "grade", "switch_epoch_1", "switch_epoch_2",
+                                                            "budget_epochs"}  # text and bools are not metrics
 
     model = tmp_path / "t1.pt"
     torch.save({"w": torch.arange(6.0)}, model)
@@ -123,6 +127,21 @@ def test_parent_and_children_are_nested_with_flat_params_metrics_statuses(store,
     assert torch.equal(saved["w"], torch.arange(6.0))
     children = client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
     assert len(children) == 3
+
+
+def test_experiment_is_tagged_as_model_training_so_the_ui_opens_on_runs(store):
+    from edray.tracking.tracker import EXPERIMENT_KIND_TAG
+
+    tracker = _tracker(store)
+    client = MlflowClient(tracking_uri=tracker.uri)
+    assert client.get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    # An experiment made before edray tagged them gets the tag; a kind the user chose in the UI is kept.
+    older = client.create_experiment(f"exp-{next(_names)}")
+    SweepTracker(tracker.uri, client.get_experiment(older).name)
+    assert client.get_experiment(older).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    chosen = client.create_experiment(f"exp-{next(_names)}", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    SweepTracker(tracker.uri, client.get_experiment(chosen).name)
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
 
 
 def test_resume_finds_the_same_runs_and_never_duplicates_steps(store):
@@ -415,6 +434,6 @@ def test_tracking_callback_in_a_real_tune_run(store, tmp_path):
     done = by_alpha["0.1"]
     assert done.data.params["ed.alpha"] == "0.1" and done.data.params["optim.epochs"] == "3"
     assert _steps(client, done.info.run_id, "val_acc") == [(1, 0.2), (2, 0.4), (3, pytest.approx(0.6))]
-    assert set(done.data.metrics) == {"val_acc", "grade", "train_loss"}
+    assert set(done.data.metrics) == {"val_acc", "grade", "train_loss", "budget_epochs"}
     assert [f.path for f in client.list_artifacts(done.info.run_id, "model")] == ["model/student.pt"]
     assert client.list_artifacts(by_alpha["0.2"].info.run_id, "model") == []
