@@ -165,10 +165,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from edray.distributed.compare import format_compare, parse_methods, run_compare
     from edray.distributed.space import describe_space, sample_configs
-    from edray.distributed.sweep import SweepOptions, run_sweep
+    from edray.distributed.sweep import SweepOptions, plan_line, run_sweep
     from edray.workdir import resolve_workdir
 
+    methods = parse_methods(args.compare) if args.compare is not None else None  # a typo fails before the spec loads
     spec = _load(args, check=args.dry_run)  # run_sweep runs the same checks itself
     if spec.search is None:
         raise EdrayError("search", f"{args.spec} has no search section",
@@ -180,6 +184,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         configs = sample_configs(spec, 3)
         print(f"search space of {args.spec} ({spec.search.num_samples} trials, {spec.search.sampler} sampler):")
+        print(f"  cost: {plan_line(spec, args.num_samples or spec.search.num_samples)}")
         for line in describe_space(spec):
             print(f"  {line}")
         print("sampled configs:")
@@ -193,11 +198,21 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, address=args.address, resume=args.resume,
         progress=_progress_enabled(args), final_eval=not args.no_final_eval,
     )
-    result = run_sweep(spec, workdir, options, log=_log if not args.quiet else (lambda _m: None))
+    log = _log if not args.quiet else (lambda _m: None)
+    methods = methods or spec.search.compare
+    rows = None
+    if methods:
+        result, rows = run_compare(spec, workdir, options, methods, log=log)
+    else:
+        result = run_sweep(spec, workdir, options, log=log)
     summary = result.summary()
+    if rows is not None:
+        summary["compare"] = [asdict(r) for r in rows]
     if args.json:
         print(json.dumps(summary))
     else:
+        if rows is not None:
+            print(format_compare(rows))
         print(f"{summary['trials']} trials: {summary['completed']} completed, {summary['pruned']} pruned, "
               f"{summary['errored']} errored; best val_acc {summary['best_val_acc']}")
         if summary["final_test_acc_mean"] is not None:
@@ -305,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="validate, print the space and sampled configs, train nothing")
     p.add_argument("--no-final-eval", action="store_true", help="skip the final test evaluation of the best config")
+    p.add_argument("--compare", metavar="METHODS",
+                   help="also sweep these baselines like ED, same trials and budget, and tabulate (e.g. kd,mtkd,ce)")
     p.add_argument("--json", action="store_true", help="last line of stdout is a JSON summary")
     p.set_defaults(func=_cmd_sweep)
 

@@ -255,7 +255,7 @@ class SearchParam(_Strict):
 
 
 class EarlyStoppingSpec(_Strict):
-    """How a sweep stops unpromising trials before their last epoch (README "Early stopping").
+    """How a sweep stops unpromising trials before their last epoch (README "The sweep").
 
     ``halving`` (budget-scaled successive halving): every config first trains a short copy
     of itself (``budgets``: fractions of ``optim.epochs``, with its switch epochs and LR
@@ -311,6 +311,9 @@ class SearchSpec(_Strict):
     )
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     final_eval: FinalEvalSpec = Field(default_factory=FinalEvalSpec)
+    compare: list[Literal["kd", "mtkd", "ce"]] | None = Field(
+        None, description="baselines swept and tested like ED, at the same budget (edray sweep --compare)"
+    )
 
     @model_validator(mode="after")
     def _unique_paths(self) -> SearchSpec:

@@ -40,7 +40,7 @@ def small_sweep(tmp_path_factory, teacher_workdir: Path) -> Path:
     if "digits" not in _SWEEPS:
         workdir = tmp_path_factory.mktemp("sweep")
         shutil.copytree(teacher_workdir / "teachers", workdir / "teachers")  # trained once for the session
-        overrides = [*FAST, "search.params[0].min_grade_epochs=1"]
+        overrides = [*FAST, "search.params[0].min_grade_epochs=1", "search.early_stopping.kind=asha"]
         cmd = [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--workdir", str(workdir),
                "--num-samples", "3", "--no-final-eval", "--quiet", *(a for o in overrides for a in ("--set", o))]
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

@@ -95,8 +95,9 @@ def test_fidelity_copy_scales_switches_and_keeps_every_grade():
 
 
 def test_budgets_too_short_for_every_grade_are_refused():
+    assert rung_epochs(fast_spec(*HALVING, "search.early_stopping.budgets=[0.05]")) == [3, 40]  # one per grade
     with pytest.raises(EdrayError, match=r"budgets\[0\]"):
-        rung_epochs(fast_spec(*HALVING, "search.early_stopping.budgets=[0.05]"))
+        rung_epochs(fast_spec(*HALVING, "optim.epochs=3", "ed.switch_epochs=[1, 2]"))
     with pytest.raises(EdrayError, match=r"budgets\[1\]"):
         rung_epochs(fast_spec(*HALVING, "search.early_stopping.budgets=[0.2, 0.21]"))
 

@@ -216,14 +216,18 @@ def test_metrics_survive_a_store_that_is_down(store, monkeypatch):
 # ---------------------------------------------------------------------- the end of a sweep and figures
 
 
-def _fake_sweep() -> tuple[list[dict], dict[str, list[dict]]]:
-    """Four realistic trials of the digits space: three completed, one stopped early."""
+def _fake_sweep(more: bool = False) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Four realistic trials of the digits space: three completed, one stopped early (``more``:
+    two more completed, enough for parameter importance)."""
     trials = [
         ("a1", "completed", 6, 12, 0.30, [0.33, 0.33], [4.0, 4.0, 4.0], 0.05, "sequential", 0.952),
         ("b2", "completed", 4, 16, 0.62, [0.25, 0.40], [2.0, 6.5, 3.1], 0.11, "mixed", 0.961),
         ("c3", "pruned", 10, 20, 0.15, [0.45, 0.30], [7.5, 1.2, 2.2], 0.19, "mixed", 0.801),
         ("d4", "completed", 8, 14, 0.81, [0.30, 0.22], [1.1, 3.0, 5.0], 0.02, "sequential", 0.934),
     ]
+    if more:
+        trials += [("e5", "completed", 5, 18, 0.45, [0.28, 0.35], [3.0, 2.5, 6.0], 0.08, "mixed", 0.957),
+                   ("f6", "completed", 12, 22, 0.70, [0.40, 0.25], [5.5, 4.5, 1.5], 0.03, "sequential", 0.921)]
     results, history = [], {}
     for tid, status, n, m, alpha, ratios, temps, lr, replay, acc in trials:
         config = {"ed.switch_epochs[0]": n, "ed.switch_epochs[1]": m, "ed.alpha": alpha, "optim.lr": lr,
@@ -252,7 +256,7 @@ def _png_note(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory) -> dict[str, Path]:
-    results, history = _fake_sweep()
+    results, history = _fake_sweep(more=True)
     return render_figures(results, history, fast_spec().search.params, tmp_path_factory.mktemp("fig"))
 
 
@@ -279,7 +283,7 @@ def test_render_figures_with_one_trial_or_none_does_not_crash(tmp_path):
     space = fast_spec().search.params
     one = render_figures(results[:1], {"a1": history["a1"]}, space, tmp_path / "one")
     assert set(one) == set(FIGURES) and all(p.stat().st_size > 0 for p in one.values())
-    assert _png_note(one["param_importances"]).startswith("placeholder: parameter importance needs at least 2")
+    assert _png_note(one["param_importances"]).startswith("placeholder: too few completed trials")
     assert not _png_note(one["learning_curves"]).startswith("placeholder")
     none = render_figures([{"trial_id": "x", "status": "errored", "config": {}, "val_acc": None}], {}, space,
                           tmp_path / "none")

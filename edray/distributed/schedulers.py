@@ -16,7 +16,7 @@ rung value. The best ``ceil(n / eta)`` configs of a rung are promoted: trained a
 from scratch, at the next budget; the last budget is the spec's own. The others are
 pruned. On the same 16 digits configs, a copy at 20 % of the epochs ranked them with
 Spearman 0.90 against their full runs, and keeping the best quarter kept the best config
-at 2.2x fewer epochs (numbers: README "Early stopping").
+at 2.2x fewer epochs (numbers: README "The sweep").
 
 Rules this module keeps: a rung holds only results of runs that finished their copy in
 the final grade (it refuses anything else, so trials in different grades are never
@@ -48,14 +48,14 @@ def rung_epochs(spec: Spec) -> list[int]:
     es = spec.search.early_stopping
     total = spec.optim.epochs
     grades = spec.ed.grades if spec.method == "ed" else 1
-    out = []
+    out: list[int] = []
     for i, frac in enumerate(es.budgets):
-        epochs = round(frac * total)
-        if epochs < grades or epochs >= total or (out and epochs <= out[-1]):
+        epochs = max(grades, round(frac * total))  # a copy has at least one epoch per grade
+        if epochs >= total or (out and epochs <= out[-1]):
             raise EdrayError(
-                f"search.early_stopping.budgets[{i}]", f"{frac} of {total} epochs gives {epochs} epochs, which "
-                f"is not in [{max(grades, (out[-1] + 1) if out else 1)}, {total - 1}] (one epoch per grade at least, "
-                "each budget above the last)", "choose fractions that give distinct budgets of >= 1 epoch per grade",
+                f"search.early_stopping.budgets[{i}]", f"{frac} of {total} epochs gives {epochs} epochs (at least "
+                f"one per grade), not between the budget before ({out[-1] if out else 0}) and {total}",
+                "choose fewer or larger fractions, or more optim.epochs",
             )
         out.append(epochs)
     return [*out, total]
