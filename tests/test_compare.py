@@ -90,7 +90,7 @@ def test_compare_runs_one_study_and_one_parent_per_method_and_a_table_matching_t
         assert {c.data.tags["edray.method"] for c in children} == {method}
         done = [c for c in children if c.data.tags["edray.status"] == "completed"]
         assert row["best_val_acc"] == max(c.data.metrics["val_acc"] for c in done)
-        assert row["epochs"] == sum(int(c.data.metrics["budget_epochs"]) for c in children) == 3 + 3 + 8
+        assert row["epochs"] == sum(int(c.data.metrics["budget_epochs"]) for c in children) == 3 + 3 + 8  # copies of 3
         assert len(row["test_accs"]) == 2
         assert parent.data.metrics["final_test_acc_mean"] == pytest.approx(row["test_acc_mean"])
         if method != "ed":

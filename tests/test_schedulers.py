@@ -94,6 +94,15 @@ def test_fidelity_copy_scales_switches_and_keeps_every_grade():
     assert resolve_config(spec, {BUDGET_KEY: 8}).ed.switch_epochs == [2, 3]
 
 
+def test_baseline_copies_are_valid_specs():
+    """KD and CE specs keep ED's (unused) switch epochs: a copy must still fit them."""
+    for method in ("kd", "ce", "mtkd"):
+        spec = fast_spec("search.early_stopping.kind=halving", f"method={method}")  # 8 epochs, copies of 2 -> 3
+        epochs = rung_epochs(spec)
+        assert epochs == [3, 8]
+        assert fidelity_spec(spec, epochs[0]).optim.epochs == 3
+
+
 def test_budgets_too_short_for_every_grade_are_refused():
     assert rung_epochs(fast_spec(*HALVING, "search.early_stopping.budgets=[0.05]")) == [3, 40]  # one per grade
     with pytest.raises(EdrayError, match=r"budgets\[0\]"):

@@ -47,7 +47,9 @@ def rung_epochs(spec: Spec) -> list[int]:
     """
     es = spec.search.early_stopping
     total = spec.optim.epochs
-    grades = spec.ed.grades if spec.method == "ed" else 1
+    # ED's grades, whatever the method: KD / CE specs still carry (unused) switch epochs that
+    # must fit in the copy for the copy to be a valid spec.
+    grades = spec.ed.grades
     out: list[int] = []
     for i, frac in enumerate(es.budgets):
         epochs = max(grades, round(frac * total))  # a copy has at least one epoch per grade
