@@ -100,7 +100,7 @@ def method_spec(spec: Spec, method: str) -> Spec:
                          f"leave {method} out of --compare, or change the teachers") from None
 
 
-def compare_plan(specs: dict[str, Spec], num_samples: int | None) -> tuple[list[str], int]:
+def compare_plan(specs: dict[str, Spec], num_samples: int | None, *, final_eval: bool = True) -> tuple[list[str], int]:
     """One line per method (trials, epochs) and the total epochs, final evaluation included."""
     from edray.distributed.sweep import planned_epochs
 
@@ -108,10 +108,10 @@ def compare_plan(specs: dict[str, Spec], num_samples: int | None) -> tuple[list[
     for method, s in specs.items():
         n = num_samples or s.search.num_samples
         trials, epochs = planned_epochs(s, n)
-        final = s.search.final_eval.seeds * s.optim.epochs
-        lines.append(f"  {method:<5} {trials} trials, {epochs} epochs + final evaluation {s.search.final_eval.seeds} "
-                     f"seeds x {s.optim.epochs} epochs")
-        total += epochs + final
+        seeds = s.search.final_eval.seeds if final_eval else 0
+        lines.append(f"  {method:<5} {trials} trials, {epochs} epochs + final evaluation {seeds} seeds x "
+                     f"{s.optim.epochs} epochs")
+        total += epochs + seeds * s.optim.epochs
     return lines, total
 
 
@@ -165,7 +165,7 @@ def run_compare(spec: Spec, workdir: Path, options, methods: Sequence[str], *,
     from edray.distributed.sweep import run_sweep
 
     specs = {"ed": spec, **{m: method_spec(spec, m) for m in methods}}
-    lines, total = compare_plan(specs, options.num_samples)
+    lines, total = compare_plan(specs, options.num_samples, final_eval=options.final_eval)
     log(f"--compare: {len(specs)} sweeps of {options.num_samples or spec.search.num_samples} configs each, "
         f"{total} epochs in all:")
     for line in lines:
