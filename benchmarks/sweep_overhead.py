@@ -60,7 +60,7 @@ def _prepare(spec, workdir: Path):
     from mlflow.tracking import MlflowClient
 
     from edray.data import load_data
-    from edray.logits.precompute import precompute_stores
+    from edray.distill.precompute import precompute_stores
     from edray.pipeline import teach
     from edray.tracking import resolve_tracking_uri
 

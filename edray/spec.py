@@ -462,7 +462,7 @@ def set_path(data: dict, path: str, value: Any, *, where: str | None = None) -> 
         EdrayError: a key the schema does not know, or an index out of range.
     """
     where = where or path
-    keys = _split_path(path)
+    keys = _split_path(path, where)
     node: Any = data
     default_node: Any = _defaults_tree()
     for i, key in enumerate(keys):
@@ -489,15 +489,21 @@ def set_path(data: dict, path: str, value: Any, *, where: str | None = None) -> 
             default_node = default_node.get(key) if isinstance(default_node, dict) else None
 
 
-def get_path(data: dict, path: str) -> Any:
-    """The value at a dotted spec ``path`` in a raw mapping (KeyError/IndexError if absent)."""
+def get_path(data: dict, path: str, *, where: str | None = None) -> Any:
+    """The value at a dotted spec ``path`` in a raw mapping (KeyError/IndexError if absent).
+
+    Raises:
+        EdrayError: a malformed index (``a[x]``), located at ``where`` (default: ``path``).
+    """
     node: Any = data
-    for key in _split_path(path):
+    for key in _split_path(path, where or path):
         node = node[key]
     return node
 
 
-def _split_path(path: str) -> list[str | int]:
+def _split_path(path: str, where: str) -> list[str | int]:
+    """``a.b[1].c`` -> ``["a", "b", 1, "c"]``; a bad index is blamed on ``where``, the place
+    the path came from (``--set ...``, ``search.params[2].path``)."""
     keys: list[str | int] = []
     for part in path.split("."):
         while "[" in part and part.endswith("]"):
@@ -506,7 +512,8 @@ def _split_path(path: str) -> list[str | int]:
                 keys.append(head)
             for piece in idx.rstrip("]").split("]["):
                 if not piece.isdigit():
-                    raise EdrayError(f"--set {path}", f"bad index [{piece}]", "use a non-negative integer")
+                    named = "" if path in where else f" in {path}"
+                    raise EdrayError(where, f"bad index [{piece}]{named}", "use a non-negative integer")
                 keys.append(int(piece))
             part = ""
         if part:

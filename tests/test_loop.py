@@ -55,7 +55,11 @@ def test_early_grades_see_only_their_classes(digits_data, teacher_workdir):
 )
 def test_modes_run(overrides, digits_data, teacher_workdir):
     result = train(fast_spec(*overrides), teacher_workdir, data=digits_data)
-    assert result.test_acc > 0.5
+    assert [m.grade for m in result.history] == [1, 1, 2, 2, 2, 3, 3, 3] and result.switch_epochs == [2, 5]
+    assert result.history[-1].seen_classes == digits_data.num_classes
+    # It learnt, whatever the mode: 3x chance (0.1). After 8 epochs the weakest mode (sequential,
+    # carry, shuffled) measured 0.56 on a Xeon and 0.49 on an AMD EPYC, the others 0.80-0.89.
+    assert result.test_acc > 0.3, result.summary()
 
 
 def _run_collecting(spec, data, teachers, **kw):

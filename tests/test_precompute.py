@@ -26,16 +26,11 @@ from edray.data import apply_views, load_data, view_params
 from edray.distill.loop import run_ed
 from edray.distill.losses import sliced_kd_loss
 from edray.distill.plan import make_plan
+from edray.distill.precompute import _teacher_logits, precompute_stores, store_key
+from edray.distill.stored_teachers import StoreTeachers, open_teacher_stores
 from edray.distill.teachers import LiveTeachers, load_teacher, teacher_path
 from edray.errors import EdrayError
 from edray.logits import open_store
-from edray.logits.precompute import (
-    StoreTeachers,
-    _teacher_logits,
-    open_teacher_stores,
-    precompute_stores,
-    store_key,
-)
 from edray.pipeline import make_teacher_logits, teach
 
 from .conftest import DIGITS_YAML, FAST, fast_spec
@@ -308,6 +303,8 @@ def test_cli_train_says_which_source_it_used_and_precomputed_matches_live(tmp_pa
 
     acc_c = json.loads(out_c.strip().splitlines()[-1])["test_acc"]
     acc_l = json.loads(out_l.strip().splitlines()[-1])["test_acc"]
+    # Measured on a Xeon: 0.875 (stores) and 0.852 (live), 0.02 apart; float16 logits and CPUs
+    # move both, so the bounds leave more than 3x that.
     assert min(acc_c, acc_l) > 0.7 and abs(acc_c - acc_l) < 0.08, (acc_c, acc_l)
 
 

@@ -32,11 +32,11 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from edray.errors import EdrayError
-from edray.spec import Spec, spec_from_dict
+from edray.search_space import BUDGET_KEY, fidelity_spec
+from edray.spec import Spec
 
 __all__ = ["BUDGET_KEY", "Rung", "SuccessiveHalving", "fidelity_spec", "halving_plan", "rung_epochs"]
 
-BUDGET_KEY = "budget_epochs"  # in a trial's config: train the copy of the spec at this many epochs
 
 
 def rung_epochs(spec: Spec) -> list[int]:
@@ -61,40 +61,6 @@ def rung_epochs(spec: Spec) -> list[int]:
             )
         out.append(epochs)
     return [*out, total]
-
-
-def _scaled(values: list[int], factor: float, *, first: int, last: int) -> list[int]:
-    """``values`` (strictly increasing) scaled by ``factor``, rounded, kept strictly increasing within
-    [first, last]: a copy keeps every grade, however short."""
-    out: list[int] = []
-    n = len(values)
-    for i, v in enumerate(values):
-        lo = out[-1] + 1 if out else first
-        hi = last - (n - 1 - i)
-        out.append(min(max(round(v * factor), lo), hi))
-    return out
-
-
-def fidelity_spec(spec: Spec, epochs: int) -> Spec:
-    """The copy of ``spec`` at ``epochs`` epochs: switch epochs and LR milestones scaled alike.
-
-    The LR schedule runs over the copy's own epochs (a cosine reaches its end), so the copy
-    is a whole, short run rather than the first epochs of a long one.
-    """
-    total = spec.optim.epochs
-    if epochs == total:
-        return spec
-    raw = spec.model_dump(mode="json")
-    factor = epochs / total
-    raw["optim"]["epochs"] = epochs
-    switches = spec.ed.switch_epochs
-    if switches:
-        raw["ed"]["switch_epochs"] = _scaled(switches, factor, first=1, last=epochs - 1)
-    milestones = spec.optim.schedule.milestones
-    if milestones:
-        scaled = sorted({min(max(1, round(m * factor)), epochs - 1) for m in milestones})
-        raw["optim"]["schedule"]["milestones"] = scaled
-    return spec_from_dict(raw)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ Layout on disk while writing (``<name>`` = ``StoreKey.name``)::
     <root>/.<name>.partial/    staging: layout.json, shard-00000.arrow, shard-00000.done, ...
     <root>/<name>/             appears only when complete (one rename of the staging dir)
 
-A shard is written to a temp file, fsync'd and renamed; then its ``.done`` record (name,
-rows, bytes, sha256) is written the same way. A shard counts as finished only when both
+A shard is written to a temp file, fsync'd and renamed (:mod:`edray.atomic`); then its
+``.done`` record (name, rows, bytes, sha256) is written the same way. A shard counts as finished only when both
 exist and the sizes agree, so a kill at any point loses at most the shard in flight.
 ``layout.json`` records the shape and the sample ids the staging dir was started with; a
 staging dir from another layout is wiped rather than mixed in.
@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from edray.atomic import DEFAULT_FIX, fsync_dir, write_bytes
 from edray.errors import EdrayError
 from edray.logits.fs import is_uri
 from edray.logits.key import StoreKey
@@ -42,7 +43,6 @@ __all__ = ["write_store"]
 _LAYOUT = "layout.json"
 _DONE = ".done"
 _TMP = ".tmp"
-_FIX_WRITE = "free space or choose another --workdir"
 # Default shard size. A batch's gather costs a numpy call per shard it touches, so shards
 # should be few; a kill loses at most one shard of compute, so they should not be huge.
 _SHARD_BYTES = 32 << 20
@@ -132,10 +132,10 @@ def write_store(
             key.fields(), key.digest(), rows=rows, views=views, outputs=outputs, rows_per_shard=rows_per_shard,
             shards=[done[i] for i in range(total)],
         )
-        _write_atomic(staging / MANIFEST_NAME, manifest.to_json().encode())
+        write_bytes(staging / MANIFEST_NAME, manifest.to_json().encode())
         with _io(final):
             os.rename(staging, final)
-            _fsync_dir(base)
+            fsync_dir(base)
         _remove_bookkeeping(final)
     return final
 
@@ -203,10 +203,10 @@ def _prepare_staging(staging: Path, layout: dict[str, Any]) -> dict[int, ShardIn
             shutil.rmtree(staging)  # another layout, or started but never described: start over
         if not staging.exists():
             staging.mkdir()
-            _write_atomic(staging / _LAYOUT, json.dumps(layout).encode())
+            write_bytes(staging / _LAYOUT, json.dumps(layout).encode())
         done: dict[int, ShardInfo] = {}
         for path in staging.iterdir():
-            if path.name.endswith(_TMP):  # a write that was killed mid-way
+            if path.name.endswith(_TMP):  # a write that was killed mid-way (edray.atomic's temp file)
                 path.unlink()
             elif path.name.endswith(_DONE):
                 record = _read_json(path)
@@ -231,25 +231,9 @@ def _write_shard(staging: Path, name: str, ids: np.ndarray, block: np.ndarray, s
         writer.write_batch(batch)
     data = sink.getvalue()
     info = ShardInfo(name, n, data.size, hashlib.sha256(data).hexdigest())
-    _write_atomic(staging / name, data)
-    _write_atomic(staging / f"{name}{_DONE}", json.dumps(dataclasses.asdict(info)).encode())
+    write_bytes(staging / name, data)
+    write_bytes(staging / f"{name}{_DONE}", json.dumps(dataclasses.asdict(info)).encode())
     return info
-
-
-def _write_atomic(path: Path, data: bytes | pa.Buffer) -> None:
-    """Write to ``path.tmp``, fsync, rename: readers see the old file or the whole new one."""
-    tmp = path.with_name(path.name + _TMP)
-    with _io(path):
-        try:
-            with open(tmp, "wb") as f:
-                f.write(memoryview(data))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-        finally:
-            if tmp.exists():  # a full disk leaves a partial temp file: give the space back
-                tmp.unlink()
 
 
 def _remove_bookkeeping(final: Path) -> None:
@@ -267,14 +251,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager
@@ -299,4 +275,4 @@ def _io(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        raise EdrayError(str(path), f"cannot write ({e.strerror or e})", _FIX_WRITE) from e
+        raise EdrayError(str(path), f"cannot write ({e.strerror or e})", DEFAULT_FIX) from e

@@ -25,6 +25,7 @@ from edray.errors import EdrayError
 from edray.spec import SearchParam
 from edray.tracking.secrets import redact_text
 from edray.tracking.uri import sqlite_path
+from edray.tracking.values import finite
 
 __all__ = ["BASELINES", "MethodResult", "SweepRecord", "TrialRow", "load_sweep", "report_tracking_uri"]
 
@@ -223,7 +224,7 @@ def _trial_row(row: dict, run, history: dict[str, list[dict]]) -> TrialRow:
     trial_id = str(row.get("trial_id"))
     records = history.get(trial_id) or []
     return TrialRow(
-        trial_id=trial_id, status=str(row.get("status", "")), metric=_finite(row.get(METRIC)),
+        trial_id=trial_id, status=str(row.get("status", "")), metric=finite(row.get(METRIC)),
         config=dict(row.get("config") or {}), run_id=run.info.run_id if run is not None else None,
         epochs=max((r["epoch"] for r in records), default=None),
     )
@@ -278,15 +279,7 @@ def _baselines(client, experiment_id: str, *, skip: str) -> list[MethodResult]:
 
 
 def _metric(run, key: str) -> float | None:
-    return _finite(run.data.metrics.get(key))
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+    return finite(run.data.metrics.get(key))
 
 
 def _time(ms: int | None) -> datetime | None:
