@@ -138,9 +138,13 @@ def _cmd_train(args: argparse.Namespace) -> Summary:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> Summary:
-    from edray.distributed.space import describe_space, sample_configs
-    from edray.distributed.sweep import SweepOptions, run_sweep
+    from dataclasses import asdict
 
+    from edray.distributed.compare import format_compare, parse_methods, run_compare
+    from edray.distributed.space import describe_space, sample_configs
+    from edray.distributed.sweep import SweepOptions, plan_line, run_sweep
+
+    methods = parse_methods(args.compare) if args.compare is not None else None  # a typo fails before the spec loads
     spec = _load(args, check=args.dry_run)  # run_sweep runs the same checks itself
     if spec.search is None:
         raise EdrayError("search", f"{args.spec} has no search section",
@@ -150,6 +154,7 @@ def _cmd_sweep(args: argparse.Namespace) -> Summary:
     if args.dry_run:
         configs = sample_configs(spec, 3)
         print(f"search space of {args.spec} ({spec.search.num_samples} trials, {spec.search.sampler} sampler):")
+        print(f"  cost: {plan_line(spec, args.num_samples or spec.search.num_samples)}")
         for line in describe_space(spec):
             print(f"  {line}")
         print("sampled configs:")
@@ -160,9 +165,19 @@ def _cmd_sweep(args: argparse.Namespace) -> Summary:
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, address=args.address, resume=args.resume,
         progress=_progress_enabled(args), final_eval=not args.no_final_eval,
     )
-    result = run_sweep(spec, _workdir(args), options, log=_log if not args.quiet else (lambda _m: None))
+    log = _log if not args.quiet else (lambda _m: None)
+    methods = methods or spec.search.compare
+    rows = None
+    if methods:
+        result, rows = run_compare(spec, _workdir(args), options, methods, log=log)
+    else:
+        result = run_sweep(spec, _workdir(args), options, log=log)
     summary = result.summary()
+    if rows is not None:
+        summary["compare"] = [asdict(r) for r in rows]
     if not args.json:
+        if rows is not None:
+            print(format_compare(rows))
         print(f"{summary['trials']} trials: {summary['completed']} completed, {summary['pruned']} pruned, "
               f"{summary['errored']} errored; best val_acc {summary['best_val_acc']}")
         if summary["final_test_acc_mean"] is not None:
@@ -273,6 +288,8 @@ COMMANDS: tuple[Command, ...] = (
         _opt("--resume", **_FLAG, help="continue the last sweep of this spec"),
         _opt("--dry-run", **_FLAG, help="validate, print the space and sampled configs, train nothing"),
         _opt("--no-final-eval", **_FLAG, help="skip the final test evaluation of the best config"),
+        _opt("--compare", metavar="METHODS",
+             help="also sweep these baselines like ED, same trials and budget, and tabulate (e.g. kd,mtkd,ce)"),
     )),
     Command("best", "write the best config of a sweep as a spec for `edray train`", _cmd_best, spec=False,
             experiment=True, output="best.yaml", tracking_uri=True),

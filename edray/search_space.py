@@ -15,7 +15,11 @@ from typing import Any
 from edray.errors import EdrayError
 from edray.spec import SearchParam, Spec, get_path, set_path, spec_from_dict
 
-__all__ = ["check_space", "drawn_names", "resolve_config", "switch_bounds", "with_derived"]
+__all__ = [
+    "BUDGET_KEY", "check_space", "drawn_names", "fidelity_spec", "resolve_config", "switch_bounds", "with_derived",
+]
+
+BUDGET_KEY = "budget_epochs"  # in a trial's config: train the copy of the spec at this many epochs
 
 # Each structured kind draws one value per grade, or per grade but one.
 _DRAWS = {"switch_epochs": -1, "temperatures": 0, "split_ratios": -1}
@@ -93,14 +97,53 @@ def with_derived(spec: Spec, point: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_config(base: Spec | dict, config: dict[str, Any]) -> Spec:
-    """The spec of one trial: ``base`` with every ``path -> value`` of ``config`` written in.
+    """The spec of one trial: ``base`` with every ``path -> value`` of ``config`` written in
+    (and cut to ``budget_epochs``, scaled alike, when the config carries it: :func:`fidelity_spec`).
 
     Raises:
         EdrayError: the combined spec is invalid (e.g. a searched switch past the epochs).
     """
     raw = copy.deepcopy(base.model_dump(mode="json") if isinstance(base, Spec) else base)
+    budget = config.get(BUDGET_KEY)
     for path, value in sorted(config.items()):
-        set_path(raw, path, value, where=f"search {path}")
+        if path != BUDGET_KEY:
+            set_path(raw, path, value, where=f"search {path}")
+    spec = spec_from_dict(raw)
+    # A rung of successive halving trains a short copy of the config (see distributed/schedulers.py).
+    return fidelity_spec(spec, int(budget)) if budget is not None else spec
+
+
+def _scaled(values: list[int], factor: float, *, first: int, last: int) -> list[int]:
+    """``values`` (strictly increasing) scaled by ``factor``, rounded, kept strictly increasing within
+    [first, last]: a copy keeps every grade, however short."""
+    out: list[int] = []
+    n = len(values)
+    for i, v in enumerate(values):
+        lo = out[-1] + 1 if out else first
+        hi = last - (n - 1 - i)
+        out.append(min(max(round(v * factor), lo), hi))
+    return out
+
+
+def fidelity_spec(spec: Spec, epochs: int) -> Spec:
+    """The copy of ``spec`` at ``epochs`` epochs: switch epochs and LR milestones scaled alike.
+
+    The LR schedule runs over the copy's own epochs (a cosine reaches its end), so the copy
+    is a whole, short run rather than the first epochs of a long one.
+    """
+    total = spec.optim.epochs
+    if epochs == total:
+        return spec
+    raw = spec.model_dump(mode="json")
+    factor = epochs / total
+    raw["optim"]["epochs"] = epochs
+    switches = spec.ed.switch_epochs
+    if switches:
+        raw["ed"]["switch_epochs"] = _scaled(switches, factor, first=1, last=epochs - 1)
+    milestones = spec.optim.schedule.milestones
+    if milestones:
+        scaled = sorted({min(max(1, round(m * factor)), epochs - 1) for m in milestones})
+        raw["optim"]["schedule"]["milestones"] = scaled
     return spec_from_dict(raw)
 
 

@@ -274,12 +274,44 @@ class SearchParam(_Strict):
 
 
 class EarlyStoppingSpec(_Strict):
-    """Grade-aware ASHA: rungs count epochs in the final grade, never epochs overall,
-    so a trial still in grade 1 is never ranked against one facing all classes."""
+    """How a sweep stops unpromising trials before their last epoch (README "The sweep").
 
-    kind: Literal["asha", "none"] = "asha"
-    grace_epochs: int = Field(2, ge=1, description="epochs in the final grade before a trial may be stopped")
-    reduction_factor: float = Field(2.0, gt=1)
+    ``halving`` (budget-scaled successive halving): every config first trains a short copy
+    of itself (``budgets``: fractions of ``optim.epochs``, with its switch epochs and LR
+    milestones scaled alike), so it meets every class; only the best ``1/reduction_factor``
+    of the configs that reached a budget go on to the next, the rest are pruned.
+    ``asha``: rungs count epochs in the final grade, never epochs overall, so a trial still
+    in grade 1 is never ranked against one facing all classes (saves little: epochs in
+    earlier grades are never at risk).
+    """
+
+    kind: Literal["halving", "asha", "none"] = "asha"
+    grace_epochs: int = Field(2, ge=1, description="asha: epochs in the final grade before a trial may be stopped")
+    reduction_factor: float = Field(
+        2.0, gt=1, description="keep the best 1/reduction_factor at each rung (halving: 4 unless given)"
+    )
+    budgets: list[float] = Field(
+        default_factory=lambda: [0.2],
+        description="halving: epochs of the short copies, as fractions of optim.epochs (ascending, each in (0, 1))",
+    )
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets_increase(cls, budgets: list[float]) -> list[float]:
+        if not budgets:
+            raise ValueError("needs at least one fraction, e.g. [0.2]")
+        if any(not 0 < b < 1 for b in budgets):
+            raise ValueError(f"every fraction must be in (0, 1), got {budgets}")
+        if any(b <= a for a, b in zip(budgets, budgets[1:])):
+            raise ValueError(f"fractions must strictly increase, got {budgets}")
+        return budgets
+
+    @model_validator(mode="after")
+    def _halving_default(self) -> EarlyStoppingSpec:
+        # Halving keeps a quarter: with copies at 20 % of the epochs, a half saves only 1.4x.
+        if self.kind == "halving" and "reduction_factor" not in self.model_fields_set:
+            self.reduction_factor = 4.0
+        return self
 
 
 class FinalEvalSpec(_Strict):
@@ -298,6 +330,9 @@ class SearchSpec(_Strict):
     )
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     final_eval: FinalEvalSpec = Field(default_factory=FinalEvalSpec)
+    compare: list[Literal["kd", "mtkd", "ce"]] | None = Field(
+        None, description="baselines swept and tested like ED, at the same budget (edray sweep --compare)"
+    )
 
     @model_validator(mode="after")
     def _unique_paths(self) -> SearchSpec:

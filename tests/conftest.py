@@ -15,9 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS_YAML = ROOT / "search_spaces" / "digits.yaml"
 
 # Tiny models on 2 shared cores: one thread each is several times faster than two
-# threads contending (and subprocesses inherit it).
+# threads contending (and subprocesses inherit it). A run that asks for more threads gets
+# them here too: float results depend on the thread count, and tests compare this
+# process's runs exactly with those of Ray workers, which follow OMP_NUM_THREADS.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # Few epochs, small teachers: the suite checks behaviour, benchmarks check accuracy.
 FAST = [

@@ -251,6 +251,15 @@ def test_local_provider_needs_the_head_address(tmp_path):
     _rejects(path, "provider.head_ip", "missing")
 
 
+@pytest.mark.parametrize("name", ["aws", "gcp", "local"])
+def test_a_command_in_parentheses_is_rejected(tmp_path, name):
+    # Seen in `ray up`: Ray runs `(CMD)`, so `(grep ... || echo ...)` became `((grep ...` and bash
+    # failed it as arithmetic on every node.
+    path = _mutated(tmp_path, name, lambda d: d[0]["setup_commands"].append("(true || echo x)"))
+    n = len(_docs(name)[0]["setup_commands"])
+    _rejects(path, f"setup_commands[{n}]", "arithmetic")
+
+
 def test_ray_launcher_checks_run_too(tmp_path):
     # Only Ray's own validate_docker_config catches a container name without an image.
     path = _mutated(tmp_path, "aws", lambda d: d[0].update(docker={"container_name": "edray"}))

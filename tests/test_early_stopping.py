@@ -28,7 +28,8 @@ from .conftest import fast_spec
 EPOCHS = 6
 # grace 1, factor 2: rungs after 1, 2 and 4 epochs, the most eager ASHA there is.
 ES = [f"optim.epochs={EPOCHS}", "ed.switch_epochs=[2, 4]", "search.params[0].min_grade_epochs=1",
-      "search.early_stopping.grace_epochs=1", "search.early_stopping.reduction_factor=2", "teachers.logits=live"]
+      "search.early_stopping.kind=asha", "search.early_stopping.grace_epochs=1",
+      "search.early_stopping.reduction_factor=2", "teachers.logits=live"]
 CONFIGS = {
     "early": {"ed.switch_epochs[0]": 1, "ed.switch_epochs[1]": 2},
     "late": {"ed.switch_epochs[0]": 4, "ed.switch_epochs[1]": 5},

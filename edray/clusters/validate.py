@@ -261,6 +261,7 @@ def _validate_launcher(config: dict, text: str, src: str) -> None:
     effective = _ray_prepare_and_validate(config, src)
     _check_security_group(provider, src)
     _check_bind_addresses(config, effective, src)
+    _check_command_shapes(config, src)
 
 
 @lru_cache(maxsize=1)
@@ -508,6 +509,15 @@ def _check_bind_addresses(config: dict, effective: dict, src: str) -> None:
                 if match.group(1) in _ANY_HOST:
                     raise _error(src, parts, f"binds the MLflow server to {match.group(1) or '(empty)'}",
                                  "bind the head's private address (or 127.0.0.1) and reach it through an SSH tunnel")
+
+
+def _check_command_shapes(config: dict, src: str) -> None:
+    """Ray runs each command as ``bash -c '... && (CMD)'``: a command that starts with ``(``
+    becomes ``((...`` there, which bash reads as arithmetic, so the step fails on every node."""
+    for parts, cmd in _iter_commands(config):
+        if cmd.lstrip().startswith("("):
+            raise _error(src, parts, "starts with '(' and Ray wraps each command in '( )': bash reads '((' as "
+                         "arithmetic", "drop the outer parentheses, or start the command with something else")
 
 
 # ----------------------------------------------------------------------------- KubeRay

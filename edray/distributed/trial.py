@@ -75,12 +75,15 @@ def _device(spec: Spec) -> str:
     return "cuda" if spec.scaling.use_gpu and torch.cuda.is_available() else "cpu"
 
 
-def _extra_metrics(spec: Spec, metrics: dict[str, Any]) -> dict[str, Any]:
+def _extra_metrics(spec: Spec, metrics: dict[str, Any], total_epochs: int) -> dict[str, Any]:
     plan = make_plan(spec, _num_classes(spec))
     last_start = plan.grades[-1].start_epoch
     # Grade-aware early stopping counts epochs facing all classes: a trial still in an
-    # early grade sits at 0 and never meets a rung (DESIGN §4).
-    return {**metrics, "final_grade_epochs": max(0, metrics["epoch"] - last_start), "total_epochs": spec.optim.epochs}
+    # early grade sits at 0 and never meets a rung (DESIGN §4). ``total_epochs`` is the
+    # config's own budget: a short copy of it (successive halving) ends before it, so by
+    # the one rule (edray.trial_status) the copy is a stopped trial, pruned.
+    return {**metrics, "final_grade_epochs": max(0, metrics["epoch"] - last_start), "total_epochs": total_epochs,
+            "budget_epochs": spec.optim.epochs}
 
 
 @functools.lru_cache(maxsize=16)
@@ -132,12 +135,14 @@ def train_trial(spec: Spec, ctx: TrialContext, *, trial_id: str, report_fn: Tria
     if faults:
         faults.note_resume(resume, dist.rank)
 
+    total_epochs = int(ctx.base_spec["optim"]["epochs"])
+
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         if faults:
             faults.maybe_die(metrics["epoch"], dist.rank)
-        metrics = _extra_metrics(spec, metrics)
+        metrics = _extra_metrics(spec, metrics, total_epochs)
         final = state.pop("final_model", None) if state else None
-        if final is not None and dist.rank == 0:
+        if final is not None and dist.rank == 0 and spec.optim.epochs == total_epochs:  # a short copy: no model
             metrics["model_path"] = _save_model(
                 ctx, trial_id, {"arch": spec.student.arch, "num_classes": data.num_classes, "state_dict": final}
             )

@@ -82,6 +82,7 @@ class SweepRecord:
     trials: list[TrialRow]
     methods: list[MethodResult]  # the sweep first, then each baseline that was run
     other_sweeps: list[str] = field(default_factory=list)  # names of older finished sweeps
+    comparison: list[dict] = field(default_factory=list)  # rows of `edray sweep --compare` (compare.json)
     metric: str = METRIC
 
     @property
@@ -125,6 +126,8 @@ def load_sweep(experiment: str, uri: str, *, run_id: str | None = None) -> Sweep
         results = json.loads(_artifact(client, parent, "results.json", tmp) or "[]")
         spec = yaml.safe_load(_artifact(client, parent, "spec.yaml", tmp) or "{}") or {}
         best_yaml = _artifact(client, parent, "best.yaml", tmp) or ""
+        comparison = (json.loads(_artifact(client, parent, "compare.json", tmp) or "[]")
+                      if parent.data.tags.get("edray.compare") else [])
     children = _children(client, exp.experiment_id, parent.info.run_id)
     history = {tid: _history(client, run.info.run_id) for tid, run in children.items()}
     trials = [_trial_row(row, children.get(str(row.get("trial_id"))), history) for row in results]
@@ -141,6 +144,7 @@ def load_sweep(experiment: str, uri: str, *, run_id: str | None = None) -> Sweep
         spec=spec, summary=dict(parent.data.metrics), results=results, history=history, space=_space(spec),
         best_yaml=best_yaml, trials=trials, methods=methods,
         other_sweeps=[r.info.run_name for r in older if r.info.run_id != parent.info.run_id],
+        comparison=comparison,
     )
 
 

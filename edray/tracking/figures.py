@@ -217,11 +217,19 @@ def _history_figure(plt, results: list[dict], metric: str):
     return fig
 
 
+# Importance from a handful of points is noise drawn as bars: below this, the report says so.
+MIN_IMPORTANCE_TRIALS = 5
+
+
+def too_few_for_importance(completed: int) -> str:
+    return (f"too few completed trials for parameter importance: {completed}, "
+            f"needs at least {MIN_IMPORTANCE_TRIALS}")
+
+
 def _importance_figure(plt, study: optuna.Study):
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    if len(complete) < 2:
-        return _placeholder(plt, "param_importances",
-                            f"parameter importance needs at least 2 completed trials, got {len(complete)}")
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        return _placeholder(plt, "param_importances", too_few_for_importance(len(complete)))
     varying = _varying(complete)
     if not varying:
         return _placeholder(plt, "param_importances", "no searched parameter varied across the completed trials")
