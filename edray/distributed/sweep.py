@@ -229,9 +229,10 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     """Run the whole sweep and return its summary (see ``edray sweep --json``)."""
     tic = time.monotonic()
     _check(spec)
-    log(plan_line(spec, options.num_samples or spec.search.num_samples))
     state = _load_state(spec, workdir, options.resume)
     tracker = _tracker(spec, workdir)
+    # The cost, once nothing can refuse the sweep any more (a refusal is the only line).
+    log(plan_line(spec, options.num_samples or spec.search.num_samples))
     _prepare_teachers(spec, workdir, log)
     state = _start_tracking(spec, workdir, tracker, state)
     _init_ray(options.address)
