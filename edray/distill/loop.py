@@ -169,6 +169,26 @@ def _sync_gradients(params: list[torch.nn.Parameter], dist: DistContext) -> None
             torch_dist.all_reduce(p.grad, op=torch_dist.ReduceOp.SUM)
 
 
+@dataclass
+class _Run:
+    """What the steps of one run share: its inputs and the state that grows epoch by epoch."""
+
+    spec: Spec
+    plan: Plan
+    data: DataSplits
+    teachers: TeacherLogits | None
+    student: GrowingStudent
+    device: str
+    dist: DistContext
+    grade: int = 0
+    optimizer: torch.optim.Optimizer | None = None
+    history: list[EpochMetrics] = field(default_factory=list)
+
+    @property
+    def grade_spec(self):
+        return self.plan.grades[self.grade - 1]
+
+
 def run_ed(
     spec: Spec,
     data: DataSplits,
@@ -201,134 +221,193 @@ def run_ed(
     """
     start_wall = time.monotonic()
     _set_determinism(spec)
+    run = _start(spec, data, teachers, device, dist)
+    first_epoch = _restore(run, resume) if resume is not None else 0
+    for epoch in range(first_epoch, spec.optim.epochs):
+        metrics = _run_epoch(run, epoch)
+        if progress:
+            progress(metrics)
+        if report:
+            report(asdict(metrics), _checkpoint(run, epoch))
+    return _result(run, evaluate_test, start_wall)
+
+
+def _start(spec: Spec, data: DataSplits, teachers: TeacherLogits | None, device: str, dist: DistContext) -> _Run:
+    """The plan and a fresh student (grade 0: :func:`_switch_grade` builds grade 1)."""
     plan = make_plan(spec, data.num_classes)
     if plan.method != "ce" and teachers is None:
         raise EdrayError("method", f"{plan.method} needs teachers, none were given", "train them with `edray teach`")
-
     torch.manual_seed(spec.seed)
     backbone = build_backbone(
         spec.student.arch, num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
     )
     grade_classes = plan.classes.grade_classes if plan.method == "ed" else [data.num_classes]
     student = GrowingStudent(backbone, grade_classes).to(device)
+    return _Run(spec, plan, data, teachers, student, device, dist)
 
-    rank = plan.classes.rank
-    group_of = plan.classes.group_of
-    offsets = plan.classes.offsets
-    train_labels = data.train.labels
-    train_groups = group_of[train_labels]
-    aug = spec.dataset.augmentation
-    num_views = getattr(teachers, "views", None)  # a store has a fixed number of views
 
-    first_epoch, history, optimizer, grade = 0, [], None, 0
-    if resume is not None:
-        if resume.get("format") != CHECKPOINT_FORMAT or resume.get("method") != plan.method:
-            raise EdrayError("resume", "checkpoint is from another edray version or method", "start a fresh run")
-        grade = resume["grade"]
-        student.set_grade(grade)
-        student.load_state_dict(resume["student"])
-        optimizer = _optimizer_for_grade(spec, student, grade, None)
-        optimizer.load_state_dict(resume["optimizer"])
-        first_epoch = resume["epoch"]
-        history = [EpochMetrics(**m) for m in resume["history"]]
-        _restore_rng(resume["rng"])
+def _restore(run: _Run, resume: dict[str, Any]) -> int:
+    """Load a checkpoint of :func:`_checkpoint` into ``run``; returns the epoch to continue at."""
+    if resume.get("format") != CHECKPOINT_FORMAT or resume.get("method") != run.plan.method:
+        raise EdrayError("resume", "checkpoint is from another edray version or method", "start a fresh run")
+    run.grade = resume["grade"]
+    run.student.set_grade(run.grade)
+    run.student.load_state_dict(resume["student"])
+    run.optimizer = _optimizer_for_grade(run.spec, run.student, run.grade, None)
+    run.optimizer.load_state_dict(resume["optimizer"])
+    run.history = [EpochMetrics(**m) for m in resume["history"]]
+    _restore_rng(resume["rng"])
+    return resume["epoch"]
 
-    for epoch in range(first_epoch, spec.optim.epochs):
-        tic = time.monotonic()
-        new_grade = plan.grade_at(epoch)
-        if new_grade != grade:
-            student.set_grade(new_grade)
-            optimizer = _optimizer_for_grade(spec, student, new_grade, optimizer)
-            grade = new_grade
-        g = plan.grades[grade - 1]
-        seen = plan.classes.seen(g.groups)
-        lr = lr_at(spec.optim, epoch)
-        set_lr(optimizer, lr)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
 
-        gen = _epoch_generator(spec, epoch)
-        active = (train_groups < g.groups).nonzero().flatten()
-        if plan.replay == "sequential":
-            passes = [active[train_groups[active] == k] for k in range(g.groups)]
-            passes = [p[torch.randperm(len(p), generator=gen)] for p in passes]
-        else:
-            passes = [active[torch.randperm(len(active), generator=gen)]]
+def _switch_grade(run: _Run, epoch: int) -> None:
+    """At a grade switch: grow the student and rebuild (or extend) the optimizer."""
+    new_grade = run.plan.grade_at(epoch)
+    if new_grade != run.grade:
+        run.student.set_grade(new_grade)
+        run.optimizer = _optimizer_for_grade(run.spec, run.student, new_grade, run.optimizer)
+        run.grade = new_grade
 
-        student.train()
-        loss_sum, seen_samples = 0.0, 0
-        global_batch = spec.optim.batch_size
-        for order in passes:
-            views_all = (
-                torch.randint(1, num_views, (len(order),), generator=gen)
-                if num_views and num_views > 1
-                else torch.zeros(len(order), dtype=torch.long)
-                if num_views == 1
-                else torch.randint(1, _ANY_VIEW, (len(order),), generator=gen)
-            )
-            view_of = torch.zeros(len(train_labels), dtype=torch.long)  # row -> its view this epoch
-            view_of[order] = views_all
-            local_order, local_batch, global_sizes = _shard(order, global_batch, dist)
-            batches = iterate_batches(data.train, local_order, local_batch, num_workers=spec.optim.num_workers)
-            for (x, y, rows), global_size in zip(batches, global_sizes):
-                views = view_of[rows]
-                x = apply_views(x, view_params(spec.teachers.view_seed, rows, views, aug), aug).to(device)
-                logits = student(x)
-                sample_groups = group_of[y]
-                teacher_logits: list[torch.Tensor | None] = [None] * len(offsets[:-1])
-                if teachers is not None and plan.alpha < 1.0:
-                    for k in sample_groups.unique().tolist():
-                        mask = sample_groups == k
-                        teacher_logits[k] = teachers.group_logits(
-                            k, x[mask.to(x.device)], rows[mask], views[mask]
-                        ).to(device)
-                # Sum over the local slice, normalised by the global batch: all-reduced
-                # gradients then equal one worker's gradient of the whole batch.
-                loss = sliced_kd_loss(
-                    logits, rank[y].to(device), teacher_logits, sample_groups.to(device), offsets,
-                    alpha=plan.alpha, temperature=g.temperature,
-                ) * len(y)
-                optimizer.zero_grad(set_to_none=True)
-                (loss / global_size).backward()
-                _sync_gradients(params, dist)
-                optimizer.step()
-                loss_sum += loss.item()
-                seen_samples += len(y)
 
-        val_acc, val_acc_seen = _evaluate(student, data.val, rank, seen, device)
-        in_grade = epoch + 1 - g.start_epoch
-        metrics = EpochMetrics(
-            epoch=epoch + 1, grade=grade, lr=lr, train_loss=loss_sum / max(1, seen_samples),
-            val_acc=val_acc, val_acc_seen=val_acc_seen, seen_classes=seen,
-            epochs_in_grade=in_grade, epoch_s=time.monotonic() - tic,
-        )
-        history.append(metrics)
-        if progress:
-            progress(metrics)
-        if report:
-            checkpoint = {
-                "format": CHECKPOINT_FORMAT, "method": plan.method, "epoch": epoch + 1, "grade": grade,
-                # Copies, not views of live tensors: the next step must not change a
-                # checkpoint the caller still holds.
-                "student": copy.deepcopy(student.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict()),
-                "history": [asdict(m) for m in history], "rng": _rng_state(),
-            }
-            if epoch + 1 == spec.optim.epochs:
-                # The finished student (natural class order), so a wrapper can keep it.
-                checkpoint["final_model"] = _export(student, plan).state_dict()
-            report(asdict(metrics), checkpoint)
+def _epoch_order(run: _Run, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The epoch's passes: (training rows in order, the view of each row).
 
-    model = _export(student, plan)
+    ``sequential`` replay makes one pass per seen group, ``mixed`` one shuffled pass
+    over their union. One generator per epoch draws the orders first, then the views,
+    so a resumed run draws exactly what an uninterrupted one does.
+    """
+    gen = _epoch_generator(run.spec, epoch)
+    train_groups = run.plan.classes.group_of[run.data.train.labels]
+    groups = run.grade_spec.groups
+    active = (train_groups < groups).nonzero().flatten()
+    if run.plan.replay == "sequential":
+        passes = [active[train_groups[active] == k] for k in range(groups)]
+        passes = [p[torch.randperm(len(p), generator=gen)] for p in passes]
+    else:
+        passes = [active[torch.randperm(len(active), generator=gen)]]
+    num_views = getattr(run.teachers, "views", None)  # a store has a fixed number of views
+    return [(order, _views_for(num_views, len(order), gen)) for order in passes]
+
+
+def _views_for(num_views: int | None, n: int, gen: torch.Generator) -> torch.Tensor:
+    """The view of each of ``n`` rows this epoch.
+
+    A store of V > 1 views: one of its augmented views 1..V-1. A store of the evaluation
+    view only: view 0. Live teachers (no store): any view id, each a fresh augmentation.
+    """
+    if not num_views:
+        return torch.randint(1, _ANY_VIEW, (n,), generator=gen)
+    if num_views == 1:
+        return torch.zeros(n, dtype=torch.long)
+    return torch.randint(1, num_views, (n,), generator=gen)
+
+
+def _train_one_epoch(run: _Run, passes: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """One epoch over ``passes``; returns the mean training loss per sample."""
+    spec, dist = run.spec, run.dist
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    run.student.train()
+    loss_sum, seen_samples = 0.0, 0
+    for order, views_all in passes:
+        view_of = torch.zeros(len(run.data.train.labels), dtype=torch.long)  # row -> its view this epoch
+        view_of[order] = views_all
+        local_order, local_batch, global_sizes = _shard(order, spec.optim.batch_size, dist)
+        batches = iterate_batches(run.data.train, local_order, local_batch, num_workers=spec.optim.num_workers)
+        for (x, y, rows), global_size in zip(batches, global_sizes):
+            loss_sum += _train_step(run, params, x, y, rows, view_of[rows], global_size)
+            seen_samples += len(y)
+    return loss_sum / max(1, seen_samples)
+
+
+def _train_step(
+    run: _Run, params: list[torch.nn.Parameter], x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
+    views: torch.Tensor, global_size: int,
+) -> float:
+    """One optimizer step on a batch; returns the batch's summed loss."""
+    aug = run.spec.dataset.augmentation
+    x = apply_views(x, view_params(run.spec.teachers.view_seed, rows, views, aug), aug).to(run.device)
+    logits = run.student(x)
+    sample_groups = run.plan.classes.group_of[y]
+    # Sum over the local slice, normalised by the global batch: all-reduced
+    # gradients then equal one worker's gradient of the whole batch.
+    loss = sliced_kd_loss(
+        logits, run.plan.classes.rank[y].to(run.device), _teacher_logits(run, x, sample_groups, rows, views),
+        sample_groups.to(run.device), run.plan.classes.offsets,
+        alpha=run.plan.alpha, temperature=run.grade_spec.temperature,
+    ) * len(y)
+    run.optimizer.zero_grad(set_to_none=True)
+    (loss / global_size).backward()
+    _sync_gradients(params, run.dist)
+    run.optimizer.step()
+    return loss.item()
+
+
+def _teacher_logits(
+    run: _Run, x: torch.Tensor, sample_groups: torch.Tensor, rows: torch.Tensor, views: torch.Tensor
+) -> list[torch.Tensor | None]:
+    """Teacher logits per class group present in the batch (None where no teacher speaks)."""
+    out: list[torch.Tensor | None] = [None] * len(run.plan.classes.offsets[:-1])
+    if run.teachers is None or run.plan.alpha >= 1.0:
+        return out
+    for k in sample_groups.unique().tolist():
+        mask = sample_groups == k
+        out[k] = run.teachers.group_logits(k, x[mask.to(x.device)], rows[mask], views[mask]).to(run.device)
+    return out
+
+
+def _run_epoch(run: _Run, epoch: int) -> EpochMetrics:
+    """Switch grade if due, train one epoch, evaluate on the validation split."""
+    tic = time.monotonic()
+    _switch_grade(run, epoch)
+    lr = lr_at(run.spec.optim, epoch)
+    set_lr(run.optimizer, lr)
+    train_loss = _train_one_epoch(run, _epoch_order(run, epoch))
+    metrics = _epoch_metrics(run, epoch, lr, train_loss, tic)
+    run.history.append(metrics)
+    return metrics
+
+
+def _epoch_metrics(run: _Run, epoch: int, lr: float, train_loss: float, tic: float) -> EpochMetrics:
+    g = run.grade_spec
+    seen = run.plan.classes.seen(g.groups)
+    val_acc, val_acc_seen = _evaluate(run.student, run.data.val, run.plan.classes.rank, seen, run.device)
+    return EpochMetrics(
+        epoch=epoch + 1, grade=run.grade, lr=lr, train_loss=train_loss,
+        val_acc=val_acc, val_acc_seen=val_acc_seen, seen_classes=seen,
+        epochs_in_grade=epoch + 1 - g.start_epoch, epoch_s=time.monotonic() - tic,
+    )
+
+
+def _checkpoint(run: _Run, epoch: int) -> dict[str, Any]:
+    """The whole state after ``epoch``: what :func:`_restore` needs to continue bit for bit."""
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT, "method": run.plan.method, "epoch": epoch + 1, "grade": run.grade,
+        # Copies, not views of live tensors: the next step must not change a
+        # checkpoint the caller still holds.
+        "student": copy.deepcopy(run.student.state_dict()), "optimizer": copy.deepcopy(run.optimizer.state_dict()),
+        "history": [asdict(m) for m in run.history], "rng": _rng_state(),
+    }
+    if epoch + 1 == run.spec.optim.epochs:
+        # The finished student (natural class order), so a wrapper can keep it.
+        checkpoint["final_model"] = _export(run.student, run.plan).state_dict()
+    return checkpoint
+
+
+def _result(run: _Run, evaluate_test: bool, start_wall: float) -> RunResult:
+    """The finished student, exported, and (unless a sweep) its test accuracy."""
+    model = _export(run.student, run.plan)
+    data = run.data
     test_acc = None
     if evaluate_test:
         test_acc, _ = _evaluate(model, data.test, torch.arange(data.num_classes), data.num_classes, "cpu")
     return RunResult(
-        method=plan.method,
-        val_acc=history[-1].val_acc if history else float("nan"),
+        method=run.plan.method,
+        val_acc=run.history[-1].val_acc if run.history else float("nan"),
         test_acc=test_acc,
-        epochs=spec.optim.epochs,
-        switch_epochs=plan.switch_epochs,
+        epochs=run.spec.optim.epochs,
+        switch_epochs=run.plan.switch_epochs,
         wall_s=time.monotonic() - start_wall,
-        history=history,
+        history=run.history,
         model=model,
     )
 

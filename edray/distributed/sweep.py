@@ -180,94 +180,134 @@ def _prepare_teachers(spec: Spec, workdir: Path, log: Callable[[str], None]) -> 
 def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable[[str], None] = print) -> SweepResult:
     """Run the whole sweep and return its summary (see ``edray sweep --json``)."""
     tic = time.monotonic()
+    _check(spec)
+    state = _load_state(spec, workdir, options.resume)
+    tracker = _tracker(spec, workdir)
+    _prepare_teachers(spec, workdir, log)
+    state = _start_tracking(spec, workdir, tracker, state)
+    _init_ray(options.address)
+    grid = _fit(_build_tuner(spec, workdir, options, tracker, state), tracker)
+    result = _collect(spec, grid, tracker, state["parent_run_id"], tic)
+    _finish(spec, workdir, options, tracker, grid, result, log)
+    result.wall_s = time.monotonic() - tic
+    return result
+
+
+def _check(spec: Spec) -> None:
+    """Everything that can be wrong with the spec, before any teacher trains."""
     compile_space(spec)  # no search section, or a space with no valid trial: before anything starts
     from edray.preflight import preflight
 
     # Unknown names, missing data, grades that do not fit: before any teacher trains.
     preflight(spec, search=False)  # the space was just compiled
-    num_samples = options.num_samples or spec.search.num_samples
-    max_concurrent = options.max_concurrent or spec.search.max_concurrent
-    sweep_dir = _sweep_dir(spec, workdir)
+
+
+def _load_state(spec: Spec, workdir: Path, resume: bool) -> dict[str, Any]:
+    """The state of the sweep to resume (its run name, parent run, Tune experiment), or {}."""
+    if not resume:
+        return {}
     state_path = _state_path(spec, workdir)
-    state: dict[str, Any] = {}
-    if options.resume:
-        if not state_path.is_file():
-            raise EdrayError("--resume", f"no sweep to resume at {state_path}", "start it without --resume")
-        state = json.loads(state_path.read_text())
+    if not state_path.is_file():
+        raise EdrayError("--resume", f"no sweep to resume at {state_path}", "start it without --resume")
+    return json.loads(state_path.read_text())
 
-    tracker = _tracker(spec, workdir)
-    _prepare_teachers(spec, workdir, log)
 
-    from ray import tune
-
-    from edray.tracking import TrackingCallback
-
+def _start_tracking(spec: Spec, workdir: Path, tracker, state: dict[str, Any]) -> dict[str, Any]:
+    """Open (or reopen) the MLflow parent run and record the sweep's state for ``--resume``."""
     run_name = state.get("run_name") or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     parent_id = tracker.start_sweep(
         run_name=run_name, spec_dict=spec.model_dump(mode="json"), resume_run_id=state.get("parent_run_id")
     )
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    _sweep_dir(spec, workdir).mkdir(parents=True, exist_ok=True)
     storage = _storage_root(workdir, "ray_results")
     state = {"run_name": run_name, "parent_run_id": parent_id, "experiment_path": f"{storage.rstrip('/')}/{run_name}"}
-    _write_json(state_path, state)
+    _write_json(_state_path(spec, workdir), state)
+    return state
 
-    _init_ray(options.address)
+
+def _build_tuner(spec: Spec, workdir: Path, options: SweepOptions, tracker, state: dict[str, Any]):
+    """A new Tuner, or the stopped one restored (``--resume``): finished trials are not re-run."""
+    from ray import tune
+
+    run_name = state["run_name"]
+    trainable = _trainable(spec, workdir, run_name)
+    _, limited = _searcher(spec, options.max_concurrent or spec.search.max_concurrent)
+    run_config = _run_config(spec, workdir, options, tracker, run_name)
+    experiment_path = state["experiment_path"]
+    if options.resume and tune.Tuner.can_restore(experiment_path):
+        return tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+    tune_config = tune.TuneConfig(
+        search_alg=limited, scheduler=_scheduler(spec), num_samples=options.num_samples or spec.search.num_samples,
+        reuse_actors=True,
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def _trainable(spec: Spec, workdir: Path, run_name: str):
+    from ray import tune
+
     from edray.distributed.trial import TrialContext, run_trial  # torch: not needed by --dry-run
 
     ctx = TrialContext(
-        base_spec=spec.model_dump(mode="json"), workdir=str(workdir), models_dir=str(sweep_dir / "models" / run_name),
+        base_spec=spec.model_dump(mode="json"), workdir=str(workdir),
+        models_dir=str(_sweep_dir(spec, workdir) / "models" / run_name),
         train_storage=_storage_root(workdir, "ray_train"),
     )
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), _trial_resources(spec))
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), _trial_resources(spec))
+
+
+def _run_config(spec: Spec, workdir: Path, options: SweepOptions, tracker, run_name: str):
+    from ray import tune
+
+    from edray.tracking import TrackingCallback
+
     callback = TrackingCallback(
         tracker, resolve=lambda cfg: resolve_config(spec, cfg).model_dump(mode="json"), total_epochs=spec.optim.epochs,
         log_models="all" if spec.tracking.log_models == "all" else "none",
     )
-    searcher, limited = _searcher(spec, max_concurrent)
-    run_config = tune.RunConfig(
+    return tune.RunConfig(
         name=run_name,
-        storage_path=storage,
+        storage_path=_storage_root(workdir, "ray_results"),
         callbacks=[callback],
         failure_config=tune.FailureConfig(max_failures=spec.scaling.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         verbose=1 if options.progress else 0,
         progress_reporter=_reporter() if options.progress else None,
     )
-    experiment_path = state["experiment_path"]
-    if options.resume and tune.Tuner.can_restore(experiment_path):
-        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=limited, scheduler=_scheduler(spec), num_samples=num_samples, reuse_actors=True,
-            ),
-            run_config=run_config,
-        )
+
+
+def _fit(tuner, tracker):
     try:
-        grid = tuner.fit()
+        return tuner.fit()
     except BaseException:
         # The parent run must not stay RUNNING forever; --resume reopens it.
         tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="KILLED")
         raise
-    result = _collect(spec, grid, tracker, parent_id, tic)
 
-    if result.best_config is not None:
-        best = best_spec_dict(spec, result.best_config)
-        best_path = sweep_dir / "best.yaml"
-        best_text = yaml.safe_dump(best, sort_keys=False)
-        _write_text(best_path, best_text)
-        result.best_spec_path = str(best_path)
-        if options.final_eval and spec.search.final_eval.seeds > 0:
-            accs = _final_eval(best, spec.search.final_eval.seeds, workdir, log)
-            result.final_test_accs = accs
-            result.final_test_acc_mean = statistics.fmean(accs)
-            result.final_test_acc_std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
-        _finish_tracking(spec, tracker, grid, result, best_text, sweep_dir)
-    else:
+
+def _finish(spec: Spec, workdir: Path, options: SweepOptions, tracker, grid, result: SweepResult,
+            log: Callable[[str], None]) -> None:
+    """best.yaml, the final evaluation on the test split, and the parent run's closing records."""
+    if result.best_config is None:
         tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="FAILED")
-    result.wall_s = time.monotonic() - tic
-    return result
+        return
+    best, best_text = _write_best(spec, workdir, result)
+    if options.final_eval and spec.search.final_eval.seeds > 0:
+        accs = _final_eval(best, spec.search.final_eval.seeds, workdir, log)
+        result.final_test_accs = accs
+        result.final_test_acc_mean = statistics.fmean(accs)
+        result.final_test_acc_std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
+    _finish_tracking(spec, tracker, grid, result, best_text, _sweep_dir(spec, workdir))
+
+
+def _write_best(spec: Spec, workdir: Path, result: SweepResult) -> tuple[dict[str, Any], str]:
+    """The best config as a spec ``edray train`` runs (``best.yaml``); returns it and its text."""
+    best = best_spec_dict(spec, result.best_config)
+    best_path = _sweep_dir(spec, workdir) / "best.yaml"
+    best_text = yaml.safe_dump(best, sort_keys=False)
+    _write_text(best_path, best_text)
+    result.best_spec_path = str(best_path)
+    return best, best_text
 
 
 def _storage_root(workdir: Path, name: str) -> str:
