@@ -31,10 +31,10 @@ from edray.errors import EdrayError
 from edray.logits import open_store
 from edray.logits.precompute import (
     StoreTeachers,
-    _teacher_logits,
     open_teacher_stores,
     precompute_stores,
     store_key,
+    teacher_logits,
 )
 from edray.pipeline import make_teacher_logits, teach
 
@@ -332,7 +332,7 @@ def test_precompute_on_synthetic_data(tmp_path):
     assert precompute_stores(spec, data, tmp_path) == infos
     assert _store_files(tmp_path) == before  # found, not rebuilt
     teacher = load_teacher(spec, 0, data, tmp_path)
-    assert not _teacher_logits(spec, teacher, data.train, 3, "cpu")(0, 4).requires_grad  # no autograd graph kept
+    assert not teacher_logits(spec, teacher, data.train, 3, "cpu")(0, 4).requires_grad  # no autograd graph kept
 
     cached = open_teacher_stores(spec, data, tmp_path)
     live = make_teacher_logits(fast_spec(*overrides, LIVE), data, tmp_path)

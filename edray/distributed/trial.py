@@ -16,9 +16,10 @@ a restarted trial continues from its last epoch, in the same grade.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import io
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,15 @@ from typing import Any
 
 import torch
 
+from edray.cache import node_name
 from edray.data import DataSplits, load_data
 from edray.distill.loop import DistContext, run_ed
 from edray.distill.plan import make_plan
 from edray.distributed.faults import maybe_die, note_resume
 from edray.distributed.space import resolve_config
-from edray.pipeline import make_teacher_logits
+from edray.layout import Layout
+from edray.logits.fs import join, ray_storage, write_bytes
+from edray.pipeline import local_dataset, make_teacher_logits
 from edray.spec import DatasetSpec, Spec
 
 __all__ = ["TrialContext", "run_trial", "uses_torch_trainer"]
@@ -45,8 +49,18 @@ class TrialContext:
 
     base_spec: dict[str, Any]
     workdir: str
-    models_dir: str
+    models_dir: str  # a path or a URI (the shared location on a cluster)
     train_storage: str  # where nested TorchTrainer runs keep their state
+    layout: Layout | None = None  # on a cluster: teachers and stores come through this node's cache
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialContext:
+        fields = json.loads(text)
+        layout = fields.pop("layout", None)
+        return cls(**fields, layout=Layout(**layout) if layout else None)
 
 
 def uses_torch_trainer(spec: Spec) -> bool:
@@ -65,30 +79,23 @@ def _device(spec: Spec) -> str:
     return "cuda" if spec.scaling.use_gpu and torch.cuda.is_available() else "cpu"
 
 
-def _extra_metrics(spec: Spec, metrics: dict[str, Any]) -> dict[str, Any]:
-    plan = make_plan(spec, _num_classes(spec))
+def _extra_metrics(spec: Spec, metrics: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    plan = make_plan(spec, num_classes)
     last_start = plan.grades[-1].start_epoch
     # Grade-aware early stopping counts epochs facing all classes: a trial still in an
     # early grade sits at 0 and never meets a rung (DESIGN §4).
-    return {**metrics, "final_grade_epochs": max(0, metrics["epoch"] - last_start), "total_epochs": spec.optim.epochs}
-
-
-@functools.lru_cache(maxsize=16)
-def _num_classes_of(dataset_json: str) -> int:
-    return _cached_data(dataset_json).num_classes
-
-
-def _num_classes(spec: Spec) -> int:
-    return _num_classes_of(spec.dataset.model_dump_json())
+    return {**metrics, "final_grade_epochs": max(0, metrics["epoch"] - last_start), "total_epochs": spec.optim.epochs,
+            "node": node_name()}
 
 
 def _save_model(ctx: TrialContext, trial_id: str, state: dict[str, Any]) -> str:
-    path = Path(ctx.models_dir) / f"{trial_id}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return str(path)
+    """The trained student, written whole to ``models_dir`` (on a cluster the shared
+    location, so the driver logs it to MLflow without reading this node's disk)."""
+    location = join(ctx.models_dir, f"{trial_id}.pt")
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes(location, buf.getbuffer())
+    return location
 
 
 def _load_state(checkpoint) -> dict[str, Any] | None:
@@ -99,14 +106,14 @@ def _load_state(checkpoint) -> dict[str, Any] | None:
 
 
 def _train(spec: Spec, ctx: TrialContext, *, trial_id: str, dist: DistContext, report_fn, checkpoint) -> None:
-    data = _cached_data(spec.dataset.model_dump_json())
-    teachers = make_teacher_logits(spec, data, Path(ctx.workdir), device=_device(spec))
+    data = _cached_data(local_dataset(spec.dataset, ctx.layout).model_dump_json())
+    teachers = make_teacher_logits(spec, data, Path(ctx.workdir), device=_device(spec), layout=ctx.layout)
     resume = _load_state(checkpoint)
     note_resume(resume, dist.rank)  # fault-injection tests only (see distributed/faults.py)
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         maybe_die(metrics["epoch"], dist.rank)  # fault-injection tests only
-        metrics = _extra_metrics(spec, metrics)
+        metrics = _extra_metrics(spec, metrics, data.num_classes)
         final = state.pop("final_model", None) if state else None
         if final is not None and dist.rank == 0:
             metrics["model_path"] = _save_model(
@@ -146,14 +153,14 @@ def _run_torch_trainer(spec: Spec, ctx: TrialContext, trial_id: str) -> None:
     scaling = spec.scaling
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"spec": spec.model_dump_json(), "ctx": json.dumps(ctx.__dict__), "trial_id": trial_id},
+        train_loop_config={"spec": spec.model_dump_json(), "ctx": ctx.to_json(), "trial_id": trial_id},
         scaling_config=train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=scaling.resources_per_worker
         ),
         # Same name and storage on a restart: Train V2 resumes from the run's last checkpoint.
         run_config=train.RunConfig(
             name=f"trial-{trial_id}",
-            storage_path=ctx.train_storage,
+            **ray_storage(ctx.train_storage),
             failure_config=train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
@@ -167,7 +174,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     from ray import train
 
     spec = Spec.model_validate_json(config["spec"])
-    ctx = TrialContext(**json.loads(config["ctx"]))
+    ctx = TrialContext.from_json(config["ctx"])
     context = train.get_context()
     dist = DistContext(rank=context.get_world_rank(), world_size=context.get_world_size())
 

@@ -25,7 +25,9 @@ import pyarrow.fs as pafs
 
 from edray.errors import EdrayError
 
-__all__ = ["exists", "is_uri", "join", "list_files", "local_path", "read_bytes", "resolve", "write_bytes"]
+__all__ = [
+    "exists", "is_uri", "join", "list_files", "local_path", "ray_storage", "read_bytes", "resolve", "write_bytes",
+]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -52,13 +54,27 @@ def resolve(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     path = local_path(location)
     if path is not None:
         return pafs.LocalFileSystem(), str(path)
+    uri = str(location)
+    if uri.startswith("s3://") and "allow_delayed_open" not in uri:
+        # Small files (all of edray's but big shards) then go up in one PutObject instead
+        # of a multipart upload: fewer requests, and S3 emulators (moto) accept it.
+        uri += ("&" if "?" in uri else "?") + "allow_delayed_open=true"
     try:
-        fs, inner = pafs.FileSystem.from_uri(str(location))
+        fs, inner = pafs.FileSystem.from_uri(uri)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise EdrayError(
             str(location), f"cannot open this location ({e})", "use a local path, s3:// or gs://, and check credentials"
         ) from e
     return fs, inner.rstrip("/")
+
+
+def ray_storage(location: str) -> dict[str, object]:
+    """``storage_path`` (+ ``storage_filesystem`` for a URI) for a Ray Tune/Train ``RunConfig``,
+    so Ray writes through the same filesystem settings as edray."""
+    if local_path(location) is not None:
+        return {"storage_path": str(local_path(location))}
+    fs, inner = resolve(location)
+    return {"storage_path": inner, "storage_filesystem": fs}
 
 
 def join(base: str, *parts: str) -> str:

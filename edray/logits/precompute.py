@@ -17,12 +17,15 @@ import torch
 from edray.data import DataSplits, ImageSet, apply_views, view_params
 from edray.distill.plan import make_plan
 from edray.distill.teachers import TeacherCheckpoint, load_teacher
+from edray.layout import Layout
 from edray.logits.key import StoreKey, file_sha256
 from edray.logits.reader import LogitStore, open_store
 from edray.logits.writer import write_store
 from edray.spec import Spec
 
-__all__ = ["StoreTeachers", "StoreInfo", "open_teacher_stores", "precompute_stores", "store_key"]
+__all__ = [
+    "StoreTeachers", "StoreInfo", "open_teacher_stores", "precompute_stores", "store_key", "teacher_logits",
+]
 
 _BATCH = 256
 
@@ -66,7 +69,7 @@ def _store_root(spec: Spec, workdir: Path) -> str:
     return spec.teachers.store_uri or str(workdir / "logits")
 
 
-def _teacher_logits(spec: Spec, teacher: TeacherCheckpoint, images: ImageSet, views: int, device: str):
+def teacher_logits(spec: Spec, teacher: TeacherCheckpoint, images: ImageSet, views: int, device: str):
     aug = spec.dataset.augmentation
     model = teacher.model.to(device).eval()
 
@@ -96,7 +99,7 @@ def precompute_stores(
     """Build (or find) the train and validation stores of every teacher the method uses."""
     views = views or spec.teachers.views
     plan = make_plan(spec, data.num_classes)
-    needed = sorted({i for group in plan.group_teachers for i in group})
+    needed = plan.teachers_used
     out = []
     for i in needed:
         teacher = load_teacher(spec, i, data, workdir, device=device)
@@ -110,7 +113,7 @@ def precompute_stores(
 
             path = write_store(
                 _store_root(spec, workdir), key, rows=len(images), views=v, outputs=len(teacher.classes),
-                sample_ids=torch.arange(len(images)), compute_shard=_teacher_logits(spec, teacher, images, v, device),
+                sample_ids=torch.arange(len(images)), compute_shard=teacher_logits(spec, teacher, images, v, device),
                 progress=shard_progress,
             )
             store = open_store(path, key)
@@ -119,24 +122,37 @@ def precompute_stores(
 
 
 def open_teacher_stores(
-    spec: Spec, data: DataSplits, workdir: Path, *, device: str = "cpu", verify: bool = False
+    spec: Spec, data: DataSplits, workdir: Path, *, device: str = "cpu", verify: bool = False,
+    layout: Layout | None = None,
 ) -> StoreTeachers:
     """The train stores of the method's teachers, checked against this run's key
     (``verify``: every shard hashed too, which finds bit flips; the sweep driver does it
     once for stores it did not build, e.g. read from ``teachers.store_uri``).
+
+    ``workdir`` holds the teachers (their checkpoints name the keys). With a cluster
+    ``layout`` the stores are read from ``layout.stores`` through this node's cache:
+    fetched once, hashed on the way in, memory-mapped.
 
     Raises:
         EdrayError: a store is missing (run ``edray precompute``) or was built for another
             teacher, dataset, transform, view count or seed.
     """
     plan = make_plan(spec, data.num_classes)
-    needed = sorted({i for group in plan.group_teachers for i in group})
+    needed = plan.teachers_used
+    root = layout.stores if layout is not None else _store_root(spec, workdir)
+    fetch = layout is not None and layout.needs_fetch(root)
     stores: dict[int, LogitStore] = {}
     classes: dict[int, list[int]] = {}
     for i in needed:
         teacher = load_teacher(spec, i, data, workdir, device=device)
         key = store_key(spec, teacher, data, "train", views=spec.teachers.views)
-        stores[i] = open_store(f"{_store_root(spec, workdir).rstrip('/')}/{key.name}", key, verify=verify)
+        location = f"{root.rstrip('/')}/{key.name}"
+        if fetch:
+            from edray.cache import cached_store
+
+            stores[i] = cached_store(location, layout.cache(), key)
+        else:
+            stores[i] = open_store(location, key, verify=verify)
         classes[i] = teacher.classes
     return StoreTeachers(stores, classes, plan.classes.groups, plan.group_teachers)
 

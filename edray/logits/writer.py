@@ -48,7 +48,7 @@ from edray.logits.key import StoreKey
 from edray.logits.manifest import MANIFEST_NAME, Manifest, ShardInfo, num_shards, shard_name, shard_rows, shard_schema
 from edray.logits.reader import open_store
 
-__all__ = ["StorePlan", "building", "finish_store", "write_shard", "write_store"]
+__all__ = ["StorePlan", "building", "default_rows_per_shard", "finish_store", "write_shard", "write_store"]
 
 _LAYOUT = "layout.json"
 _DONE = ".done"
@@ -119,6 +119,11 @@ def write_store(
         return finish_store(plan)
 
 
+def default_rows_per_shard(views: int, outputs: int) -> int:
+    """Rows that fill one 32 MiB shard of float16 ``[views, outputs]`` logits."""
+    return max(1, _SHARD_BYTES // (2 * max(1, int(views)) * max(1, int(outputs))))
+
+
 @dataclass
 class StorePlan:
     """A store being built: where its shards go and which are still to write.
@@ -166,7 +171,7 @@ def building(
     """
     location, local = _check_root(root)
     if rows_per_shard is None and all(isinstance(n, (int, np.integer)) for n in (views, outputs)):
-        rows_per_shard = max(1, _SHARD_BYTES // (2 * max(1, int(views)) * max(1, int(outputs))))
+        rows_per_shard = default_rows_per_shard(views, outputs)
     _check_layout(key, rows=rows, views=views, outputs=outputs, rows_per_shard=rows_per_shard)
     ids = _as_sample_ids(sample_ids, rows)
     plan = StorePlan(location, key.name, key.fields(), key.digest(), rows, views, outputs, rows_per_shard, ids)
