@@ -1,6 +1,6 @@
 """Grade-aware early stopping, fed with the real per-epoch results of real ED trials.
 
-Three short digits runs go through the sweep's own trial function (``trial._train``), so
+Three short digits runs go through the sweep's own trial function (``trial.train_trial``), so
 the results carry exactly what Tune sees (``final_grade_epochs``, ``total_epochs``):
 an early switch, a late switch and an early switch with a poor learning rate. They are
 then fed, epoch by epoch and interleaved as concurrent trials would be, to the sweep's
@@ -18,10 +18,10 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from edray.distill.loop import DistContext
 from edray.distributed import sweep, trial
-from edray.distributed.searcher import GradeAwareOptunaSearch, was_stopped_early
+from edray.distributed.searcher import GradeAwareOptunaSearch
 from edray.distributed.space import resolve_config
+from edray.trial_status import was_stopped_early
 
 from .conftest import fast_spec
 
@@ -46,8 +46,8 @@ def results(teacher_workdir: Path, tmp_path_factory) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for name, config in CONFIGS.items():
         reported: list[dict] = []
-        trial._train(resolve_config(base, config), ctx, trial_id=name, dist=DistContext(),
-                     report_fn=lambda metrics, _dir, into=reported: into.append(dict(metrics)), checkpoint=None)
+        trial.train_trial(resolve_config(base, config), ctx, trial_id=name,
+                          report_fn=lambda metrics, _dir, into=reported: into.append(dict(metrics)))
         out[name] = reported
     return out
 
@@ -107,7 +107,7 @@ def test_naive_epoch_asha_stops_a_late_switch_while_it_is_in_grade_one(results):
 
 def test_grade_aware_asha_lets_a_late_switch_reach_its_final_grade(results):
     spec = fast_spec(*ES)
-    scheduler = sweep._scheduler(spec)
+    scheduler = sweep.make_scheduler(spec)
     assert scheduler._time_attr == "final_grade_epochs"
     decisions = _replay(scheduler, results, ["early", "late"])
     late = results["late"]
@@ -120,8 +120,8 @@ def test_grade_aware_asha_lets_a_late_switch_reach_its_final_grade(results):
 def test_grade_aware_asha_still_stops_a_poor_trial_in_the_final_grade(results):
     """Not a scheduler that never stops anything: a poor trial facing all classes is cut."""
     spec = fast_spec(*ES)
-    searcher, _ = sweep._searcher(spec, 2)
-    decisions = _replay(sweep._scheduler(spec), results, ["early", "early_low_lr"], searcher=searcher)
+    searcher, _ = sweep.make_searcher(spec, 2)
+    decisions = _replay(sweep.make_scheduler(spec), results, ["early", "early_low_lr"], searcher=searcher)
     assert decisions["early"] == [TrialScheduler.CONTINUE] * EPOCHS
     poor = decisions["early_low_lr"]
     assert poor[-1] == TrialScheduler.STOP and len(poor) < EPOCHS
@@ -141,7 +141,7 @@ def test_searcher_tells_pruned_where_plain_optuna_search_tells_complete(results)
     full = results["early"][-1]
     assert was_stopped_early(partial) and not was_stopped_early(full)
 
-    ours, _ = sweep._searcher(spec, 2)
+    ours, _ = sweep.make_searcher(spec, 2)
     assert isinstance(ours, GradeAwareOptunaSearch)
     plain = OptunaSearch(space=ours._space, metric="val_acc", mode="max", sampler=optuna.samplers.RandomSampler(seed=0))
     for search in (ours, plain):

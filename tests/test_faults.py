@@ -9,9 +9,11 @@ disk and in MLflow. A SIGKILLed sweep driver is tests/test_sweep.py's.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -173,6 +175,15 @@ def test_killed_train_worker_resumes_same_grade_and_epoch_and_mlflow_has_each_ep
 
     # The Ray dashboard listened on loopback only.
     assert host == "127.0.0.1", dashboard
+
+
+def test_fault_hooks_are_not_loaded_outside_a_fault_test():
+    """A trial loads the fault-injection module only when a test sets its marker variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDRAY_FAULT_")}
+    probe = "import sys, edray.distributed.trial; print('edray.distributed.faults' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
 
 
 # ---------------------------------------------------------------------- 2. the driver dies

@@ -28,7 +28,7 @@ from PIL import Image
 
 from edray import cli
 from edray.data import ImageSet, load_data
-from edray.distill.loop import DistContext, run_ed
+from edray.distill.loop import run_ed
 from edray.distributed import trial
 from edray.distributed.space import compile_space, default_point, resolve_config
 from edray.errors import EdrayError
@@ -325,8 +325,7 @@ def test_trials_never_read_the_test_split(teacher_workdir, tmp_path, monkeypatch
                              models_dir=str(tmp_path / "models"), train_storage=str(tmp_path / "train"))
     monkeypatch.setattr(trial, "_cached_data", lambda _dataset_json: sealed)
     reported: list[dict] = []
-    trial._train(spec, ctx, trial_id="t", dist=DistContext(), report_fn=lambda m, _d: reported.append(m),
-                 checkpoint=None)
+    trial.train_trial(spec, ctx, trial_id="t", report_fn=lambda m, _d: reported.append(m))
     assert [m["epoch"] for m in reported] == list(range(1, EPOCHS + 1))
     assert Path(reported[-1]["model_path"]).is_file()
     assert not [k for m in reported for k in m if "test" in k]

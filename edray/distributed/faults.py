@@ -8,7 +8,7 @@ file it leaves stops the restarted worker from dying again. It first waits a few
 seconds, as a real epoch would last: Ray Train collects reports every 2 s, and a worker
 dying sooner takes the report of epoch ``e - 1`` with it. Each start from a
 checkpoint appends its epoch and grade to ``<marker>.resumed`` for the test to read.
-With the variables unset, as everywhere outside such a test, both calls return at once.
+Outside such a test (``EDRAY_FAULT_MARKER`` unset) ``trial.py`` never loads this module.
 """
 
 from __future__ import annotations

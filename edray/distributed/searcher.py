@@ -7,26 +7,19 @@ sampler. Here a trial that ended before its last epoch is told as PRUNED.
 
 from __future__ import annotations
 
-from typing import Any
-
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-__all__ = ["GradeAwareOptunaSearch", "was_stopped_early"]
+from edray.trial_status import TrialStatus, trial_status
 
-
-def was_stopped_early(result: dict[str, Any] | None) -> bool:
-    """A trial whose last result is before its final epoch did not finish."""
-    if not result or "epoch" not in result or "total_epochs" not in result:
-        return False
-    return result["epoch"] < result["total_epochs"]
+__all__ = ["GradeAwareOptunaSearch"]
 
 
 class GradeAwareOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that reports early-stopped trials as pruned."""
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if not error and was_stopped_early(result) and trial_id not in self._completed_trials:
+        if trial_status(result, error) is TrialStatus.PRUNED and trial_id not in self._completed_trials:
             ot_trial = self._ot_trials[trial_id]
             self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)

@@ -20,13 +20,15 @@ from typing import Any
 
 import yaml
 
+from edray.atomic import write_text
 from edray.distributed.space import compile_space, default_point, resolve_config
 from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.layout import Layout
 from edray.logits.fs import ray_storage
 from edray.spec import Spec
+from edray.trial_status import TrialStatus, trial_status
 
-__all__ = ["SweepOptions", "SweepResult", "best_spec_dict", "run_sweep"]
+__all__ = ["SweepOptions", "SweepResult", "best_spec_dict", "make_scheduler", "make_searcher", "run_sweep"]
 
 METRIC = "val_acc"
 
@@ -143,7 +145,8 @@ def _answering(address: str) -> str:
     return resolved
 
 
-def _scheduler(spec: Spec):
+def make_scheduler(spec: Spec):
+    """The sweep's trial scheduler: grade-aware ASHA, or FIFO when early stopping is off."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     es = spec.search.early_stopping
@@ -161,7 +164,9 @@ def _scheduler(spec: Spec):
     )
 
 
-def _searcher(spec: Spec, max_concurrent: int):
+def make_searcher(spec: Spec, max_concurrent: int):
+    """The sweep's Optuna searcher (it tells early-stopped trials as pruned) and the same
+    searcher behind a limit of ``max_concurrent`` trials at once, as Tune is given it."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
@@ -332,14 +337,14 @@ def _build_tuner(spec: Spec, workdir: Path, options: SweepOptions, tracker, stat
 
     run_name = state["run_name"]
     trainable = _trainable(spec, workdir, run_name, layout)
-    _, limited = _searcher(spec, options.max_concurrent or spec.search.max_concurrent)
+    _, limited = make_searcher(spec, options.max_concurrent or spec.search.max_concurrent)
     run_config = _run_config(spec, layout, options, tracker, run_name)
     where = ray_storage(state["experiment_path"])
     path, fs = where["storage_path"], where.get("storage_filesystem")
     if options.resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
     tune_config = tune.TuneConfig(
-        search_alg=limited, scheduler=_scheduler(spec), num_samples=options.num_samples or spec.search.num_samples,
+        search_alg=limited, scheduler=make_scheduler(spec), num_samples=options.num_samples or spec.search.num_samples,
         reuse_actors=True,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
@@ -406,27 +411,13 @@ def _write_best(spec: Spec, workdir: Path, result: SweepResult) -> tuple[dict[st
     best = best_spec_dict(spec, result.best_config)
     best_path = _sweep_dir(spec, workdir) / "best.yaml"
     best_text = yaml.safe_dump(best, sort_keys=False)
-    _write_text(best_path, best_text)
+    write_text(best_path, best_text)  # atomic: a truncated best.yaml could still parse
     result.best_spec_path = str(best_path)
     return best, best_text
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    _write_text(path, json.dumps(obj, indent=2))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Temp file, then rename: a full disk leaves the old file or none, never a truncated
-    one (a truncated best.yaml can still parse, with the cut-off fields at their defaults)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise EdrayError(str(path), f"cannot write ({err.strerror or err})",
-                         "free space or choose another --workdir") from None
+    write_text(path, json.dumps(obj, indent=2))
 
 
 def _reporter():
@@ -439,35 +430,27 @@ def _reporter():
     )
 
 
-def _trial_status(result: dict[str, Any] | None, error: Any) -> str:
-    from edray.distributed.searcher import was_stopped_early
-
-    if error is not None:
-        return "errored"
-    return "pruned" if was_stopped_early(result) else "completed"
-
-
 def _collect(spec: Spec, grid, tracker, parent_id: str, tic: float) -> SweepResult:
     rows = []
     epochs = 0
     for r in grid:
         metrics = r.metrics or {}
-        status = _trial_status(metrics, r.error)
+        status = trial_status(metrics, r.error).value
         config = {k: v for k, v in (r.config or {}).items()}
         epochs += int(metrics.get("epoch", 0))
         rows.append({"status": status, "config": config, METRIC: metrics.get(METRIC),
                      "model_path": metrics.get("model_path"), "trial_id": metrics.get("trial_id"),
                      "node": metrics.get("node")})
-    done = [row for row in rows if row["status"] == "completed" and row[METRIC] is not None]
+    done = [row for row in rows if row["status"] == TrialStatus.COMPLETED and row[METRIC] is not None]
     best = max(done, key=lambda row: row[METRIC]) if done else None
     return SweepResult(
-        experiment=tracker_experiment(tracker),
+        experiment=tracker.experiment,
         parent_run_id=parent_id,
         tracking_uri=tracker.uri,
         trials=len(rows),
-        completed=sum(row["status"] == "completed" for row in rows),
-        pruned=sum(row["status"] == "pruned" for row in rows),
-        errored=sum(row["status"] == "errored" for row in rows),
+        completed=sum(row["status"] == TrialStatus.COMPLETED for row in rows),
+        pruned=sum(row["status"] == TrialStatus.PRUNED for row in rows),
+        errored=sum(row["status"] == TrialStatus.ERRORED for row in rows),
         best_config=best["config"] if best else None,
         best_model_path=best["model_path"] if best else None,
         best_val_acc=best[METRIC] if best else None,
@@ -475,10 +458,6 @@ def _collect(spec: Spec, grid, tracker, parent_id: str, tic: float) -> SweepResu
         epochs_trained=epochs,
         placement={"trials": {row["trial_id"]: row["node"] for row in rows if row["trial_id"]}},
     )
-
-
-def tracker_experiment(tracker) -> str:
-    return getattr(tracker, "experiment", None) or getattr(tracker, "experiment_name", "")
 
 
 def _final_eval(spec: Spec, best: dict[str, Any], seeds: int, layout: Layout, result: SweepResult,
@@ -501,7 +480,7 @@ def _finish_tracking(spec: Spec, tracker, grid, result: SweepResult, best_text: 
     results, history = [], {}
     for r in grid:
         trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
-        status = _trial_status(r.metrics, r.error)
+        status = trial_status(r.metrics, r.error).value
         results.append({"trial_id": trial_id, "status": status, "config": r.config or {},
                         METRIC: (r.metrics or {}).get(METRIC)})
         df = r.metrics_dataframe

@@ -20,7 +20,9 @@ import dataclasses
 import functools
 import io
 import json
+import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,16 +33,21 @@ from edray.cache import node_name
 from edray.data import DataSplits, load_data
 from edray.distill.loop import DistContext, run_ed
 from edray.distill.plan import make_plan
-from edray.distributed.faults import maybe_die, note_resume
 from edray.distributed.space import resolve_config
 from edray.layout import Layout
 from edray.logits.fs import join, ray_storage, write_bytes
 from edray.pipeline import local_dataset, make_teacher_logits
 from edray.spec import DatasetSpec, Spec
 
-__all__ = ["TrialContext", "run_trial", "uses_torch_trainer"]
+__all__ = ["TrialContext", "TrialReportFn", "run_trial", "train_trial", "uses_torch_trainer"]
 
 _STATE = "state.pt"
+
+# Fault injection, for the reliability tests only: distributed/faults.py is loaded, and its
+# hooks called, only when a test names its marker file in this variable (faults.MARKER).
+_FAULT_MARKER = "EDRAY_FAULT_MARKER"
+
+TrialReportFn = Callable[[dict[str, Any], str | None], None]
 
 
 @dataclass(frozen=True)
@@ -105,14 +112,34 @@ def _load_state(checkpoint) -> dict[str, Any] | None:
         return torch.load(Path(d) / _STATE, map_location="cpu", weights_only=False)
 
 
-def _train(spec: Spec, ctx: TrialContext, *, trial_id: str, dist: DistContext, report_fn, checkpoint) -> None:
+def _fault_hooks():
+    if not os.environ.get(_FAULT_MARKER):
+        return None
+    from edray.distributed import faults
+
+    return faults
+
+
+def train_trial(spec: Spec, ctx: TrialContext, *, trial_id: str, report_fn: TrialReportFn,
+                dist: DistContext = DistContext(), checkpoint=None) -> None:
+    """Train one trial's resolved ``spec``, handing each epoch to ``report_fn``.
+
+    ``report_fn(metrics, directory)`` gets the loop's metrics plus what Tune's scheduler
+    counts (``final_grade_epochs``, ``total_epochs``, and ``model_path`` after the last
+    epoch), and a directory holding the checkpoint (None on ranks other than 0). A Tune
+    trial, a Ray Train worker, or a test calls it alike. ``checkpoint`` (a Ray
+    ``Checkpoint``) resumes the trial after its epoch.
+    """
     data = _cached_data(local_dataset(spec.dataset, ctx.layout).model_dump_json())
     teachers = make_teacher_logits(spec, data, Path(ctx.workdir), device=_device(spec), layout=ctx.layout)
     resume = _load_state(checkpoint)
-    note_resume(resume, dist.rank)  # fault-injection tests only (see distributed/faults.py)
+    faults = _fault_hooks()
+    if faults:
+        faults.note_resume(resume, dist.rank)
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-        maybe_die(metrics["epoch"], dist.rank)  # fault-injection tests only
+        if faults:
+            faults.maybe_die(metrics["epoch"], dist.rank)
         metrics = _extra_metrics(spec, metrics, data.num_classes)
         final = state.pop("final_model", None) if state else None
         if final is not None and dist.rank == 0:
@@ -142,7 +169,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     def report_fn(metrics: dict[str, Any], directory: str | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
 
-    _train(spec, ctx, trial_id=trial_id, dist=DistContext(), report_fn=report_fn, checkpoint=tune.get_checkpoint())
+    train_trial(spec, ctx, trial_id=trial_id, report_fn=report_fn, checkpoint=tune.get_checkpoint())
 
 
 def _run_torch_trainer(spec: Spec, ctx: TrialContext, trial_id: str) -> None:
@@ -181,4 +208,5 @@ def _train_worker(config: dict[str, Any]) -> None:
     def report_fn(metrics: dict[str, Any], directory: str | None) -> None:
         train.report(metrics, checkpoint=train.Checkpoint.from_directory(directory) if directory else None)
 
-    _train(spec, ctx, trial_id=config["trial_id"], dist=dist, report_fn=report_fn, checkpoint=train.get_checkpoint())
+    train_trial(spec, ctx, trial_id=config["trial_id"], report_fn=report_fn, dist=dist,
+                checkpoint=train.get_checkpoint())

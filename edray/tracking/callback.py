@@ -15,6 +15,7 @@ from typing import Any
 from ray.tune import Callback
 
 from edray.tracking.tracker import SweepTracker
+from edray.trial_status import TrialStatus, trial_status
 
 __all__ = ["EPOCH_METRICS", "TrackingCallback"]
 
@@ -65,14 +66,14 @@ class TrackingCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
-        total = int(result.get("total_epochs", self.total_epochs))
-        status = "completed" if int(result.get("epoch", 0)) >= total else "pruned"
+        status = trial_status(result, total_epochs=result.get("total_epochs", self.total_epochs)).value
         model = result.get("model_path") if self.log_models == "all" else None
         self._safely(trial, "complete", lambda: self.tracker.end_trial(
             trial.trial_id, status, model_path=str(model) if model else None))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._safely(trial, "error", lambda: self.tracker.end_trial(trial.trial_id, "errored"))
+        status = TrialStatus.ERRORED.value
+        self._safely(trial, "error", lambda: self.tracker.end_trial(trial.trial_id, status))
 
     @staticmethod
     def _safely(trial, event: str, call: Callable[[], Any]) -> None:
