@@ -82,10 +82,18 @@ def _ports(n: int) -> list[int]:
             s.close()
 
 
+_TAKEN: set[int] = set()
+
+
 def _worker_port_range() -> tuple[int, int]:
-    """A random block of 60 ports for Ray's worker processes, away from the ephemeral range."""
-    start = 20000 + secrets.randbelow(400) * 60
-    return start, start + 59
+    """A random block of 60 ports for Ray's worker processes, below Linux's ephemeral range
+    (32768+, where :func:`_ports` draws the others), never the same block twice here."""
+    while True:
+        block = secrets.randbelow(200)
+        if block not in _TAKEN:
+            _TAKEN.add(block)
+            start = 20000 + block * 60
+            return start, start + 59
 
 
 def _wait(check, what: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
