@@ -34,7 +34,7 @@ _BATCH = 256
 class StoreInfo:
     teacher: int
     split: str
-    path: Path
+    path: Path | str  # a URI when the stores live on object storage
     rows: int
     views: int
     nbytes: int
@@ -117,7 +117,7 @@ def precompute_stores(
                 progress=shard_progress,
             )
             store = open_store(path, key)
-            out.append(StoreInfo(i, split, Path(path), store.rows, store.views, store.nbytes))
+            out.append(StoreInfo(i, split, path, store.rows, store.views, store.nbytes))
     return out
 
 
