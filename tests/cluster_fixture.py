@@ -275,43 +275,56 @@ def _node_flags(temp_dir: str) -> list[str]:
             "--block"]
 
 
-def _start_head(cluster: SimCluster, gcs_port: int, dash_port: int, client_port: int) -> None:
-    temp = cluster.logs / "head-ray"  # the head's own disk (Ray shortens nothing: keep the path short)
+def _start_head(cluster: SimCluster, gcs_port: int, dash_port: int, client_port: int, tries: int = 3) -> None:
+    temp = cluster.logs / "head-ray"  # the head's own disk
     env = {**cluster.common_env, "RAY_AUTH_TOKEN_PATH": str(cluster.token_path)}
     log = cluster.logs / "head.log"
-    cmd = ["ray", "start", "--head", "--num-cpus=0", "--num-gpus=0", "--port", str(gcs_port),
-           "--include-dashboard=true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
-           "--ray-client-server-port", str(client_port), *_node_flags(str(temp))]
-    proc = _spawn(cmd, env, log)
-    cluster.nodes["head"] = Node("head", proc, log)
-    _wait(lambda: _http_ok(f"{cluster.dashboard_url}/api/version"), "ray head", 120, proc, log)
-    cluster.nodes["head"].node_id = _wait_node(cluster, 1, proc, log)
+    for attempt in range(1, tries + 1):  # Ray's 30 s start-up limit can run out on a loaded machine
+        cmd = ["ray", "start", "--head", "--num-cpus=0", "--num-gpus=0", "--port", str(gcs_port),
+               "--include-dashboard=true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
+               "--ray-client-server-port", str(client_port), *_node_flags(str(temp))]
+        proc = _spawn(cmd, env, log)
+        cluster.nodes["head"] = Node("head", proc, log)
+        try:
+            _wait(lambda: _http_ok(f"{cluster.dashboard_url}/api/version"), "ray head", 120, proc, log)
+            cluster.nodes["head"].node_id = _wait_node(cluster, proc, log)
+            return
+        except RuntimeError:
+            stop_group(proc)
+            if attempt == tries:
+                raise
 
 
-def start_worker(cluster: SimCluster, name: str, *, cpus: int = 2) -> Node:
-    """A worker node in its own mount namespace: a fresh tmpfs hides the work area, then ``ray start``."""
+def start_worker(cluster: SimCluster, name: str, *, cpus: int = 2, tries: int = 3) -> Node:
+    """A worker node in its own mount namespace: a fresh tmpfs hides the work area, then ``ray start``.
+
+    Ray gives a new raylet 30 s (hard-coded) to register; on a machine this loaded that can
+    run out, so a node that exits before it is ready is started again (``tries`` times).
+    """
     area = str(cluster.base)
     home = f"{area}/{name}"
     env = {**cluster.common_env, "RAY_AUTH_TOKEN": cluster.token, "EDRAY_CACHE": f"{home}/cache",
            "EDRAY_NODE_NAME": name}
-    ray_cmd = ["ray", "start", "--address", cluster.gcs_address, f"--num-cpus={cpus}", "--num-gpus=0",
-               "--resources", f'{{"node:{name}": 1}}', *_node_flags(f"{home}/ray")]
     script = f'mount -t tmpfs -o size=4g edray-{name} "$1" && mkdir -p "$2/cache" && shift 2 && exec "$@"'
-    cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", area, home, *ray_cmd]
     log = cluster.logs / f"{name}.log"
-    before = len(cluster.nodes)
-    proc = _spawn(cmd, env, log)
-    node = Node(name, proc, log)
-    cluster.nodes[name] = node
-    node.node_id = _wait_node(cluster, before + 1 - _dead(cluster), proc, log, resource=f"node:{name}")
-    return node
+    for attempt in range(1, tries + 1):
+        ray_cmd = ["ray", "start", "--address", cluster.gcs_address, f"--num-cpus={cpus}", "--num-gpus=0",
+                   "--resources", f'{{"node:{name}": 1}}', *_node_flags(f"{home}/ray")]
+        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", area, home, *ray_cmd]
+        proc = _spawn(cmd, env, log)
+        node = Node(name, proc, log)
+        cluster.nodes[name] = node
+        try:
+            node.node_id = _wait_node(cluster, proc, log, resource=f"node:{name}")
+            return node
+        except RuntimeError:
+            stop_group(proc)
+            if attempt == tries:
+                raise
+    raise AssertionError("unreachable")
 
 
-def _dead(cluster: SimCluster) -> int:
-    return sum(1 for n in cluster.nodes.values() if n.proc.poll() is not None)
-
-
-def _wait_node(cluster: SimCluster, count: int, proc: subprocess.Popen, log: Path, resource: str = "") -> str:
+def _wait_node(cluster: SimCluster, proc: subprocess.Popen, log: Path, resource: str = "") -> str:
     """Wait until the GCS lists a live node (with ``resource``, if given); return its node id."""
     found: list[str] = []
 

@@ -24,7 +24,7 @@ from edray.atomic import write_text
 from edray.distributed.space import compile_space, default_point, resolve_config
 from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.layout import Layout
-from edray.logits.fs import ray_storage
+from edray.logits.fs import is_uri, ray_storage
 from edray.spec import Spec
 from edray.trial_status import TrialStatus, trial_status
 
@@ -374,6 +374,9 @@ def _run_config(spec: Spec, layout: Layout, options: SweepOptions, tracker, run_
     return tune.RunConfig(
         name=run_name,
         **ray_storage(layout.ray_results),
+        # On object storage, upload the experiment state every ~10 s (not Ray's 5 min), so a
+        # killed driver resumes (--resume) from a recent view of its trials.
+        sync_config=tune.SyncConfig(sync_period=10) if is_uri(layout.ray_results) else None,
         callbacks=[callback],
         failure_config=tune.FailureConfig(max_failures=spec.scaling.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

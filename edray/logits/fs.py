@@ -105,7 +105,8 @@ def write_bytes(location: str, data: bytes | memoryview) -> None:
         atomic.write_bytes(path, data)
         return
     fs, inner = resolve(location)
-    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):  # file://; object stores have no folders to make
+        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(inner) as f:
         f.write(data)
 
