@@ -163,7 +163,9 @@ def train_teachers(spec: Spec, layout: Layout, data: DataSplits, log: Callable[[
     if not missing:
         return {}
     log(f"training teachers {missing} on worker nodes (Ray Train)")
-    job = ray.remote(_teacher_job).options(num_cpus=0, max_retries=0)
+    # max_calls=1: the waiting process exits after its job, and with it the Train controller
+    # actors it owns (~0.7 GB each), which would otherwise live as long as the sweep.
+    job = ray.remote(_teacher_job).options(num_cpus=0, max_retries=0, max_calls=1)
     refs = [job.remote(spec.model_dump_json(), layout, i) for i in missing]
     _get(refs, f"teachers.models{missing}")
     out = {}
