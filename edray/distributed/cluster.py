@@ -165,7 +165,7 @@ def train_teachers(spec: Spec, layout: Layout, data: DataSplits, log: Callable[[
     log(f"training teachers {missing} on worker nodes (Ray Train)")
     # max_calls=1: the waiting process exits after its job, and with it the Train controller
     # actors it owns (~0.7 GB each), which would otherwise live as long as the sweep.
-    job = ray.remote(_teacher_job).options(num_cpus=0, max_retries=0, max_calls=1)
+    job = ray.remote(num_cpus=0, max_retries=0, max_calls=1)(_teacher_job)
     refs = [job.remote(spec.model_dump_json(), layout, i) for i in missing]
     _get(refs, f"teachers.models{missing}")
     out = {}
