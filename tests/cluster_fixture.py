@@ -295,7 +295,7 @@ def _start_head(cluster: SimCluster, gcs_port: int, dash_port: int, client_port:
                 raise
 
 
-def start_worker(cluster: SimCluster, name: str, *, cpus: int = 2, tries: int = 3) -> Node:
+def start_worker(cluster: SimCluster, name: str, *, cpus: int = 2, tries: int = 5) -> Node:
     """A worker node in its own mount namespace: a fresh tmpfs hides the work area, then ``ray start``.
 
     Ray gives a new raylet 30 s (hard-coded) to register; on a machine this loaded that can
