@@ -83,11 +83,13 @@ def sim():
     if reason:
         pytest.skip(f"simulated cluster unavailable: {reason}")
     base = Path(tempfile.mkdtemp(prefix="edc-", dir="/tmp"))  # short: Ray's socket paths live under it
-    cluster = start_cluster(base / "w", base / "logs")
     try:
-        yield cluster
+        cluster = start_cluster(base / "w", base / "logs")  # stops what it started if it fails
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
     finally:
-        cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
