@@ -250,6 +250,9 @@ def cluster(args) -> dict[str, Any]:
         multi = _cli_sweep(sim.base / "d1", env, sweep, "--address", "auto", *flags)
     finally:
         sim.stop()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
     _log(f"cluster: {n} trials in {multi['wall_s']:.1f}s")
     return {
         "mode": "cluster", "trials": n, "epochs": spec.optim.epochs, "max_concurrent": mc,
