@@ -204,9 +204,9 @@ def test_a_dataset_missing_on_the_nodes_fails_in_one_line_naming_node_path_and_f
 
     root = sim.base / "driver-data" / "images"  # under the work area: the workers' tmpfs hides it
     for c in range(3):
-        (root / f"class{c}").mkdir(parents=True)
+        (root / "train" / f"class{c}").mkdir(parents=True)
         for i in range(8):
-            Image.new("RGB", (8, 8), (40 * c, 10 * i, 0)).save(root / f"class{c}" / f"{i}.png")
+            Image.new("RGB", (8, 8), (40 * c, 10 * i, 0)).save(root / "train" / f"class{c}" / f"{i}.png")
     env = sim.driver_env(EDRAY_SHARED=sim.shared("missing-data"))
     tic = time.monotonic()
     proc = subprocess.run(
