@@ -36,8 +36,8 @@ import torch
 
 from edray.data import DataSplits, TensorImageSet, load_data
 from edray.distill.loop import run_ed
+from edray.distill.precompute import precompute_stores
 from edray.logits import StoreKey, open_store, write_store
-from edray.logits.precompute import precompute_stores
 from edray.models import build_backbone
 from edray.models.flops import count_macs
 from edray.pipeline import make_teacher_logits, teach

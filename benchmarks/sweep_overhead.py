@@ -8,9 +8,14 @@ is warm for both (teachers, logit stores and the MLflow store exist), so the dif
 is what Ray, Tune and MLflow add: ``overhead_per_trial_s = (sweep wall - in-process wall) / N``.
 The sweep's wall is split into phases (tracking, teachers, ray.init, Tune, final records).
 
-``--early-stopping``: N (default 16) seeded random configs, swept twice on the same
-configs, once with grade-aware ASHA and once without: epochs trained, trials stopped
-(and the grade each was stopped in), best validation accuracy found, wall time.
+``--early-stopping``: N (default 16) seeded random configs of the shipped digits recipe (40
+epochs), swept twice on the same configs: once with the sweep's early stopping (budget-scaled
+successive halving, key ``asha`` kept for continuity, named by ``early_stopped``) and once
+without. Epochs trained, trials stopped (and the grade each was in), best validation accuracy,
+wall time; ``saving`` = epochs without / with, ``best_val_delta`` = best val without - with,
+``rung_spearman`` = Spearman correlation between the rung value (val acc of the short copy) and
+final val acc, over the configs run to the end (``rung_spearman_all_configs``: over every config,
+against its full run in the sweep without early stopping).
 
 ``--cluster``: the same N configs swept (early stopping off, 2 at a time) on one node (a
 local Ray, as ``edray sweep`` without ``--address``) and on the simulated cluster of
@@ -65,7 +70,7 @@ def _prepare(spec, workdir: Path):
     from mlflow.tracking import MlflowClient
 
     from edray.data import load_data
-    from edray.logits.precompute import precompute_stores
+    from edray.distill.precompute import precompute_stores
     from edray.pipeline import teach
     from edray.tracking import resolve_tracking_uri
 
@@ -184,20 +189,40 @@ def early_stopping(args) -> dict[str, Any]:
     _prepare(spec, workdir)
     out: dict[str, Any] = {"mode": "early_stopping", "trials": n, "epochs": spec.optim.epochs, "runs": {}}
     mc = args.max_concurrent[0]
-    for kind in ("none", "asha"):
+    # "asha" keeps its key: it is the early stopping the sweep ships (successive halving, see
+    # distributed/schedulers.py); "early_stopped" names it. The old final-grade ASHA is "asha_final_grade".
+    kinds = {"none": ["search.early_stopping.kind=none"],
+             "asha": ["search.early_stopping={kind: halving, budgets: [0.2], reduction_factor: 4}"]}
+    if args.with_final_grade_asha:
+        kinds["asha_final_grade"] = ["search.early_stopping={kind: asha, grace_epochs: 4, reduction_factor: 2}"]
+    finals: dict[str, dict[str, float]] = {}
+    for kind, extra in kinds.items():
         sweep_spec = _spec_with(base, [f"search.points_to_evaluate={json.dumps(points)}", f"search.num_samples={n}",
-                                       f"search.early_stopping.kind={kind}"])
+                                       *extra])
         run = _sweep(sweep_spec, workdir, num_samples=n, max_concurrent=mc)
         res = run["result"]
-        stopped_in = _stopped_grades(sweep_spec, workdir)
+        stopped_in, finals[kind], rung = _trials(sweep_spec, workdir)
         out["runs"][kind] = {"epochs_trained": res["epochs_trained"], "completed": res["completed"],
                              "pruned": res["pruned"], "best_val_acc": res["best_val_acc"], "wall_s": run["wall_s"],
-                             "pruned_in_grade": stopped_in}
+                             "pruned_in_grade": stopped_in, "trials": res["trials"]}
+        if rung:
+            out["runs"][kind]["rung_values"] = rung
         _log(f"{kind}: {res['epochs_trained']} epochs, {res['pruned']} pruned (grades {stopped_in}), "
              f"best val_acc {res['best_val_acc']:.4f}, {run['wall_s']:.0f}s")
-    none, asha = out["runs"]["none"], out["runs"]["asha"]
-    out["epochs_saved_fraction"] = 1 - asha["epochs_trained"] / none["epochs_trained"]
-    out["best_val_acc_lost"] = none["best_val_acc"] - asha["best_val_acc"]
+    none, es = out["runs"]["none"], out["runs"]["asha"]
+    out["early_stopped"] = "halving"
+    out["saving"] = none["epochs_trained"] / es["epochs_trained"]
+    out["best_val_delta"] = none["best_val_acc"] - es["best_val_acc"]
+    out["epochs_saved_fraction"] = 1 - es["epochs_trained"] / none["epochs_trained"]
+    out["best_val_acc_lost"] = out["best_val_delta"]
+    # Rung metric (val acc of the short copy) against final val acc. Over trials run to the end
+    # in the halving sweep (the promoted ones), and over every config, whose full run is in "none".
+    rung = es.get("rung_values", {})
+    promoted = [k for k in rung if k in finals["asha"]]
+    out["rung_spearman"] = _spearman([rung[k] for k in promoted], [finals["asha"][k] for k in promoted])
+    both = [k for k in rung if k in finals["none"]]
+    out["rung_spearman_all_configs"] = _spearman([rung[k] for k in both], [finals["none"][k] for k in both])
+    out["rung_spearman_n"] = {"promoted": len(promoted), "all_configs": len(both)}
     return out
 
 
@@ -261,8 +286,23 @@ def cluster(args) -> dict[str, Any]:
     }
 
 
-def _stopped_grades(spec, workdir: Path) -> list[int]:
-    """The grade each pruned trial of the latest sweep was in when it stopped (from MLflow)."""
+def _spearman(a: list[float], b: list[float]) -> float | None:
+    if len(a) < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def _config_key(params: dict[str, str]) -> str:
+    """A config's identity across sweeps: its searched values as logged (the copy's budget left out)."""
+    return json.dumps({k: v for k, v in sorted(params.items()) if k.startswith(("ed.", "optim.lr"))
+                       and k not in ("ed.switch_epochs", "ed.split_ratios", "ed.temperatures")}, sort_keys=True)
+
+
+def _trials(spec, workdir: Path) -> tuple[list[int], dict[str, float], dict[str, float]]:
+    """Of the latest sweep (from MLflow): the grade each stopped trial was in, each full run's final
+    val acc by config, and each short copy's val acc by config."""
     from mlflow.tracking import MlflowClient
 
     from edray.tracking import resolve_tracking_uri
@@ -270,14 +310,26 @@ def _stopped_grades(spec, workdir: Path) -> list[int]:
     client = MlflowClient(resolve_tracking_uri(spec, workdir))
     state = json.loads((workdir / "sweeps" / spec.name / "sweep.json").read_text())
     exp = client.get_experiment_by_name(spec.tracking.experiment or spec.name)
-    runs = client.search_runs([exp.experiment_id], filter_string=(
-        f"tags.`mlflow.parentRunId` = '{state['parent_run_id']}' and tags.`edray.status` = 'pruned'"))
-    return sorted(int(r.data.metrics["grade"]) for r in runs)
+    children = f"tags.`mlflow.parentRunId` = '{state['parent_run_id']}'"
+    runs = client.search_runs([exp.experiment_id], filter_string=children, max_results=1000)
+    stopped, finals, rung = [], {}, {}
+    for r in runs:
+        key, m = _config_key(r.data.params), r.data.metrics
+        if r.data.tags.get("edray.status") == "pruned":
+            stopped.append(int(m["grade"]))
+            if m.get("budget_epochs", spec.optim.epochs) < spec.optim.epochs:
+                rung[key] = m["val_acc"]
+        elif r.data.tags.get("edray.status") == "completed":
+            finals[key] = m["val_acc"]
+    return sorted(stopped), finals, rung
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--early-stopping", action="store_true", help="compare ASHA with no early stopping")
+    parser.add_argument("--early-stopping", action="store_true",
+                        help="compare the sweep's early stopping (successive halving) with none")
+    parser.add_argument("--with-final-grade-asha", action="store_true",
+                        help="with --early-stopping: also run the older final-grade ASHA")
     parser.add_argument("--cluster", action="store_true", help="one node against the simulated multi-node cluster")
     parser.add_argument("--trials", type=int, help="trials (default 6; 16 with --early-stopping)")
     parser.add_argument("--max-concurrent", type=int, action="append",
@@ -313,8 +365,9 @@ def main() -> None:
         for kind, run in out["runs"].items():
             print(f"  {kind:<5} {run['epochs_trained']:>4} epochs, {run['pruned']:>2} pruned, "
                   f"best val_acc {run['best_val_acc']:.4f}, {run['wall_s']:.0f}s")
-        print(f"  epochs saved by ASHA: {out['epochs_saved_fraction']:.0%}, "
-              f"best val_acc lost: {out['best_val_acc_lost']:+.4f}")
+        print(f"  saving x{out['saving']:.2f} ({out['early_stopped']} vs none), best val_acc delta "
+              f"{out['best_val_delta']:+.4f}, rung Spearman {out['rung_spearman']} (promoted), "
+              f"{out['rung_spearman_all_configs']} (all configs against their full runs)")
     if args.json:
         print(json.dumps(out, default=str))
 

@@ -21,12 +21,13 @@ import json
 import os
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 
+from edray.atomic import exclusive_lock
 from edray.errors import EdrayError
-from edray.locks import file_lock
 from edray.logits.fs import join, list_files, read_bytes, resolve
 from edray.logits.key import StoreKey
 from edray.logits.manifest import MANIFEST_NAME, Manifest
@@ -43,10 +44,9 @@ def node_name() -> str:
     """This node, as messages name it: ``$EDRAY_NODE_NAME``, else the host name (plus the
     Ray node id inside a Ray worker, since several nodes may share a host name)."""
     name = os.environ.get("EDRAY_NODE_NAME") or socket.gethostname()
+    ray = sys.modules.get("ray")  # loaded only in a Ray process; this module stays free of Ray
     try:
-        import ray
-
-        if ray.is_initialized():
+        if ray is not None and ray.is_initialized():
             return f"{name} (ray node {ray.get_runtime_context().get_node_id()[:8]})"
     except Exception:
         pass
@@ -89,7 +89,7 @@ def cached_store(location: str, cache: Path, expected_key: StoreKey | None = Non
         open_store(location, expected_key)  # raises the reader's own "no logit store here"
         raise
     remote = Manifest.from_json(text, path=manifest_at)
-    with file_lock(folder / f".{name}.lock", what=f"the fetch of {name}", fix=_fix_cache(cache)):
+    with exclusive_lock(folder / f".{name}.lock", what=f"the cached copy of {name}", fix=_fix_cache(cache)):
         if not _same_store(target, remote):
             _fetch_store(location, remote, text, target, folder)
     return open_store(target, expected_key)
@@ -161,7 +161,7 @@ def cached_file(location: str, cache: Path, folder: str) -> Path:
     name = location.rstrip("/").rsplit("/", 1)[-1]
     target = cache / folder / name
     want = _expected_sha(location)
-    with file_lock(cache / folder / f".{name}.lock", what=f"the fetch of {name}", fix=_fix_cache(cache)):
+    with exclusive_lock(cache / folder / f".{name}.lock", what=f"the cached copy of {name}", fix=_fix_cache(cache)):
         mark = target.with_name(target.name + SHA256_SUFFIX)
         if target.is_file() and mark.is_file() and (want is None or mark.read_text().strip() == want):
             return target
@@ -207,7 +207,7 @@ def cached_tree(location: str, cache: Path) -> Path:
         raise EdrayError("dataset.root", f"no files under {base} (seen from node {node_name()})",
                          "upload the dataset there first (e.g. `aws s3 sync DIR URI`), or fix dataset.root")
     marker = target / _COMPLETE
-    with file_lock(cache / "datasets" / f".{name}.lock", what=f"the fetch of {base}", fix=_fix_cache(cache)):
+    with exclusive_lock(cache / "datasets" / f".{name}.lock", what=f"the cached copy of {base}", fix=_fix_cache(cache)):
         try:
             if json.loads(marker.read_text()) == files:
                 return target

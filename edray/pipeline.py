@@ -24,6 +24,7 @@ from edray.errors import EdrayError
 from edray.layout import Layout
 from edray.logits.fs import is_uri
 from edray.spec import DatasetSpec, Spec
+from edray.workdir import images_dir
 
 __all__ = ["ensure_teachers", "local_dataset", "local_teachers", "make_teacher_logits", "teach", "train"]
 
@@ -41,7 +42,7 @@ def teach(
 
     Teachers given by ``checkpoint`` path are loaded, never retrained.
     """
-    data = data or load_data(spec.dataset)
+    data = data or load_data(spec.dataset, image_cache=images_dir(workdir))
     out = []
     for i, t in enumerate(spec.teachers.models):
         if t.checkpoint is None and (force or not _exists(spec, i, data, workdir)):
@@ -114,7 +115,8 @@ def make_teacher_logits(
     needed = plan.teachers_used
     teacher_dir = local_teachers(spec, data, workdir, layout, needed)
     if spec.teachers.logits == "precomputed":
-        from edray.logits.precompute import open_teacher_stores, precompute_stores
+        from edray.distill.precompute import precompute_stores
+        from edray.distill.stored_teachers import open_teacher_stores
 
         on_cluster = layout is not None and layout.on_cluster
         if build_stores and spec.teachers.store_uri is None and not on_cluster:
@@ -139,7 +141,8 @@ def train(
     layout: Layout | None = None,
 ) -> RunResult:
     """One training run of ``spec.method`` with the spec's teachers (read through this
-    node's cache with a cluster ``layout``)."""
-    data = data or load_data(local_dataset(spec.dataset, layout))
+    node's cache with a cluster ``layout``, where the decoded images are cached too)."""
+    image_cache = images_dir(layout.cache() if layout is not None else workdir)
+    data = data or load_data(local_dataset(spec.dataset, layout), image_cache=image_cache)
     teachers = make_teacher_logits(spec, data, workdir, device=device, build_stores=True, layout=layout)
     return run_ed(spec, data, teachers, report=report, device=device, progress=progress, evaluate_test=evaluate_test)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edray.errors import EdrayError
+from edray.search_space import check_space
 from edray.spec import Spec
 
 __all__ = ["preflight"]
@@ -78,9 +79,7 @@ def preflight(spec: Spec, *, search: bool = True, offline: bool = False):
     for i, teacher in enumerate(spec.teachers.models):
         _check_arch(teacher.arch, f"teachers.models[{i}].arch")
     if search and spec.search is not None:
-        from edray.distributed.space import compile_space
-
-        compile_space(spec)
+        check_space(spec)  # the checks compile_space runs, without Optuna or Ray
     if not offline:
         _check_paths(spec)
     try:

@@ -97,6 +97,10 @@ class DatasetSpec(_Strict):
     train_fraction: float = Field(1.0, gt=0.0, le=1.0, description="keep this part of the training set (low-data runs)")
     image_size: int | None = Field(None, gt=0, description="resize images to this size; None keeps the native size")
     augmentation: AugmentSpec = Field(default_factory=AugmentSpec)
+    cache: Literal["auto", "off"] = Field(
+        "auto", description="file datasets: decode every image once into WORKDIR/images (uint8 Arrow, memory-mapped); "
+        "off: decode the files every epoch"
+    )
     # synthetic only
     num_classes: int | None = Field(None, gt=1, description="synthetic: number of classes")
     samples_per_class: int | None = Field(None, gt=0, description="synthetic: training samples per class")
@@ -119,6 +123,10 @@ class TeacherSpec(_Strict):
 
     arch: str
     checkpoint: str | None = Field(None, description="path of a trained teacher; None: edray teach trains it")
+    pretrained: str | None = Field(
+        None, description="torchvision weights to start from, e.g. IMAGENET1K_V2 (read from $TORCH_HOME, "
+        "never downloaded); the classifier is new, for the dataset's classes"
+    )
     train: TrainRecipe = Field(default_factory=TrainRecipe)
 
 
@@ -142,6 +150,10 @@ class TeachersSpec(_Strict):
 
 class StudentSpec(_Strict):
     arch: str
+    pretrained: str | None = Field(
+        None, description="torchvision weights the model starts from (as teachers.models[i].pretrained); "
+        "set for a teacher's own training run"
+    )
 
 
 class EDSpec(_Strict):
@@ -215,7 +227,14 @@ class OptimSpec(_Strict):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     epochs: int = Field(30, gt=0)
     batch_size: int = Field(64, gt=0)
-    num_workers: int = Field(0, ge=0, description="data-loader processes for datasets read from files")
+    num_workers: int | None = Field(
+        None, ge=0, description="data-loader processes for datasets read from files; "
+        "None: from scaling.resources_per_worker.CPU (one CPU stays with the training process)"
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on GPUs that have it, fp16 with a grad scaler on older GPUs, "
+        "fp32 on CPU"
+    )
 
 
 class SearchParam(_Strict):
@@ -255,12 +274,44 @@ class SearchParam(_Strict):
 
 
 class EarlyStoppingSpec(_Strict):
-    """Grade-aware ASHA: rungs count epochs in the final grade, never epochs overall,
-    so a trial still in grade 1 is never ranked against one facing all classes."""
+    """How a sweep stops unpromising trials before their last epoch (README "The sweep").
 
-    kind: Literal["asha", "none"] = "asha"
-    grace_epochs: int = Field(2, ge=1, description="epochs in the final grade before a trial may be stopped")
-    reduction_factor: float = Field(2.0, gt=1)
+    ``halving`` (budget-scaled successive halving): every config first trains a short copy
+    of itself (``budgets``: fractions of ``optim.epochs``, with its switch epochs and LR
+    milestones scaled alike), so it meets every class; only the best ``1/reduction_factor``
+    of the configs that reached a budget go on to the next, the rest are pruned.
+    ``asha``: rungs count epochs in the final grade, never epochs overall, so a trial still
+    in grade 1 is never ranked against one facing all classes (saves little: epochs in
+    earlier grades are never at risk).
+    """
+
+    kind: Literal["halving", "asha", "none"] = "asha"
+    grace_epochs: int = Field(2, ge=1, description="asha: epochs in the final grade before a trial may be stopped")
+    reduction_factor: float = Field(
+        2.0, gt=1, description="keep the best 1/reduction_factor at each rung (halving: 4 unless given)"
+    )
+    budgets: list[float] = Field(
+        default_factory=lambda: [0.2],
+        description="halving: epochs of the short copies, as fractions of optim.epochs (ascending, each in (0, 1))",
+    )
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets_increase(cls, budgets: list[float]) -> list[float]:
+        if not budgets:
+            raise ValueError("needs at least one fraction, e.g. [0.2]")
+        if any(not 0 < b < 1 for b in budgets):
+            raise ValueError(f"every fraction must be in (0, 1), got {budgets}")
+        if any(b <= a for a, b in zip(budgets, budgets[1:])):
+            raise ValueError(f"fractions must strictly increase, got {budgets}")
+        return budgets
+
+    @model_validator(mode="after")
+    def _halving_default(self) -> EarlyStoppingSpec:
+        # Halving keeps a quarter: with copies at 20 % of the epochs, a half saves only 1.4x.
+        if self.kind == "halving" and "reduction_factor" not in self.model_fields_set:
+            self.reduction_factor = 4.0
+        return self
 
 
 class FinalEvalSpec(_Strict):
@@ -279,6 +330,9 @@ class SearchSpec(_Strict):
     )
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     final_eval: FinalEvalSpec = Field(default_factory=FinalEvalSpec)
+    compare: list[Literal["kd", "mtkd", "ce"]] | None = Field(
+        None, description="baselines swept and tested like ED, at the same budget (edray sweep --compare)"
+    )
 
     @model_validator(mode="after")
     def _unique_paths(self) -> SearchSpec:
@@ -347,6 +401,12 @@ class Spec(_Strict):
         schedule = self.optim.schedule
         if schedule.kind == "multistep" and any(m >= self.optim.epochs for m in schedule.milestones):
             raise ValueError(f"optim.schedule.milestones must be < optim.epochs ({self.optim.epochs})")
+        cpus = self.scaling.resources_per_worker.get("CPU", 1)
+        if self.optim.num_workers is not None and self.optim.num_workers > cpus:
+            raise ValueError(
+                f"optim.num_workers ({self.optim.num_workers}) exceeds the CPUs each worker gets "
+                f"(scaling.resources_per_worker.CPU = {cpus:g}); lower it or leave it unset"
+            )
         workers = self.scaling.num_workers
         if workers > 1 and self.scaling.trainer != "inline" and self.optim.batch_size % workers:
             # Every global batch is cut into equal slices, one per worker (see distill.loop._shard).
@@ -427,7 +487,7 @@ def set_path(data: dict, path: str, value: Any, *, where: str | None = None) -> 
         EdrayError: a key the schema does not know, or an index out of range.
     """
     where = where or path
-    keys = _split_path(path)
+    keys = _split_path(path, where)
     node: Any = data
     default_node: Any = _defaults_tree()
     for i, key in enumerate(keys):
@@ -454,15 +514,21 @@ def set_path(data: dict, path: str, value: Any, *, where: str | None = None) -> 
             default_node = default_node.get(key) if isinstance(default_node, dict) else None
 
 
-def get_path(data: dict, path: str) -> Any:
-    """The value at a dotted spec ``path`` in a raw mapping (KeyError/IndexError if absent)."""
+def get_path(data: dict, path: str, *, where: str | None = None) -> Any:
+    """The value at a dotted spec ``path`` in a raw mapping (KeyError/IndexError if absent).
+
+    Raises:
+        EdrayError: a malformed index (``a[x]``), located at ``where`` (default: ``path``).
+    """
     node: Any = data
-    for key in _split_path(path):
+    for key in _split_path(path, where or path):
         node = node[key]
     return node
 
 
-def _split_path(path: str) -> list[str | int]:
+def _split_path(path: str, where: str) -> list[str | int]:
+    """``a.b[1].c`` -> ``["a", "b", 1, "c"]``; a bad index is blamed on ``where``, the place
+    the path came from (``--set ...``, ``search.params[2].path``)."""
     keys: list[str | int] = []
     for part in path.split("."):
         while "[" in part and part.endswith("]"):
@@ -471,7 +537,8 @@ def _split_path(path: str) -> list[str | int]:
                 keys.append(head)
             for piece in idx.rstrip("]").split("]["):
                 if not piece.isdigit():
-                    raise EdrayError(f"--set {path}", f"bad index [{piece}]", "use a non-negative integer")
+                    named = "" if path in where else f" in {path}"
+                    raise EdrayError(where, f"bad index [{piece}]{named}", "use a non-negative integer")
                 keys.append(int(piece))
             part = ""
         if part:

@@ -33,7 +33,7 @@ from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.tracking.secrets import redact_text
 from edray.tracking.uri import ARTIFACT_DIR, sqlite_path
 
-__all__ = ["serve_ui", "ui_command", "ui_tracking_uri"]
+__all__ = ["experiment_urls", "serve_ui", "ui_command", "ui_tracking_uri"]
 
 _READY_TIMEOUT_S = 120.0
 _POLL_S = 0.25
@@ -109,6 +109,8 @@ def serve_ui(workdir: Path, *, port: int = 5000, host: str = "127.0.0.1", tracki
             _wait_ready(proc, url, output, ready_timeout_s)
             output.forward = True  # from now on the server's own messages (errors) reach the user
             print(f"MLflow UI: {url}  (store {redact_text(uri)}; Ctrl-C to stop)", flush=True)
+            for name, runs_url in experiment_urls(uri, url):
+                print(f"  runs of {name}: {runs_url}", flush=True)
             code = proc.wait()
         except (KeyboardInterrupt, _Stop):
             _say("stopping the MLflow UI")
@@ -124,6 +126,21 @@ def serve_ui(workdir: Path, *, port: int = 5000, host: str = "127.0.0.1", tracki
 
 
 # ---------------------------------------------------------------------- checks before starting
+
+
+def experiment_urls(uri: str, url: str) -> list[tuple[str, str]]:
+    """(name, address of its runs table) for each active experiment of the store, newest first.
+
+    The runs tab is named in the address: MLflow 3 opens an experiment without a kind tag on
+    its GenAI overview instead (edray's tracker tags its own, see tracking/tracker.py).
+    """
+    from mlflow.tracking import MlflowClient
+
+    try:
+        experiments = MlflowClient(tracking_uri=uri).search_experiments(order_by=["creation_time DESC"])
+    except Exception:  # the server itself is up: a listing that fails costs only these lines
+        return []
+    return [(e.name, f"{url}/#/experiments/{e.experiment_id}/runs") for e in experiments if e.name != "Default"]
 
 
 def _check_store(uri: str) -> None:

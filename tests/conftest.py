@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS_YAML = ROOT / "search_spaces" / "digits.yaml"
 
 # Tiny models on 2 shared cores: one thread each is several times faster than two
-# threads contending (and subprocesses inherit it).
+# threads contending (and subprocesses inherit it). A run that asks for more threads gets
+# them here too: float results depend on the thread count, and tests compare this
+# process's runs exactly with those of Ray workers, which follow OMP_NUM_THREADS.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # Few epochs, small teachers: the suite checks behaviour, benchmarks check accuracy.
 FAST = [
@@ -51,3 +54,39 @@ def teacher_workdir(tmp_path_factory, digits_data) -> Path:
     workdir = tmp_path_factory.mktemp("teachers")
     teach(fast_spec(), workdir, data=digits_data)
     return workdir
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(name, size_kb)``: a real, small filesystem to fill up or turn read-only
+    (root ignores permission bits, not a read-only mount). Skipped where mounting is not
+    allowed; test_logit_store covers the store itself with a file-size limit instead."""
+    mounts: list[Path] = []
+
+    def mount(name: str, size_kb: int) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+        if res.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()})")
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounts):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount(path: Path, options: str) -> None:
+    """Change a :func:`tmpfs` mount's options (``ro``, ``size=4m``)."""
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+
+
+def one_error_line(capsys, *parts: str) -> str:
+    """The CLI's stderr: one ``error: ...`` line, no traceback, containing every part."""
+    _out, err = capsys.readouterr()
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for part in parts:
+        assert part in err, err
+    return err

@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edray.clusters import validate_cluster_file
+from edray.clusters import ray_private, validate_cluster_file
 from edray.errors import EdrayError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,6 +279,15 @@ def test_local_provider_needs_the_head_address(tmp_path):
     _rejects(path, "provider.head_ip", "missing")
 
 
+@pytest.mark.parametrize("name", ["aws", "gcp", "local"])
+def test_a_command_in_parentheses_is_rejected(tmp_path, name):
+    # Seen in `ray up`: Ray runs `(CMD)`, so `(grep ... || echo ...)` became `((grep ...` and bash
+    # failed it as arithmetic on every node.
+    path = _mutated(tmp_path, name, lambda d: d[0]["setup_commands"].append("(true || echo x)"))
+    n = len(_docs(name)[0]["setup_commands"])
+    _rejects(path, f"setup_commands[{n}]", "arithmetic")
+
+
 def test_ray_launcher_checks_run_too(tmp_path):
     # Only Ray's own validate_docker_config catches a container name without an image.
     path = _mutated(tmp_path, "aws", lambda d: d[0].update(docker={"container_name": "edray"}))
@@ -451,3 +460,37 @@ def test_any_single_edit_is_accepted_or_named_never_a_traceback(tmp_path, name, 
         assert validate_cluster_file(path) == KINDS[name]
     except EdrayError as err:
         assert "\n" not in str(err) and str(err).startswith(str(path))
+
+
+# ---------------------------------------------------------------------- private Ray symbols, behind one door
+
+
+@pytest.mark.parametrize("name", sorted(ray_private.PRIVATE))
+def test_every_private_ray_symbol_is_where_ray_private_says(name):
+    """A Ray upgrade that moves one of these fails here, naming it (``resolve`` says module and attribute)."""
+    found = ray_private.resolve(name)
+    assert isinstance(found, dict) if name == "default_provider_configs" else callable(found), ray_private.PRIVATE[name]
+
+
+def test_a_moved_symbol_is_named(monkeypatch):
+    monkeypatch.setitem(ray_private.PRIVATE, "gone", ("ray.autoscaler._private.util", "no_such_function"))
+    with pytest.raises(ray_private.RayPrivateMoved, match=r"ray\.autoscaler\._private\.util\.no_such_function"):
+        ray_private.resolve("gone")
+    monkeypatch.setitem(ray_private.PRIVATE, "gone", ("ray.autoscaler._private.no_such_module", "f"))
+    with pytest.raises(ImportError, match=r"_private\.no_such_module\.f"):
+        ray_private.resolve("gone")
+
+
+def test_no_other_module_imports_private_ray():
+    import ast
+
+    door = Path(ray_private.__file__).resolve()
+    for path in sorted((ROOT / "edray").rglob("*.py")):
+        if path.resolve() == door:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                assert not (name.startswith("ray.") and "._private" in name), (
+                    f"{path.relative_to(ROOT)}:{node.lineno} imports {name}: go through edray/clusters/ray_private.py")

@@ -29,7 +29,7 @@ from torch import nn
 from edray.data import DataSplits, load_data
 from edray.distill import loop
 from edray.distill.loop import DistContext, run_ed
-from edray.logits.precompute import precompute_stores
+from edray.distill.precompute import precompute_stores
 from edray.pipeline import make_teacher_logits
 from edray.spec import DatasetSpec
 
@@ -142,10 +142,14 @@ def test_with_batchnorm_two_workers_stay_close_to_one(runs):
     assert [m["grade"] for m in dp["history"]] == [m["grade"] for m in solo["history"]]
     # Batch statistics are per worker (12 images, not 24), so the runs drift apart a little.
     # train_loss is rank 0's mean over its own half of each epoch.
+    # Measured on a Xeon: losses at most 12% apart, final val_acc 0.84 vs 0.77; with the teachers
+    # trained through run_ed one epoch was 26% apart (1.04 vs 0.83), the others within 10%.
+    # The bounds leave about twice that, since float results differ across CPUs; the exact
+    # check of the data-parallel step is the BatchNorm-free test above.
     for m_dp, m_solo in zip(dp["history"], solo["history"], strict=True):
-        assert m_dp["train_loss"] == pytest.approx(m_solo["train_loss"], rel=0.25)
-    assert dp["history"][-1]["val_acc"] == pytest.approx(solo["history"][-1]["val_acc"], abs=0.1)
-    assert solo["history"][-1]["val_acc"] > 0.5  # both actually learnt
+        assert m_dp["train_loss"] == pytest.approx(m_solo["train_loss"], rel=0.5)
+    assert dp["history"][-1]["val_acc"] == pytest.approx(solo["history"][-1]["val_acc"], abs=0.2)
+    assert min(dp["history"][-1]["val_acc"], solo["history"][-1]["val_acc"]) > 0.5  # both actually learnt
 
 
 @pytest.mark.slow

@@ -28,7 +28,8 @@ from .conftest import fast_spec
 EPOCHS = 6
 # grace 1, factor 2: rungs after 1, 2 and 4 epochs, the most eager ASHA there is.
 ES = [f"optim.epochs={EPOCHS}", "ed.switch_epochs=[2, 4]", "search.params[0].min_grade_epochs=1",
-      "search.early_stopping.grace_epochs=1", "search.early_stopping.reduction_factor=2", "teachers.logits=live"]
+      "search.early_stopping.kind=asha", "search.early_stopping.grace_epochs=1",
+      "search.early_stopping.reduction_factor=2", "teachers.logits=live"]
 CONFIGS = {
     "early": {"ed.switch_epochs[0]": 1, "ed.switch_epochs[1]": 2},
     "late": {"ed.switch_epochs[0]": 4, "ed.switch_epochs[1]": 5},
@@ -80,7 +81,7 @@ def _replay(scheduler, results: dict[str, list[dict]], names: list[str], *, sear
     return decisions
 
 
-def test_results_carry_what_the_scheduler_counts(results):
+def test_results_carry_what_the_scheduler_counts(results, digits_data):
     for name, rows in results.items():
         assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
         switches = CONFIGS[name]["ed.switch_epochs[0]"], CONFIGS[name]["ed.switch_epochs[1]"]
@@ -90,10 +91,15 @@ def test_results_carry_what_the_scheduler_counts(results):
             assert r["total_epochs"] == EPOCHS
             assert not any("test" in key for key in r), "trials must not evaluate the test split"
     # The premise of the test: in grade 1 the late trial trails the early one on all-class
-    # accuracy, because it has not yet seen most classes.
+    # accuracy, because it has not yet seen most classes. By construction: a grade-1 student
+    # predicts only group-1 classes, so its all-class accuracy is at most their share of val.
+    share = (digits_data.val.labels < 3).float().mean().item()  # group 1 = classes 0-2 (natural order)
     late, early = results["late"], results["early"]
-    assert late[1]["grade"] == 1 and early[1]["grade"] == 2
-    assert late[1]["val_acc"] < early[1]["val_acc"]
+    assert [r["grade"] for r in late[:4]] == [1] * 4
+    assert all(r["val_acc"] <= share + 1e-9 for r in late[:4])
+    # By epoch 4 (a rung of both schedulers) the early trial has trained 2 epochs on all
+    # classes: 0.74 against a bound of 0.30 on a Xeon; the 0.2 asked for leaves 0.24 to spare.
+    assert early[3]["grade"] == 3 and early[3]["val_acc"] > share + 0.2
 
 
 def test_naive_epoch_asha_stops_a_late_switch_while_it_is_in_grade_one(results):

@@ -30,7 +30,7 @@ from edray.distributed.sweep import SweepOptions, run_sweep
 from edray.pipeline import train
 from edray.tracking.callback import EPOCH_METRICS
 
-from .conftest import DIGITS_YAML, FAST, fast_spec
+from .conftest import DIGITS_YAML, FAST, fast_spec, one_error_line, remount
 
 EPOCHS = 6
 # One fixed config (a single choice), no early stopping, no final evaluation: the trial
@@ -250,40 +250,6 @@ def _teacher_file(work: Path, index: int) -> Path:
 # ---------------------------------------------------------------------- 5. full disk, read-only workdir
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """``tmpfs(name, size_kb)``: a real, small filesystem to fill up or turn read-only
-    (root ignores permission bits, not a read-only mount). Skipped where mounting is not
-    allowed; test_logit_store covers the store itself with a file-size limit instead."""
-    mounts: list[Path] = []
-
-    def mount(name: str, size_kb: int) -> Path:
-        path = tmp_path / name
-        path.mkdir()
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
-                             capture_output=True, text=True)
-        if res.returncode:
-            pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()})")
-        mounts.append(path)
-        return path
-
-    yield mount
-    for path in reversed(mounts):
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def _remount(path: Path, options: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
-
-
-def _error_line(capsys, *parts: str) -> str:
-    out, err = capsys.readouterr()
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for part in parts:
-        assert part in err, err
-    return err
-
-
 def _leftovers(root: Path) -> list[str]:
     """Temp files, manifests, checkpoints: anything a later run could take as finished."""
     return sorted(p.name for p in root.rglob("*") if p.is_file() and (p.suffix in (".tmp", ".pt", ".arrow")
@@ -292,13 +258,14 @@ def _leftovers(root: Path) -> list[str]:
 
 def test_read_only_workdir_precompute_and_sweep_fail_cleanly(tmpfs, teacher_workdir, capsys):
     work = _workdir(tmpfs("ro", 8 * 1024), teacher_workdir, logits=False)
-    _remount(work.parent, "ro")
+    remount(work.parent, "ro")
     code = main(["precompute", str(DIGITS_YAML), "--workdir", str(work), *_cli_args()])
     assert code == 2
-    _error_line(capsys, f"error: {work / 'logits'}: cannot write (Read-only file system)", "choose another --workdir")
+    one_error_line(capsys, f"error: {work / 'logits'}: cannot write (Read-only file system)",
+                   "choose another --workdir")
     code = main(["sweep", str(DIGITS_YAML), "--workdir", str(work), *_cli_args(*SWEEP)])
     assert code == 2  # before Ray, a trial or a checkpoint
-    _error_line(capsys, "error: tracking.uri: ", "Read-only file system", "choose a writable --workdir")
+    one_error_line(capsys, "error: tracking.uri: ", "Read-only file system", "choose a writable --workdir")
     assert sorted(p.name for p in work.iterdir()) == ["teachers"]
 
 
@@ -306,12 +273,12 @@ def test_full_disk_during_precompute_leaves_no_store_and_a_rerun_finishes(tmpfs,
     root = tmpfs("small", 4 * 1024)
     work = _workdir(root, teacher_workdir, logits=False)
     used_kb = sum(p.stat().st_size for p in work.rglob("*") if p.is_file()) // 1024
-    _remount(root, f"size={used_kb + 96}k")  # the teachers fit; a 240 kB training store does not
+    remount(root, f"size={used_kb + 96}k")  # the teachers fit; a 240 kB training store does not
     args = ["precompute", str(DIGITS_YAML), "--workdir", str(work), *_cli_args()]
     assert main(args) == 2
-    _error_line(capsys, "cannot write (No space left on device)", "free space or choose another --workdir")
+    one_error_line(capsys, "cannot write (No space left on device)", "free space or choose another --workdir")
     assert _leftovers(work / "logits") == []  # no temp file, no shard, no manifest: nothing looks finished
-    _remount(root, "size=16m")  # space freed
+    remount(root, "size=16m")  # space freed
     assert main([*args, "--verify"]) == 0
     assert capsys.readouterr().out.count("verified") == 6
 
@@ -319,21 +286,21 @@ def test_full_disk_during_precompute_leaves_no_store_and_a_rerun_finishes(tmpfs,
 def test_full_disk_while_saving_teachers_and_models_leaves_no_half_file(tmpfs, teacher_workdir, digits_data, capsys):
     work = tmpfs("teach", 256)  # one teacher checkpoint is ~1 MB
     assert main(["teach", str(DIGITS_YAML), "--workdir", str(work), *_cli_args()]) == 2
-    _error_line(capsys, "cannot write (No space left on device)")
+    one_error_line(capsys, "cannot write (No space left on device)")
     assert _leftovers(work) == []
 
     work = _workdir(tmpfs("big", 16 * 1024), teacher_workdir)
     if not (work / "logits").is_dir():
-        from edray.logits.precompute import precompute_stores
+        from edray.distill.precompute import precompute_stores
 
         precompute_stores(fast_spec(), digits_data, work)
     model = tmpfs("models", 16) / "student.pt"  # the student is ~100 kB
     args = ["train", str(DIGITS_YAML), "--workdir", str(work), "--save-model", str(model),
             *_cli_args("optim.epochs=4", "ed.switch_epochs=[1, 2]")]
     assert main(args) == 2
-    _error_line(capsys, f"error: --save-model: cannot write {model} (No space left on device)")
+    one_error_line(capsys, f"error: --save-model: cannot write {model} (No space left on device)")
     assert _leftovers(model.parent) == []
-    _remount(model.parent, "size=4m")
+    remount(model.parent, "size=4m")
     assert main(args) == 0
     assert isinstance(torch.load(model, weights_only=False), torch.nn.Module)
 

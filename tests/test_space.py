@@ -7,6 +7,7 @@ import pytest
 
 from edray.distributed.space import compile_space, default_point, describe_space, resolve_config, sample_configs
 from edray.errors import EdrayError
+from edray.preflight import preflight
 from edray.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,7 @@ def test_seeded_sampling_is_repeatable():
         ("search.params[3].path=ed.alhpa", "search.params[3].path"),
         ("search.params[1].low=0.5", "search.params[1]"),  # 3 ratios >= 0.5 cannot sum to 1
         ("search.params[2].path=optim.momentum", "search.params[2].path"),  # temperatures type on a scalar
+        ("search.params[3].path=ed.temperatures[x]", "search.params[3].path"),  # a bad index, not a --set
     ],
 )
 def test_impossible_spaces_are_errors(override, field):
@@ -63,6 +65,16 @@ def test_impossible_spaces_are_errors(override, field):
     with pytest.raises(EdrayError) as err:
         compile_space(spec)
     assert err.value.path == field
+
+
+def test_a_bad_index_is_blamed_where_the_path_came_from():
+    spec = load_spec(DIGITS, ["search.params[3].path=ed.temperatures[x]"])
+    with pytest.raises(EdrayError) as err:
+        preflight(spec, offline=True)  # the same check, without Optuna
+    assert str(err.value).startswith("search.params[3].path: bad index [x] in ed.temperatures[x]")
+    with pytest.raises(EdrayError) as err:
+        load_spec(DIGITS, ["ed.temperatures[x]=2"])
+    assert str(err.value).startswith("--set ed.temperatures[x]: bad index [x];")
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,8 @@ from .conftest import DIGITS_YAML, FAST, fast_spec
 
 EPOCHS = 6
 SHORT = [*FAST, f"optim.epochs={EPOCHS}", "ed.switch_epochs=[2, 4]", "search.params[0].min_grade_epochs=1"]
-SWEEP = [*SHORT, "search.final_eval.seeds=2", "search.early_stopping.grace_epochs=1", "search.max_concurrent=1"]
+SWEEP = [*SHORT, "search.final_eval.seeds=2", "search.early_stopping.kind=asha", "search.early_stopping.grace_epochs=1",
+         "search.max_concurrent=1"]
 LOW_LR = 0.01
 _TIMEOUT_S = 420
 

@@ -104,7 +104,11 @@ def test_parent_and_children_are_nested_with_flat_params_metrics_statuses(store,
                          epoch=epoch)
     assert _steps(client, runs["t1"], "val_acc") == [(e, pytest.approx(0.1 * e)) for e in range(1, 6)]
     assert [s for s, _ in _steps(client, runs["t1"], "grade")] == [1, 2, 3, 4, 5]
-    assert set(client.get_run(runs["t1"]).data.metrics) == {"val_acc", "grade"}  # text and bools are not metrics
+    # Columns the runs table sorts by: the method as a tag, switch epochs and epochs as numbers.
+    assert child.data.tags["edray.method"] == "ed"
+    assert child.data.metrics == {"switch_epoch_1": 3.0, "switch_epoch_2": 6.0, "budget_epochs": 8.0}
+    assert set(client.get_run(runs["t1"]).data.metrics) == {"val_acc", "grade", "switch_epoch_1", "switch_epoch_2",
+                                                            "budget_epochs"}  # text and bools are not metrics
 
     model = tmp_path / "t1.pt"
     torch.save({"w": torch.arange(6.0)}, model)
@@ -123,6 +127,21 @@ def test_parent_and_children_are_nested_with_flat_params_metrics_statuses(store,
     assert torch.equal(saved["w"], torch.arange(6.0))
     children = client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
     assert len(children) == 3
+
+
+def test_experiment_is_tagged_as_model_training_so_the_ui_opens_on_runs(store):
+    from edray.tracking.tracker import EXPERIMENT_KIND_TAG
+
+    tracker = _tracker(store)
+    client = MlflowClient(tracking_uri=tracker.uri)
+    assert client.get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    # An experiment made before edray tagged them gets the tag; a kind the user chose in the UI is kept.
+    older = client.create_experiment(f"exp-{next(_names)}")
+    SweepTracker(tracker.uri, client.get_experiment(older).name)
+    assert client.get_experiment(older).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    chosen = client.create_experiment(f"exp-{next(_names)}", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    SweepTracker(tracker.uri, client.get_experiment(chosen).name)
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
 
 
 def test_resume_finds_the_same_runs_and_never_duplicates_steps(store):
@@ -197,14 +216,18 @@ def test_metrics_survive_a_store_that_is_down(store, monkeypatch):
 # ---------------------------------------------------------------------- the end of a sweep and figures
 
 
-def _fake_sweep() -> tuple[list[dict], dict[str, list[dict]]]:
-    """Four realistic trials of the digits space: three completed, one stopped early."""
+def _fake_sweep(more: bool = False) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Four realistic trials of the digits space: three completed, one stopped early (``more``:
+    two more completed, enough for parameter importance)."""
     trials = [
         ("a1", "completed", 6, 12, 0.30, [0.33, 0.33], [4.0, 4.0, 4.0], 0.05, "sequential", 0.952),
         ("b2", "completed", 4, 16, 0.62, [0.25, 0.40], [2.0, 6.5, 3.1], 0.11, "mixed", 0.961),
         ("c3", "pruned", 10, 20, 0.15, [0.45, 0.30], [7.5, 1.2, 2.2], 0.19, "mixed", 0.801),
         ("d4", "completed", 8, 14, 0.81, [0.30, 0.22], [1.1, 3.0, 5.0], 0.02, "sequential", 0.934),
     ]
+    if more:
+        trials += [("e5", "completed", 5, 18, 0.45, [0.28, 0.35], [3.0, 2.5, 6.0], 0.08, "mixed", 0.957),
+                   ("f6", "completed", 12, 22, 0.70, [0.40, 0.25], [5.5, 4.5, 1.5], 0.03, "sequential", 0.921)]
     results, history = [], {}
     for tid, status, n, m, alpha, ratios, temps, lr, replay, acc in trials:
         config = {"ed.switch_epochs[0]": n, "ed.switch_epochs[1]": m, "ed.alpha": alpha, "optim.lr": lr,
@@ -233,7 +256,7 @@ def _png_note(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory) -> dict[str, Path]:
-    results, history = _fake_sweep()
+    results, history = _fake_sweep(more=True)
     return render_figures(results, history, fast_spec().search.params, tmp_path_factory.mktemp("fig"))
 
 
@@ -260,7 +283,7 @@ def test_render_figures_with_one_trial_or_none_does_not_crash(tmp_path):
     space = fast_spec().search.params
     one = render_figures(results[:1], {"a1": history["a1"]}, space, tmp_path / "one")
     assert set(one) == set(FIGURES) and all(p.stat().st_size > 0 for p in one.values())
-    assert _png_note(one["param_importances"]).startswith("placeholder: parameter importance needs at least 2")
+    assert _png_note(one["param_importances"]).startswith("placeholder: too few completed trials")
     assert not _png_note(one["learning_curves"]).startswith("placeholder")
     none = render_figures([{"trial_id": "x", "status": "errored", "config": {}, "val_acc": None}], {}, space,
                           tmp_path / "none")
@@ -415,6 +438,6 @@ def test_tracking_callback_in_a_real_tune_run(store, tmp_path):
     done = by_alpha["0.1"]
     assert done.data.params["ed.alpha"] == "0.1" and done.data.params["optim.epochs"] == "3"
     assert _steps(client, done.info.run_id, "val_acc") == [(1, 0.2), (2, 0.4), (3, pytest.approx(0.6))]
-    assert set(done.data.metrics) == {"val_acc", "grade", "train_loss"}
+    assert set(done.data.metrics) == {"val_acc", "grade", "train_loss", "budget_epochs"}
     assert [f.path for f in client.list_artifacts(done.info.run_id, "model")] == ["model/student.pt"]
     assert client.list_artifacts(by_alpha["0.2"].info.run_id, "model") == []

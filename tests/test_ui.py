@@ -93,11 +93,18 @@ def test_ui_serves_the_sweep_and_ctrl_c_leaves_no_process(sweep):
             if line.startswith("MLflow UI: "):
                 url = line.split()[2]
         assert url == f"http://127.0.0.1:{port}", (url, proc.poll(), proc.stderr.read() if proc.poll() else "")
+        runs_line = out.get(timeout=30)
+        assert runs_line.startswith(f"  runs of {EXPERIMENT}: {url}/#/experiments/"), runs_line
+        runs_url = runs_line.split()[-1]
+        assert runs_url.endswith("/runs")
         assert _get(f"{url}/health")[0] == 200
         status, body = _get(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT}")
         assert status == 200
         experiment = json.loads(body)["experiment"]
         assert experiment["name"] == EXPERIMENT
+        assert runs_url == f"{url}/#/experiments/{experiment['experiment_id']}/runs"
+        # Tagged as model training: MLflow 3's UI opens it on the runs, not on the GenAI overview.
+        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
         request = urllib.request.Request(
             f"{url}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
             data=json.dumps({"experiment_ids": [experiment["experiment_id"]],

@@ -156,3 +156,23 @@ def test_mismatched_sizes_are_refused():
         view_params(0, torch.arange(3), torch.tensor([1, 2]), AUG)
     with pytest.raises(ValueError):
         view_params(0, torch.arange(2), torch.tensor([1, -1]), AUG)
+
+
+@pytest.mark.parametrize("pad", [0, 3, 9])
+def test_views_of_uint8_pixels_equal_views_of_normalised_floats_exactly(pad):
+    from edray.data.views import batch_views, normalise_pixels, pixel_views
+
+    aug = AugmentSpec(crop_padding=pad, hflip=True)
+    gen = torch.Generator().manual_seed(pad)
+    pixels = torch.randint(0, 256, (24, 7, 8, 3), dtype=torch.uint8, generator=gen)  # H != W, pad > H too
+    mean, std = torch.tensor([0.2, 0.5, 0.7]), torch.tensor([0.3, 0.25, 0.2])
+    rows = torch.arange(24)
+    params = view_params(5, rows, torch.randint(0, 50, (24,), generator=gen), aug)
+    assert bool(params.flip.any()) and bool((~params.flip).any())
+    expected = apply_views(normalise_pixels(pixels, mean, std), params, aug)
+    got = pixel_views(pixels, params, aug, mean, std)
+    assert got.dtype == torch.float32 and got.shape == (24, 3, 7, 8)
+    assert torch.equal(got, expected)  # bit for bit: the store's logits were made from these floats
+    assert torch.equal(batch_views(pixels, params, aug, (mean, std)), expected)
+    floats = normalise_pixels(pixels, mean, std)
+    assert torch.equal(batch_views(floats, params, aug, None), expected)

@@ -5,6 +5,6 @@ without cloud credentials, so that ``edray validate clusters/aws.yaml`` fails in
 instead of minutes into a billed ``ray up``.
 """
 
-from edray.clusters.validate import ClusterKind, validate_cluster_file
+from edray.clusters.validate import ClusterKind, is_cluster_file, validate_cluster_file
 
-__all__ = ["ClusterKind", "validate_cluster_file"]
+__all__ = ["ClusterKind", "is_cluster_file", "validate_cluster_file"]

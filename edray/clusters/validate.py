@@ -38,9 +38,10 @@ from typing import Any, Literal
 
 import yaml
 
+from edray.clusters import ray_private
 from edray.errors import EdrayError
 
-__all__ = ["ClusterKind", "validate_cluster_file"]
+__all__ = ["ClusterKind", "is_cluster_file", "validate_cluster_file"]
 
 ClusterKind = Literal["launcher", "kuberay"]
 
@@ -90,6 +91,21 @@ def validate_cluster_file(path: str | Path) -> ClusterKind:
         return _validate_documents(docs, text, src)
     except RecursionError:
         raise EdrayError(src, "a YAML alias contains itself (&x ... *x inside it)", "expand that alias") from None
+
+
+def is_cluster_file(path: str | Path) -> bool:
+    """Whether ``path`` looks like a cluster file rather than an edray spec (``edray validate``
+    takes both): a launcher config (``provider``, ``available_node_types``) or a KubeRay
+    object. Never raises: a file that does not parse is left to the spec loader's errors."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return any("provider" in d or "available_node_types" in d or str(d.get("apiVersion", "")).startswith("ray.io")
+               for d in docs)
 
 
 def _validate_documents(docs: list[Any], text: str, src: str) -> ClusterKind:
@@ -246,6 +262,7 @@ def _validate_launcher(config: dict, text: str, src: str) -> None:
     _check_security_group(provider, src)
     _check_bind_addresses(config, effective, src)
     _check_token_auth(config, effective, src)
+    _check_command_shapes(config, src)
 
 
 @lru_cache(maxsize=1)
@@ -296,10 +313,10 @@ def _short(text: str, limit: int = 200) -> str:
 
 def _known_providers() -> list[str]:
     try:
-        from ray.autoscaler._private.providers import _DEFAULT_CONFIGS
+        configs = ray_private.resolve("default_provider_configs")
     except ImportError:  # a private module: keep a floor if Ray moves it
         return ["aws", "azure", "gcp", "local", "vsphere"]
-    return sorted({*_DEFAULT_CONFIGS, "external"} - {"fake_multinode", "fake_multinode_docker", "readonly", "kuberay"})
+    return sorted({*configs, "external"} - {"fake_multinode", "fake_multinode_docker", "readonly", "kuberay"})
 
 
 def _check_provider(provider: dict, src: str) -> None:
@@ -404,9 +421,7 @@ def _check_node_config(spec: dict, where: list[Part], is_head: bool, ptype: str,
 
 def _provider_default(ptype: str, key: str) -> Any:
     try:
-        from ray.autoscaler._private.providers import _get_default_config
-
-        return _get_default_config({"type": ptype}).get(key)
+        return ray_private.resolve("provider_default_config")({"type": ptype}).get(key)
     except Exception:  # no defaults for this provider: Ray's own check runs later anyway
         return None
 
@@ -426,12 +441,12 @@ def _quiet() -> Iterator[None]:
 
 def _ray_prepare_and_validate(config: dict, src: str) -> dict:
     """What ``ray up`` does before touching the cloud: merge defaults, then Ray's own checks."""
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
+    prepare = ray_private.resolve("prepare_config")  # a moved symbol is not the file's fault: outside the try
+    validate = ray_private.resolve("validate_config")
     try:
         with _quiet():
-            prepared = prepare_config(copy.deepcopy(config))
-            validate_config(prepared)
+            prepared = prepare(copy.deepcopy(config))
+            validate(prepared)
     except Exception as err:  # Ray raises ValueError, AssertionError, click exceptions ...
         message = _short(str(err) or type(err).__name__)
         raise EdrayError(src, f"Ray's launcher rejects it: {message}", _README) from None
@@ -524,6 +539,15 @@ def _check_kuberay_auth(spec: dict, where: list[Part], src: str) -> None:
         shown = "missing" if options is None else f"mode is {mode!r}"
         raise _error(src, [*where, "authOptions"], f"{shown}: Ray token authentication is off",
                      "set authOptions: {mode: token} (KubeRay >= 1.5.1 makes and distributes the token)")
+
+
+def _check_command_shapes(config: dict, src: str) -> None:
+    """Ray runs each command as ``bash -c '... && (CMD)'``: a command that starts with ``(``
+    becomes ``((...`` there, which bash reads as arithmetic, so the step fails on every node."""
+    for parts, cmd in _iter_commands(config):
+        if cmd.lstrip().startswith("("):
+            raise _error(src, parts, "starts with '(' and Ray wraps each command in '( )': bash reads '((' as "
+                         "arithmetic", "drop the outer parentheses, or start the command with something else")
 
 
 # ----------------------------------------------------------------------------- KubeRay
@@ -667,8 +691,7 @@ def _check_group(group: dict, where: list[Part], src: str, *, is_head: bool) -> 
 
 
 def _quantity(value: Any, where: list[Part], src: str) -> Decimal:
-    from ray.autoscaler._private.kuberay.utils import parse_quantity
-
+    parse_quantity = ray_private.resolve("parse_quantity")
     try:
         return parse_quantity(value if not isinstance(value, bool) else "x")
     except (ValueError, ArithmeticError, TypeError):
@@ -677,14 +700,13 @@ def _quantity(value: Any, where: list[Part], src: str) -> Decimal:
 
 def _ray_derive_node_types(doc: dict, spec: dict, where: list[Part], src: str) -> None:
     """Ray's autoscaler reads the RayCluster this way at run time; let it fail here instead."""
-    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
-
+    derive = ray_private.resolve("derive_autoscaling_config")
     metadata = dict(doc.get("metadata") or {})
     metadata.setdefault("namespace", "default")  # kubectl's default; the name space changes nothing checked here
     cr = {"metadata": metadata, "spec": copy.deepcopy(spec)}
     try:
         with _quiet():
-            _derive_autoscaling_config_from_ray_cr(cr)
+            derive(cr)
     except Exception as err:
         raise _error(src, where, f"Ray's KubeRay autoscaler cannot read it: {_short(str(err) or type(err).__name__)}",
                      _README) from None

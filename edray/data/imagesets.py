@@ -3,13 +3,14 @@
 Grouping classes into grades needs every label before any image is decoded, and
 replayable views need stable row ids, so an :class:`ImageSet` is "labels + load(rows)"
 rather than a per-sample ``Dataset``. In-memory sets load a batch with one indexing op
-(no DataLoader); file sets decode with PIL and can fan out over DataLoader workers.
+(no DataLoader); file sets decode with PIL and can fan out over DataLoader workers
+(:mod:`edray.data.loading`).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from edray.data.views import normalise_pixels
 from edray.errors import EdrayError
 
 __all__ = [
@@ -26,7 +28,6 @@ __all__ = [
     "ImageSet",
     "SubsetImageSet",
     "TensorImageSet",
-    "iterate_batches",
     "subset",
 ]
 
@@ -52,6 +53,17 @@ class ImageSet(abc.ABC):
     @abc.abstractmethod
     def load(self, indices: torch.Tensor) -> torch.Tensor:
         """Float32 [B, C, H, W] images of rows ``indices``, normalised, at the set's size."""
+
+    def load_pixels(self, indices: torch.Tensor) -> torch.Tensor:
+        """A batch as it should cross to the device: uint8 [B, H, W, C] for sets of decoded
+        pixels (a quarter of the bytes; :func:`~edray.data.views.batch_views` normalises and
+        cuts the views there), else :meth:`load`'s floats."""
+        return self.load(indices)
+
+    @property
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) that normalise :meth:`load_pixels`'s uint8 pixels; None when it gives floats."""
+        return None
 
 
 def _stats(values: Sequence[float], channels: int, what: str) -> torch.Tensor:
@@ -106,6 +118,7 @@ class FileImageSet(ImageSet):
     """Images decoded from files with PIL (RGB): shorter side to ``image_size``, centre crop.
 
     Holds only paths and labels, so it pickles cheaply into DataLoader workers.
+    :data:`RESIZE_RULE` names the decode below; the decoded-image cache keys on it.
 
     Args:
         root: directory the paths are relative to.
@@ -116,6 +129,7 @@ class FileImageSet(ImageSet):
     """
 
     in_memory = False
+    RESIZE_RULE = "pil-draft-rgb/shorter-side-bilinear/centre-crop/v1"
 
     def __init__(
         self,
@@ -159,14 +173,24 @@ class FileImageSet(ImageSet):
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise EdrayError(str(path), f"cannot decode image ({err})", "remove or replace the file") from None
 
-    def load(self, indices: torch.Tensor) -> torch.Tensor:
+    @property
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mean, self.std
+
+    def load_pixels(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.load_uint8(indices))
+
+    def load_uint8(self, indices: torch.Tensor) -> np.ndarray:
+        """The decoded pixels of rows ``indices``: uint8 [B, H, W, 3], what the image cache stores."""
         rows = torch.as_tensor(indices, dtype=torch.long).reshape(-1).tolist()
         size = self.image_size
         batch = np.empty((len(rows), size, size, 3), dtype=np.uint8)
         for i, row in enumerate(rows):
             batch[i] = self._decode(row)
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        return (x - self.mean) / self.std
+        return batch
+
+    def load(self, indices: torch.Tensor) -> torch.Tensor:
+        return normalise_pixels(self.load_pixels(indices), self.mean, self.std)
 
 
 class SubsetImageSet(ImageSet):
@@ -187,6 +211,13 @@ class SubsetImageSet(ImageSet):
     def load(self, indices: torch.Tensor) -> torch.Tensor:
         return self.base.load(self.rows[torch.as_tensor(indices, dtype=torch.long)])
 
+    def load_pixels(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.base.load_pixels(self.rows[torch.as_tensor(indices, dtype=torch.long)])
+
+    @property
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.base.stats
+
 
 def subset(images: ImageSet, indices: torch.Tensor) -> ImageSet:
     """A view onto rows ``indices`` of ``images`` (labels sliced); subsets of subsets flatten."""
@@ -196,40 +227,3 @@ def subset(images: ImageSet, indices: torch.Tensor) -> ImageSet:
             raise IndexError(f"subset rows out of range for a set of {len(images)}")
         return SubsetImageSet(images.base, images.rows[indices])
     return SubsetImageSet(images, indices)
-
-
-class _Batches(torch.utils.data.Dataset):
-    """One item per batch, so DataLoader workers each decode whole batches."""
-
-    def __init__(self, images: ImageSet, batches: list[torch.Tensor]):
-        self.images = images
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx = self.batches[i]
-        return self.images.load(idx), self.images.labels[idx], idx
-
-
-def iterate_batches(
-    images: ImageSet, order: torch.Tensor, batch_size: int, *, num_workers: int = 0
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(x, y, idx)`` batches following ``order`` (row ids into ``images``).
-
-    The last batch may be short. In-memory sets, or ``num_workers == 0``, load in this
-    process; otherwise a DataLoader with ``num_workers`` processes decodes batches ahead.
-    """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be > 0, got {batch_size}")
-    order = torch.as_tensor(order, dtype=torch.long).reshape(-1)
-    batches = list(order.split(batch_size))
-    if num_workers <= 0 or images.in_memory or len(batches) <= 1:
-        for idx in batches:
-            yield images.load(idx), images.labels[idx], idx
-        return
-    loader = torch.utils.data.DataLoader(
-        _Batches(images, batches), batch_size=None, shuffle=False, num_workers=num_workers
-    )
-    yield from loader

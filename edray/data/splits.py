@@ -15,18 +15,20 @@ validation row.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from edray.data.imagesets import ImageSet, subset
+from edray.data.imagesets import FileImageSet, ImageSet, SubsetImageSet, subset
 from edray.registry import Registry
 from edray.spec import DatasetSpec
 
-__all__ = ["DATASETS", "DataSplits", "DatasetSource", "load_data", "stratified_split"]
+__all__ = ["DATASETS", "DataSplits", "DatasetSource", "load_data", "normalisation_of", "stratified_split"]
 
 DATASETS: Registry = Registry("dataset", "dataset.name")
 
@@ -62,7 +64,9 @@ class DataSplits:
 
     ``fingerprint`` (sha256 hex) identifies the data: dataset name, image size, the
     loader's identity (file list and sizes for file datasets), and for each split its
-    rows and labels. Logit-store and teacher cache keys use it.
+    rows and labels. Logit-store and teacher cache keys use it. ``normalisation`` is the
+    per-channel mean and std the images are normalised with (``mean=..;std=..``), which
+    the logit-store key records: the same pixels normalised otherwise give other logits.
     """
 
     train: ImageSet
@@ -73,6 +77,24 @@ class DataSplits:
     in_channels: int
     image_size: int
     fingerprint: str
+    normalisation: str
+
+
+def normalisation_of(images: ImageSet) -> str:
+    """``mean=a,b,c;std=d,e,f`` of the set's per-channel statistics (6 significant digits).
+
+    A set that makes its pixels already normalised (synthetic) has no statistics: its class
+    name stands for them.
+    """
+    base = images.base if isinstance(images, SubsetImageSet) else images
+    mean, std = getattr(base, "mean", None), getattr(base, "std", None)
+    if mean is None or std is None:
+        return f"built-in:{type(base).__name__}"
+
+    def text(t: torch.Tensor) -> str:
+        return ",".join(f"{v:.6g}" for v in t.reshape(-1).tolist())
+
+    return f"mean={text(mean)};std={text(std)}"
 
 
 def stratified_split(
@@ -136,13 +158,35 @@ def _fingerprint(spec: DatasetSpec, source: DatasetSource, parts: list[tuple[str
     return h.hexdigest()
 
 
-def load_data(spec: DatasetSpec) -> DataSplits:
+def _cached(spec: DatasetSpec, source: DatasetSource, root: Path, *, verify: bool) -> DatasetSource:
+    """The source with its file sets read from decoded-image caches (same rows, labels, pixels)."""
+    from edray.data.image_cache import cache_image_set
+
+    def cached(images: ImageSet | None) -> ImageSet | None:
+        if not isinstance(images, FileImageSet):
+            return images
+        return cache_image_set(images, root, dataset_name=spec.name, dataset_identity=source.identity, verify=verify)
+
+    return dataclasses.replace(source, train=cached(source.train), test=cached(source.test))
+
+
+def load_data(spec: DatasetSpec, *, image_cache: str | Path | None = None, verify_cache: bool = False) -> DataSplits:
     """Load the dataset ``spec.name`` from disk and carve train / validation / test.
 
+    Args:
+        spec: the dataset section of the spec.
+        image_cache: directory of decoded-image caches (``WORKDIR/images``). With
+            ``spec.cache: auto``, file datasets are decoded once into it and read from it
+            (see :mod:`edray.data.image_cache`); None or ``off`` decodes files every epoch.
+        verify_cache: hash a found cache's bytes (once per sweep, on the driver).
+
     Raises:
-        EdrayError: an unknown dataset name, or data missing at ``spec.root``.
+        EdrayError: an unknown dataset name, data missing at ``spec.root``, or no room
+            for the image cache.
     """
     source: DatasetSource = DATASETS.get(spec.name)(spec)
+    if image_cache is not None and spec.cache == "auto":
+        source = _cached(spec, source, Path(image_cache), verify=verify_cache)
     seed = spec.split_seed
     if source.test is None:
         test_rows, pool = stratified_split(source.train.labels, spec.test_fraction, seed=seed, salt=_SALT_TEST)
@@ -168,4 +212,5 @@ def load_data(spec: DatasetSpec) -> DataSplits:
         in_channels=source.in_channels,
         image_size=source.image_size,
         fingerprint=_fingerprint(spec, source, parts),
+        normalisation=normalisation_of(source.train),
     )

@@ -20,12 +20,19 @@ import torch.nn.functional as F
 
 from edray.spec import AugmentSpec
 
-__all__ = ["ViewParams", "apply_views", "counter_hash", "view_params"]
+__all__ = [
+    "LIVE_VIEW_IDS", "ViewParams", "apply_views", "batch_views", "counter_hash", "normalise_pixels", "pixel_views",
+    "view_params",
+]
 
 _MASK = (1 << 64) - 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
 _MUL2 = np.uint64(0x94D049BB133111EB)
+# Live teachers (no store) draw view ids from [1, LIVE_VIEW_IDS): a fresh augmentation each
+# time, as a store's views 1..V-1 are a fixed few. The bound (the largest int32) keeps ids
+# well inside the hash's integer keys.
+LIVE_VIEW_IDS = 2**31 - 1
 # Salts that make the dx, dy and flip draws independent hashes of the same key.
 _SALT_DX, _SALT_DY, _SALT_FLIP = 1, 2, 3
 
@@ -144,3 +151,76 @@ def apply_views(images: torch.Tensor, params: ViewParams, aug: AugmentSpec) -> t
     # Advanced indices around a slice put the indexed dims first: [B, H, W, C].
     out = padded[batch, :, rows[:, :, None], cols[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def normalise_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, C] -> float32 [B, C, H, W] (contiguous), ``(x / 255 - mean) / std``.
+
+    The one normalisation of decoded pixels, on whichever device they are: the image sets
+    (file, cache) and :func:`pixel_views` all use it, so they agree value for value.
+    """
+    b, h, w, c = pixels.shape
+    out = torch.empty((b, c, h, w), dtype=torch.float32, device=pixels.device)
+    out.copy_(pixels.permute(0, 3, 1, 2))
+    device = pixels.device
+    return out.div_(255.0).sub_(mean.reshape(1, c, 1, 1).to(device)).div_(std.reshape(1, c, 1, 1).to(device))
+
+
+def pixel_views(
+    pixels: torch.Tensor, params: ViewParams, aug: AugmentSpec, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """The views of uint8 pixels, normalised: equal, value for value, to
+    ``apply_views(normalise_pixels(pixels, mean, std), params, aug)``.
+
+    On a CPU the crop and flip are cut from the uint8 pixels first (a quarter of the bytes
+    to move, and one slice copy per image instead of a 4-D gather), then normalised; the
+    padding, which is 0 after normalisation, is written as 0 last. On a GPU the gather of
+    :func:`apply_views` after normalising is already cheap.
+
+    Args:
+        pixels: uint8 [B, H, W, C].
+        params: from :func:`view_params`, one entry per image.
+        mean, std: per-channel statistics in [0, 1] units.
+    """
+    if pixels.dim() != 4 or pixels.dtype != torch.uint8:
+        raise ValueError(f"pixels must be uint8 [B, H, W, C], got {pixels.dtype} of shape {tuple(pixels.shape)}")
+    b, h, w, _ = pixels.shape
+    if len(params) != b:
+        raise ValueError(f"{len(params)} view params for a batch of {b} images")
+    if pixels.device.type != "cpu":
+        return apply_views(normalise_pixels(pixels, mean, std), params, aug)
+    pad = aug.crop_padding
+    crops = torch.empty_like(pixels)  # what the crop leaves uncovered is padding, zeroed after normalising
+    spans = []
+    for i, (dx, dy, flip) in enumerate(zip(params.dx.tolist(), params.dy.tolist(), params.flip.tolist())):
+        # The crop window in image coordinates, clipped to the image; t* are its rows/cols in the crop.
+        oy, ox = dy - pad, dx - pad
+        y0, y1, x0, x1 = max(0, oy), min(h, oy + h), max(0, ox), min(w, ox + w)
+        ty0, ty1, tx0, tx1 = y0 - oy, y1 - oy, x0 - ox, x1 - ox
+        if flip:  # crop column j lands at w - 1 - j
+            tx0, tx1 = w - tx1, w - tx0
+        if y1 > y0 and x1 > x0:
+            src = pixels[i, y0:y1, x0:x1]
+            crops[i, ty0:ty1, tx0:tx1] = src.flip(1) if flip else src
+        spans.append((ty0, ty1, tx0, tx1) if y1 > y0 and x1 > x0 else (0, 0, 0, 0))
+    out = normalise_pixels(crops, mean, std)
+    for i, (ty0, ty1, tx0, tx1) in enumerate(spans):
+        if (ty0, ty1, tx0, tx1) == (0, h, 0, w):
+            continue
+        out[i, :, :ty0] = 0.0
+        out[i, :, ty1:] = 0.0
+        out[i, :, :, :tx0] = 0.0
+        out[i, :, :, tx1:] = 0.0
+    return out
+
+
+def batch_views(
+    batch: torch.Tensor, params: ViewParams, aug: AugmentSpec, stats: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor:
+    """Views of a batch from :meth:`ImageSet.load_pixels`: uint8 pixels (normalised with
+    ``stats``) or already-normalised floats; the same values either way."""
+    if batch.dtype == torch.uint8:
+        if stats is None:
+            raise ValueError("uint8 pixels need the set's (mean, std) to be normalised")
+        return pixel_views(batch, params, aug, *stats)
+    return apply_views(batch, params, aug)

@@ -16,27 +16,44 @@ import copy
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from edray.data import DataSplits, ImageSet, apply_views, iterate_batches, view_params
+from edray.data import BatchLoader, DataSplits, ImageSet, batch_views, iterate_batches, loader_settings, view_params
+from edray.data.views import LIVE_VIEW_IDS
 from edray.distill.losses import sliced_kd_loss
 from edray.distill.optim import lr_at, make_optimizer, set_lr
 from edray.distill.plan import Plan, make_plan
-from edray.distill.teachers import TeacherLogits
+from edray.distill.precision import Precision, configure_backends, prepare_model, resolve_precision, to_device
 from edray.errors import EdrayError
 from edray.models import Backbone, GrowingStudent, build_backbone
 from edray.spec import Spec
 
-__all__ = ["CHECKPOINT_FORMAT", "DistContext", "EpochMetrics", "ReportFn", "RunResult", "run_ed"]
+__all__ = ["CHECKPOINT_FORMAT", "DistContext", "EpochMetrics", "ReportFn", "RunResult", "TeacherLogits", "run_ed"]
 
 CHECKPOINT_FORMAT = 1
-_ANY_VIEW = 2**31 - 1
+
+
+class TeacherLogits(Protocol):
+    """What the loop asks of its teachers: logits over group ``k``'s classes for a batch
+    of group-k samples, each seen in the view the loop drew for it.
+
+    Attributes:
+        views: views per training sample a logit store holds (view 0 unaugmented), so the
+            loop draws only those; None for teachers run live, which see any view.
+    """
+
+    views: int | None
+
+    def group_logits(
+        self, group: int, x: torch.Tensor, rows: torch.Tensor, views: torch.Tensor
+    ) -> torch.Tensor: ...
 
 
 @dataclass
@@ -97,10 +114,32 @@ class DistContext:
 ReportFn = Callable[[dict[str, Any], dict[str, Any] | None], None]
 
 
-def _set_determinism(spec: Spec) -> None:
-    if spec.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+_CUBLAS = "CUBLAS_WORKSPACE_CONFIG"
+
+
+@contextmanager
+def _process_state(spec: Spec) -> Iterator[None]:
+    """Deterministic kernels (``spec.deterministic``) and the global RNGs, for this run only.
+
+    The run seeds the global RNGs (model init) and a resumed run restores them; both
+    flags and RNGs are process-wide, so they are put back as they were when the run
+    ends: a reused Tune actor's next trial, or the caller's notebook, sees no change.
+    """
+    flags = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    cublas = os.environ.get(_CUBLAS)
+    rng = _rng_state()
+    try:
+        if spec.deterministic:
+            os.environ.setdefault(_CUBLAS, ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+        if cublas is None:
+            os.environ.pop(_CUBLAS, None)
+        else:
+            os.environ[_CUBLAS] = cublas
+        _restore_rng(rng)
 
 
 def _epoch_generator(spec: Spec, epoch: int, salt: int = 0) -> torch.Generator:
@@ -109,14 +148,17 @@ def _epoch_generator(spec: Spec, epoch: int, salt: int = 0) -> torch.Generator:
 
 @torch.no_grad()
 def _evaluate(
-    student: torch.nn.Module, images: ImageSet, rank: torch.Tensor, seen: int, device: str, batch_size: int = 512
+    student: torch.nn.Module, images: ImageSet, rank: torch.Tensor, seen: int, device: str,
+    precision: Precision | None = None, batch_size: int = 512,
 ) -> tuple[float, float]:
     """(accuracy over all samples, accuracy over samples of seen classes), ordered space."""
     student.eval()
+    precision = precision or resolve_precision("fp32", device)
     correct = total = correct_seen = total_seen = 0
     for x, y, _ in iterate_batches(images, torch.arange(len(images)), batch_size):
         target = rank[y]
-        pred = student(x.to(device)).argmax(1).cpu()
+        with precision.autocast():
+            pred = student(to_device(x, device)).argmax(1).cpu()
         hit = pred == target
         is_seen = target < seen
         correct += hit.sum().item()
@@ -180,6 +222,9 @@ class _Run:
     student: GrowingStudent
     device: str
     dist: DistContext
+    precision: Precision
+    scaler: torch.amp.GradScaler
+    loader: BatchLoader
     grade: int = 0
     optimizer: torch.optim.Optimizer | None = None
     history: list[EpochMetrics] = field(default_factory=list)
@@ -220,16 +265,16 @@ def run_ed(
         EdrayError: a method that needs teachers without them, or a foreign checkpoint.
     """
     start_wall = time.monotonic()
-    _set_determinism(spec)
-    run = _start(spec, data, teachers, device, dist)
-    first_epoch = _restore(run, resume) if resume is not None else 0
-    for epoch in range(first_epoch, spec.optim.epochs):
-        metrics = _run_epoch(run, epoch)
-        if progress:
-            progress(metrics)
-        if report:
-            report(asdict(metrics), _checkpoint(run, epoch))
-    return _result(run, evaluate_test, start_wall)
+    with _process_state(spec):
+        run = _start(spec, data, teachers, device, dist)
+        first_epoch = _restore(run, resume) if resume is not None else 0
+        for epoch in range(first_epoch, spec.optim.epochs):
+            metrics = _run_epoch(run, epoch)
+            if progress:
+                progress(metrics)
+            if report:
+                report(asdict(metrics), _checkpoint(run, epoch))
+        return _result(run, evaluate_test, start_wall)
 
 
 def _start(spec: Spec, data: DataSplits, teachers: TeacherLogits | None, device: str, dist: DistContext) -> _Run:
@@ -239,11 +284,19 @@ def _start(spec: Spec, data: DataSplits, teachers: TeacherLogits | None, device:
         raise EdrayError("method", f"{plan.method} needs teachers, none were given", "train them with `edray teach`")
     torch.manual_seed(spec.seed)
     backbone = build_backbone(
-        spec.student.arch, num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
+        spec.student.arch, num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size,
+        pretrained=spec.student.pretrained, field="student.pretrained",
     )
     grade_classes = plan.classes.grade_classes if plan.method == "ed" else [data.num_classes]
-    student = GrowingStudent(backbone, grade_classes).to(device)
-    return _Run(spec, plan, data, teachers, student, device, dist)
+    precision = resolve_precision(spec.optim.precision, device)  # fp16 on a CPU fails here, before any work
+    configure_backends(deterministic=spec.deterministic, device=device)
+    student = prepare_model(GrowingStudent(backbone, grade_classes), device)
+    settings = loader_settings(spec.optim, spec.scaling, device)
+    if torch.device(device).type == "cpu":  # the loader (its workers, if any) cuts the views while this trains
+        loader = BatchLoader(data.train, settings, views=(spec.teachers.view_seed, spec.dataset.augmentation))
+    else:  # uint8 batches where the data is decoded pixels: normalised and cut into views on the device
+        loader = BatchLoader(data.train, settings, pixels=True)
+    return _Run(spec, plan, data, teachers, student, device, dist, precision, precision.grad_scaler(), loader)
 
 
 def _restore(run: _Run, resume: dict[str, Any]) -> int:
@@ -255,6 +308,8 @@ def _restore(run: _Run, resume: dict[str, Any]) -> int:
     run.student.load_state_dict(resume["student"])
     run.optimizer = _optimizer_for_grade(run.spec, run.student, run.grade, None)
     run.optimizer.load_state_dict(resume["optimizer"])
+    if resume.get("scaler"):
+        run.scaler.load_state_dict(resume["scaler"])
     run.history = [EpochMetrics(**m) for m in resume["history"]]
     _restore_rng(resume["rng"])
     return resume["epoch"]
@@ -285,7 +340,7 @@ def _epoch_order(run: _Run, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor
         passes = [p[torch.randperm(len(p), generator=gen)] for p in passes]
     else:
         passes = [active[torch.randperm(len(active), generator=gen)]]
-    num_views = getattr(run.teachers, "views", None)  # a store has a fixed number of views
+    num_views = run.teachers.views if run.teachers is not None else None
     return [(order, _views_for(num_views, len(order), gen)) for order in passes]
 
 
@@ -296,7 +351,7 @@ def _views_for(num_views: int | None, n: int, gen: torch.Generator) -> torch.Ten
     view only: view 0. Live teachers (no store): any view id, each a fresh augmentation.
     """
     if not num_views:
-        return torch.randint(1, _ANY_VIEW, (n,), generator=gen)
+        return torch.randint(1, LIVE_VIEW_IDS, (n,), generator=gen)
     if num_views == 1:
         return torch.zeros(n, dtype=torch.long)
     return torch.randint(1, num_views, (n,), generator=gen)
@@ -312,7 +367,7 @@ def _train_one_epoch(run: _Run, passes: list[tuple[torch.Tensor, torch.Tensor]])
         view_of = torch.zeros(len(run.data.train.labels), dtype=torch.long)  # row -> its view this epoch
         view_of[order] = views_all
         local_order, local_batch, global_sizes = _shard(order, spec.optim.batch_size, dist)
-        batches = iterate_batches(run.data.train, local_order, local_batch, num_workers=spec.optim.num_workers)
+        batches = run.loader.batches(local_order, local_batch, views=view_of[local_order])
         for (x, y, rows), global_size in zip(batches, global_sizes):
             loss_sum += _train_step(run, params, x, y, rows, view_of[rows], global_size)
             seen_samples += len(y)
@@ -323,22 +378,32 @@ def _train_step(
     run: _Run, params: list[torch.nn.Parameter], x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
     views: torch.Tensor, global_size: int,
 ) -> float:
-    """One optimizer step on a batch; returns the batch's summed loss."""
-    aug = run.spec.dataset.augmentation
-    x = apply_views(x, view_params(run.spec.teachers.view_seed, rows, views, aug), aug).to(run.device)
-    logits = run.student(x)
+    """One optimizer step on a batch; returns the batch's summed loss.
+
+    The views are cut by the loader (CPU) or on the device after one copy of the batch
+    (GPU); the forward passes run under the run's autocast, the loss in fp32 on their
+    float logits.
+    """
+    x = to_device(x, run.device)
+    if not run.loader.applies_views:
+        aug = run.spec.dataset.augmentation
+        x = batch_views(x, view_params(run.spec.teachers.view_seed, rows, views, aug), aug, run.data.train.stats)
     sample_groups = run.plan.classes.group_of[y]
+    with run.precision.autocast():
+        logits = run.student(x)
+        teacher_logits = _teacher_logits(run, x, sample_groups, rows, views)
     # Sum over the local slice, normalised by the global batch: all-reduced
     # gradients then equal one worker's gradient of the whole batch.
     loss = sliced_kd_loss(
-        logits, run.plan.classes.rank[y].to(run.device), _teacher_logits(run, x, sample_groups, rows, views),
+        logits.float(), run.plan.classes.rank[y].to(run.device), teacher_logits,
         sample_groups.to(run.device), run.plan.classes.offsets,
         alpha=run.plan.alpha, temperature=run.grade_spec.temperature,
     ) * len(y)
     run.optimizer.zero_grad(set_to_none=True)
-    (loss / global_size).backward()
+    run.scaler.scale(loss / global_size).backward()  # fp16: scaled so small gradients do not underflow
     _sync_gradients(params, run.dist)
-    run.optimizer.step()
+    run.scaler.step(run.optimizer)  # fp16: unscales, skips the step on inf/NaN; otherwise optimizer.step()
+    run.scaler.update()
     return loss.item()
 
 
@@ -351,7 +416,7 @@ def _teacher_logits(
         return out
     for k in sample_groups.unique().tolist():
         mask = sample_groups == k
-        out[k] = run.teachers.group_logits(k, x[mask.to(x.device)], rows[mask], views[mask]).to(run.device)
+        out[k] = run.teachers.group_logits(k, x[mask.to(x.device)], rows[mask], views[mask]).to(run.device).float()
     return out
 
 
@@ -370,7 +435,9 @@ def _run_epoch(run: _Run, epoch: int) -> EpochMetrics:
 def _epoch_metrics(run: _Run, epoch: int, lr: float, train_loss: float, tic: float) -> EpochMetrics:
     g = run.grade_spec
     seen = run.plan.classes.seen(g.groups)
-    val_acc, val_acc_seen = _evaluate(run.student, run.data.val, run.plan.classes.rank, seen, run.device)
+    val_acc, val_acc_seen = _evaluate(
+        run.student, run.data.val, run.plan.classes.rank, seen, run.device, run.precision
+    )
     return EpochMetrics(
         epoch=epoch + 1, grade=run.grade, lr=lr, train_loss=train_loss,
         val_acc=val_acc, val_acc_seen=val_acc_seen, seen_classes=seen,
@@ -386,6 +453,7 @@ def _checkpoint(run: _Run, epoch: int) -> dict[str, Any]:
         # checkpoint the caller still holds.
         "student": copy.deepcopy(run.student.state_dict()), "optimizer": copy.deepcopy(run.optimizer.state_dict()),
         "history": [asdict(m) for m in run.history], "rng": _rng_state(),
+        "scaler": run.scaler.state_dict(),  # empty unless fp16
     }
     if epoch + 1 == run.spec.optim.epochs:
         # The finished student (natural class order), so a wrapper can keep it.
@@ -399,7 +467,11 @@ def _result(run: _Run, evaluate_test: bool, start_wall: float) -> RunResult:
     data = run.data
     test_acc = None
     if evaluate_test:
-        test_acc, _ = _evaluate(model, data.test, torch.arange(data.num_classes), data.num_classes, "cpu")
+        test_acc, _ = _evaluate(
+            prepare_model(model, run.device), data.test, torch.arange(data.num_classes), data.num_classes,
+            run.device, run.precision,
+        )
+        model.cpu().to(memory_format=torch.contiguous_format)
     return RunResult(
         method=run.plan.method,
         val_acc=run.history[-1].val_acc if run.history else float("nan"),

@@ -10,25 +10,25 @@ k's classes", answered by :class:`LiveTeachers` or by a precomputed Arrow store.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
-from edray.data import DataSplits, ImageSet, apply_views, iterate_batches, subset, view_params
+from edray.atomic import write_bytes
+from edray.data import DataSplits, ImageSet, subset
 from edray.data.groups import ClassGroups, split_classes
-from edray.distill.optim import lr_at, make_optimizer, set_lr
+from edray.data.views import counter_hash
+from edray.distill.loop import EpochMetrics, TeacherLogits, run_ed
 from edray.errors import EdrayError
 from edray.models import Backbone, build_backbone
-from edray.spec import OptimSpec, ScheduleSpec, Spec, TeacherSpec
+from edray.spec import EDSpec, OptimSpec, ScalingSpec, ScheduleSpec, Spec, StudentSpec, TeacherSpec, TeachersSpec
 
 __all__ = [
     "LiveTeachers",
@@ -39,14 +39,6 @@ __all__ = [
     "teacher_path",
     "train_teacher",
 ]
-
-
-class TeacherLogits(Protocol):
-    """Logits over group ``k``'s classes for a batch of group-k samples."""
-
-    def group_logits(
-        self, group: int, x: torch.Tensor, rows: torch.Tensor, views: torch.Tensor
-    ) -> torch.Tensor: ...
 
 
 @dataclass
@@ -75,6 +67,7 @@ def _identity(spec: Spec, index: int, data: DataSplits, classes: list[int]) -> s
     blob = json.dumps(
         {
             "arch": t.arch,
+            **({"pretrained": t.pretrained} if t.pretrained else {}),  # absent when unset: old teachers keep their path
             "recipe": t.train.model_dump(),
             "data": data.fingerprint,
             "augmentation": spec.dataset.augmentation.model_dump(),
@@ -125,23 +118,11 @@ def load_teacher(spec: Spec, index: int, data: DataSplits, workdir: Path, *, dev
             f"this spec needs {t.arch} over {len(classes)} classes",
             "point to the right file or retrain with `edray teach`",
         )
-    model = build_backbone(t.arch, num_classes=len(classes), in_channels=data.in_channels, image_size=data.image_size)
+    model = build_backbone(t.arch, num_classes=len(classes), in_channels=data.in_channels, image_size=data.image_size,
+                           pretrained=t.pretrained, load_weights=False)  # the layout; the weights are the checkpoint's
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()
     return TeacherCheckpoint(t.arch, classes, model, float(blob.get("val_acc", float("nan"))), path)
-
-
-def _rows_of(labels: torch.Tensor, classes: list[int]) -> torch.Tensor:
-    return torch.isin(labels, torch.tensor(classes)).nonzero().flatten()
-
-
-@torch.no_grad()
-def _accuracy(model: torch.nn.Module, images: ImageSet, local: torch.Tensor, batch_size: int, device: str) -> float:
-    model.eval()
-    correct = 0
-    for x, _, idx in iterate_batches(images, torch.arange(len(images)), batch_size):
-        correct += (model(x.to(device)).argmax(1).cpu() == local[idx]).sum().item()
-    return correct / max(1, len(images))
 
 
 def train_teacher(
@@ -153,77 +134,72 @@ def train_teacher(
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
 ) -> TeacherCheckpoint:
-    """Train teacher ``index`` with cross-entropy on its classes and save it atomically."""
+    """Train teacher ``index`` with cross-entropy on its classes and save it atomically.
+
+    The teacher is a run of method ``ce`` in the ED loop (:func:`run_ed`) over its own
+    classes, so it trains, evaluates and seeds exactly as a student does.
+    """
     t: TeacherSpec = spec.teachers.models[index]
     classes = teacher_classes(spec, index, data.num_classes)
+
+    def epoch_line(m: EpochMetrics) -> None:
+        progress(f"teacher {index} ({t.arch}) epoch {m.epoch}/{t.train.epochs} loss {m.train_loss:.3f}")
+
+    start = time.monotonic()
+    try:
+        result = run_ed(_teacher_spec(spec, index), _class_data(data, classes), None, device=device,
+                        progress=epoch_line if progress else None, evaluate_test=False)
+    except EdrayError as err:  # name the teacher's field, not the ce run's student
+        if err.path != "student.pretrained":
+            raise
+        raise EdrayError(f"teachers.models[{index}].pretrained", err.problem, err.fix) from None
+    path = teacher_path(spec, index, data, workdir)
+    buf = io.BytesIO()  # in memory first: torch's zip writer reports a full disk as a RuntimeError
+    torch.save({"arch": t.arch, "classes": classes, "state_dict": result.model.state_dict(), "val_acc": result.val_acc,
+                "train_s": time.monotonic() - start}, buf)
+    write_bytes(path, buf.getbuffer())
+    return TeacherCheckpoint(t.arch, classes, result.model.to(device).eval(), result.val_acc, path)
+
+
+def _teacher_spec(spec: Spec, index: int) -> Spec:
+    """Teacher ``index`` as a ``ce`` run: its architecture, its recipe, cosine learning rate.
+
+    Its seed (model init, data order, views) hashes the recipe's seed with the teacher's
+    index, so teachers of one recipe differ, and the student's seed never changes them.
+    """
+    t = spec.teachers.models[index]
+    recipe = t.train
+    seed = int(counter_hash(recipe.seed, index)[0]) >> 33  # 31 bits: the loop derives larger seeds from it
+    optim = OptimSpec(lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, epochs=recipe.epochs,
+                      batch_size=recipe.batch_size, schedule=ScheduleSpec(kind="cosine"),
+                      num_workers=spec.optim.num_workers, precision=spec.optim.precision)
+    return Spec(
+        name=spec.name, seed=seed, method="ce", deterministic=spec.deterministic, dataset=spec.dataset,
+        teachers=TeachersSpec(models=[t], view_seed=seed), student=StudentSpec(arch=t.arch, pretrained=t.pretrained),
+        ed=EDSpec(grades=1, split_ratios=[1.0], temperatures=[1.0], switch_epochs=[]), optim=optim,
+        # the loader's CPUs (not the data-parallel layout: a teacher trains in one process)
+        scaling=ScalingSpec(resources_per_worker=spec.scaling.resources_per_worker),
+    )
+
+
+def _class_data(data: DataSplits, classes: list[int]) -> DataSplits:
+    """The splits restricted to ``classes``, labelled by position in ``classes`` (the teacher's outputs)."""
     local_of = torch.full((data.num_classes,), -1, dtype=torch.long)
     local_of[torch.tensor(classes)] = torch.arange(len(classes))
-    train = subset(data.train, _rows_of(data.train.labels, classes))
-    val = subset(data.val, _rows_of(data.val.labels, classes))
-    train_y, val_y = local_of[train.labels], local_of[val.labels]
 
-    torch.manual_seed(t.train.seed * 1000 + index)
-    model = build_backbone(t.arch, num_classes=len(classes), in_channels=data.in_channels, image_size=data.image_size)
-    model.to(device)
-    optim = OptimSpec(
-        lr=t.train.lr,
-        momentum=t.train.momentum,
-        weight_decay=t.train.weight_decay,
-        epochs=t.train.epochs,
-        batch_size=t.train.batch_size,
-        schedule=ScheduleSpec(kind="cosine"),
-    )
-    optimizer = make_optimizer(optim, model.parameters())
-    aug = spec.dataset.augmentation
-    start = time.monotonic()
-    for epoch in range(t.train.epochs):
-        model.train()
-        set_lr(optimizer, lr_at(optim, epoch))
-        gen = torch.Generator().manual_seed(t.train.seed * 7919 + index * 104729 + epoch)
-        order = torch.randperm(len(train), generator=gen)
-        for x, _, idx in iterate_batches(train, order, t.train.batch_size, num_workers=spec.optim.num_workers):
-            views = torch.randint(1, 2**31 - 1, (len(idx),), generator=gen)
-            x = apply_views(x, view_params(t.train.seed + index + 1, idx, views, aug), aug).to(device)
-            loss = F.cross_entropy(model(x), train_y[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        if progress:
-            progress(f"teacher {index} ({t.arch}) epoch {epoch + 1}/{t.train.epochs} loss {loss.item():.3f}")
-    val_acc = _accuracy(model, val, val_y, 256, device)
-    path = teacher_path(spec, index, data, workdir)
-    _save_atomic(
-        {"arch": t.arch, "classes": classes, "state_dict": model.state_dict(), "val_acc": val_acc,
-         "train_s": time.monotonic() - start},
-        path,
-    )
-    return TeacherCheckpoint(t.arch, classes, model.eval(), val_acc, path)
+    def part(images: ImageSet) -> ImageSet:
+        rows = subset(images, torch.isin(images.labels, torch.tensor(classes)).nonzero().flatten())
+        rows.labels = local_of[rows.labels]
+        return rows
 
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    """Write to a temp file beside ``path`` and rename, so a crash leaves no half file.
-
-    The checkpoint is serialised in memory first: torch's zip writer reports a full disk
-    as a RuntimeError ("unexpected pos"), a plain write as the OSError it is.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise EdrayError(str(path), f"cannot write ({err.strerror or err})",
-                         "free space or choose another --workdir") from None
+    return dataclasses.replace(data, train=part(data.train), val=part(data.val), test=part(data.test),
+                               num_classes=len(classes), class_names=[data.class_names[c] for c in classes])
 
 
 class LiveTeachers:
     """Runs the teachers on each batch (the slow path the logit store replaces)."""
+
+    views: int | None = None  # no store: the loop draws any view, a fresh augmentation
 
     def __init__(
         self, teachers: list[TeacherCheckpoint], classes: ClassGroups, group_teachers: tuple[tuple[int, ...], ...]

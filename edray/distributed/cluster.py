@@ -269,8 +269,8 @@ def _shard_task(plan, spec_json: str, layout: Layout, teacher: int, split: str, 
     import torch
 
     from edray.data import load_data
+    from edray.distill.precompute import teacher_logits
     from edray.distill.teachers import load_teacher
-    from edray.logits.precompute import teacher_logits
     from edray.logits.writer import write_shard
     from edray.pipeline import local_dataset, local_teachers
 

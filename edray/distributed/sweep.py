@@ -28,7 +28,10 @@ from edray.logits.fs import is_uri, ray_storage
 from edray.spec import Spec
 from edray.trial_status import TrialStatus, trial_status
 
-__all__ = ["SweepOptions", "SweepResult", "best_spec_dict", "make_scheduler", "make_searcher", "run_sweep"]
+__all__ = [
+    "SweepOptions", "SweepResult", "best_spec_dict", "make_scheduler", "make_searcher", "plan_line", "planned_epochs",
+    "run_sweep",
+]
 
 METRIC = "val_acc"
 
@@ -125,10 +128,10 @@ def _answering(address: str) -> str:
     address for minutes."""
     import socket
 
-    from ray._private.services import canonicalize_bootstrap_address
+    from edray.clusters.ray_private import resolve
 
     try:
-        resolved = canonicalize_bootstrap_address(address) if address != "local" else None
+        resolved = resolve("canonicalize_bootstrap_address")(address) if address != "local" else None
     except Exception as err:  # auto with nothing running, or an address that does not parse
         raise EdrayError("--address", f"no Ray cluster found for {address!r} ({err})", _FIX_ADDRESS,
                          exit_code=RUNTIME_ERROR) from None
@@ -146,11 +149,12 @@ def _answering(address: str) -> str:
 
 
 def make_scheduler(spec: Spec):
-    """The sweep's trial scheduler: grade-aware ASHA, or FIFO when early stopping is off."""
+    """The sweep's trial scheduler: grade-aware ASHA, or FIFO (no early stopping, or successive halving,
+    which stops configs between rungs in the searcher)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     es = spec.search.early_stopping
-    if es.kind == "none":
+    if es.kind in ("none", "halving"):  # halving stops configs between rungs, in the searcher
         return FIFOScheduler()
     # Rungs count epochs in the final grade (see trial._extra_metrics): trials are only
     # compared once each faces all classes, with equal time spent doing so.
@@ -164,12 +168,48 @@ def make_scheduler(spec: Spec):
     )
 
 
-def make_searcher(spec: Spec, max_concurrent: int):
-    """The sweep's Optuna searcher (it tells early-stopped trials as pruned) and the same
-    searcher behind a limit of ``max_concurrent`` trials at once, as Tune is given it."""
+def _halving(spec: Spec, num_samples: int):
+    """The rungs of successive halving for this sweep, or None when it stops trials otherwise."""
+    from edray.distributed.schedulers import SuccessiveHalving, rung_epochs
+
+    es = spec.search.early_stopping
+    if es.kind != "halving":
+        return None
+    grades = spec.ed.grades if spec.method == "ed" else 1
+    return SuccessiveHalving(rung_epochs(spec), num_samples, es.reduction_factor, grades=grades)
+
+
+def planned_epochs(spec: Spec, num_samples: int) -> tuple[int, int]:
+    """(Tune trials, epochs) the sweep will run: exact for halving and none, an upper bound for asha."""
+    halving = _halving(spec, num_samples)
+    if halving is None:
+        return num_samples, num_samples * spec.optim.epochs
+    return halving.plan.trials, halving.plan.epochs
+
+
+def plan_line(spec: Spec, num_samples: int) -> str:
+    """What the sweep will cost, said before it starts."""
+    trials, epochs = planned_epochs(spec, num_samples)
+    full = num_samples * spec.optim.epochs
+    es = spec.search.early_stopping
+    if es.kind == "halving":
+        halving = _halving(spec, num_samples)
+        rungs = ", ".join(f"{n} at {e}" for n, e in zip(halving.plan.configs, halving.plan.rungs))
+        return (f"{spec.method}: {num_samples} configs by successive halving (configs at epochs: {rungs}): "
+                f"{trials} trials, {epochs} epochs ({full / epochs:.1f}x fewer than {full})")
+    if es.kind == "asha":
+        return f"{spec.method}: {num_samples} trials of {spec.optim.epochs} epochs, at most {full} epochs (asha)"
+    return f"{spec.method}: {num_samples} trials of {spec.optim.epochs} epochs, {full} epochs"
+
+
+def make_searcher(spec: Spec, max_concurrent: int, num_samples: int | None = None):
+    """The sweep's Optuna searcher (it tells early-stopped trials as pruned; with successive halving, it
+    also runs the rungs) and the same searcher behind a limit of ``max_concurrent`` trials at once, as
+    Tune is given it. ``num_samples``: configs to start (default: ``search.num_samples``)."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
+    from edray.distributed.halving_search import HalvingOptunaSearch
     from edray.distributed.searcher import GradeAwareOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -184,10 +224,10 @@ def make_searcher(spec: Spec, max_concurrent: int):
         else optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=min(4, search.num_samples))
     )
     storage = optuna.storages.RDBStorage(search.storage) if search.storage else None
-    searcher = GradeAwareOptunaSearch(
-        space=compile_space(spec), metric=METRIC, mode="max", points_to_evaluate=points, sampler=sampler,
-        storage=storage, study_name=spec.name if storage else None,
-    )
+    kwargs = dict(space=compile_space(spec), metric=METRIC, mode="max", points_to_evaluate=points, sampler=sampler,
+                  storage=storage, study_name=spec.name if storage else None)
+    halving = _halving(spec, num_samples or search.num_samples)
+    searcher = GradeAwareOptunaSearch(**kwargs) if halving is None else HalvingOptunaSearch(halving=halving, **kwargs)
     return searcher, ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 
@@ -221,13 +261,16 @@ def _prepare_teachers(spec: Spec, workdir: Path, log: Callable[[str], None]) -> 
     """Train teachers that have a recipe and no checkpoint; build missing logit stores."""
     from edray.data import load_data
     from edray.pipeline import ensure_teachers
+    from edray.workdir import images_dir
 
+    # Decode file datasets once (and check a cache found from an earlier run) before any trial reads it.
+    data = load_data(spec.dataset, image_cache=images_dir(workdir), verify_cache=True)
     if spec.method == "ce" or spec.search is None:
         return
-    data = load_data(spec.dataset)
     ensure_teachers(spec, data, workdir, progress=log)
     if spec.teachers.logits == "precomputed":
-        from edray.logits.precompute import open_teacher_stores, precompute_stores
+        from edray.distill.precompute import precompute_stores
+        from edray.distill.stored_teachers import open_teacher_stores
 
         if spec.teachers.store_uri is None:
             precompute_stores(spec, data, workdir, progress=log)  # builds, or hashes what is there
@@ -247,6 +290,7 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     tic = time.monotonic()
     layout = Layout.from_env(workdir, store_uri=spec.teachers.store_uri)
     _check(spec, layout)
+    log(plan_line(spec, options.num_samples or spec.search.num_samples))
     state = _load_state(spec, workdir, options.resume)
     tracker = _tracker(spec, workdir)
     if options.address or layout.on_cluster:
@@ -277,6 +321,7 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
 def _check(spec: Spec, layout: Layout) -> None:
     """Everything that can be wrong with the spec, before any teacher trains."""
     compile_space(spec)  # no search section, or a space with no valid trial: before anything starts
+    _halving(spec, spec.search.num_samples)  # budgets too short for the grades
     from edray.pipeline import local_dataset
     from edray.preflight import preflight
 
@@ -337,16 +382,16 @@ def _build_tuner(spec: Spec, workdir: Path, options: SweepOptions, tracker, stat
 
     run_name = state["run_name"]
     trainable = _trainable(spec, workdir, run_name, layout)
-    _, limited = make_searcher(spec, options.max_concurrent or spec.search.max_concurrent)
+    num_samples = options.num_samples or spec.search.num_samples
+    _, limited = make_searcher(spec, options.max_concurrent or spec.search.max_concurrent, num_samples)
     run_config = _run_config(spec, layout, options, tracker, run_name)
     where = ray_storage(state["experiment_path"])
     path, fs = where["storage_path"], where.get("storage_filesystem")
     if options.resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
-    tune_config = tune.TuneConfig(
-        search_alg=limited, scheduler=make_scheduler(spec), num_samples=options.num_samples or spec.search.num_samples,
-        reuse_actors=True,
-    )
+    trials, _ = planned_epochs(spec, num_samples)  # halving: one Tune trial per config per rung it reaches
+    tune_config = tune.TuneConfig(search_alg=limited, scheduler=make_scheduler(spec), num_samples=trials,
+                                  reuse_actors=True)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 

@@ -38,6 +38,7 @@ from edray.layout import Layout
 from edray.logits.fs import join, ray_storage, write_bytes
 from edray.pipeline import local_dataset, make_teacher_logits
 from edray.spec import DatasetSpec, Spec
+from edray.workdir import images_dir
 
 __all__ = ["TrialContext", "TrialReportFn", "run_trial", "train_trial", "uses_torch_trainer"]
 
@@ -77,22 +78,26 @@ def uses_torch_trainer(spec: Spec) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_data(dataset_json: str) -> DataSplits:
-    # A reused Tune actor (reuse_actors=True) keeps its data between trials.
-    return load_data(DatasetSpec.model_validate_json(dataset_json))
+def _cached_data(dataset_json: str, image_cache: str | None = None) -> DataSplits:
+    # A reused Tune actor (reuse_actors=True) keeps its data between trials. The driver
+    # built the decoded-image cache before any trial started (on a cluster: the first trial
+    # on each node builds that node's copy); trials only map it.
+    return load_data(DatasetSpec.model_validate_json(dataset_json), image_cache=image_cache)
 
 
 def _device(spec: Spec) -> str:
     return "cuda" if spec.scaling.use_gpu and torch.cuda.is_available() else "cpu"
 
 
-def _extra_metrics(spec: Spec, metrics: dict[str, Any], num_classes: int) -> dict[str, Any]:
+def _extra_metrics(spec: Spec, metrics: dict[str, Any], num_classes: int, total_epochs: int) -> dict[str, Any]:
     plan = make_plan(spec, num_classes)
     last_start = plan.grades[-1].start_epoch
     # Grade-aware early stopping counts epochs facing all classes: a trial still in an
-    # early grade sits at 0 and never meets a rung (DESIGN §4).
-    return {**metrics, "final_grade_epochs": max(0, metrics["epoch"] - last_start), "total_epochs": spec.optim.epochs,
-            "node": node_name()}
+    # early grade sits at 0 and never meets a rung (DESIGN §4). ``total_epochs`` is the
+    # config's own budget: a short copy of it (successive halving) ends before it, so by
+    # the one rule (edray.trial_status) the copy is a stopped trial, pruned.
+    return {**metrics, "final_grade_epochs": max(0, metrics["epoch"] - last_start), "total_epochs": total_epochs,
+            "budget_epochs": spec.optim.epochs, "node": node_name()}
 
 
 def _save_model(ctx: TrialContext, trial_id: str, state: dict[str, Any]) -> str:
@@ -130,19 +135,24 @@ def train_trial(spec: Spec, ctx: TrialContext, *, trial_id: str, report_fn: Tria
     trial, a Ray Train worker, or a test calls it alike. ``checkpoint`` (a Ray
     ``Checkpoint``) resumes the trial after its epoch.
     """
-    data = _cached_data(local_dataset(spec.dataset, ctx.layout).model_dump_json())
+    # Decoded images in this node's cache (the work directory on one machine): on a
+    # cluster each node decodes its own copy once, under a lock, for its trials to map.
+    image_cache = images_dir(ctx.layout.cache() if ctx.layout is not None else ctx.workdir)
+    data = _cached_data(local_dataset(spec.dataset, ctx.layout).model_dump_json(), str(image_cache))
     teachers = make_teacher_logits(spec, data, Path(ctx.workdir), device=_device(spec), layout=ctx.layout)
     resume = _load_state(checkpoint)
     faults = _fault_hooks()
     if faults:
         faults.note_resume(resume, dist.rank)
 
+    total_epochs = int(ctx.base_spec["optim"]["epochs"])
+
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         if faults:
             faults.maybe_die(metrics["epoch"], dist.rank)
-        metrics = _extra_metrics(spec, metrics, data.num_classes)
+        metrics = _extra_metrics(spec, metrics, data.num_classes, total_epochs)
         final = state.pop("final_model", None) if state else None
-        if final is not None and dist.rank == 0:
+        if final is not None and dist.rank == 0 and spec.optim.epochs == total_epochs:  # a short copy: no model
             metrics["model_path"] = _save_model(
                 ctx, trial_id, {"arch": spec.student.arch, "num_classes": data.num_classes, "state_dict": final}
             )

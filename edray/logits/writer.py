@@ -6,8 +6,8 @@ Layout on disk while writing (``<name>`` = ``StoreKey.name``)::
     <root>/.<name>.partial/    staging: layout.json, shard-00000.arrow, shard-00000.done, ...
     <root>/<name>/             appears only when complete (one rename of the staging dir)
 
-A shard is written to a temp file, fsync'd and renamed; then its ``.done`` record (name,
-rows, bytes, sha256) is written the same way. A shard counts as finished only when both
+A shard is written to a temp file, fsync'd and renamed (:mod:`edray.atomic`); then its
+``.done`` record (name, rows, bytes, sha256) is written the same way. A shard counts as finished only when both
 exist and the sizes agree, so a kill at any point loses at most the shard in flight.
 ``layout.json`` records the shape and the sample ids the staging dir was started with; a
 staging dir from another layout is wiped rather than mixed in.
@@ -41,8 +41,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from edray import atomic
+from edray.atomic import DEFAULT_FIX, exclusive_lock, fsync_dir
 from edray.errors import EdrayError
-from edray.locks import file_lock
 from edray.logits.fs import is_uri, join, list_files, local_path, read_bytes, resolve, write_bytes
 from edray.logits.key import StoreKey
 from edray.logits.manifest import MANIFEST_NAME, Manifest, ShardInfo, num_shards, shard_name, shard_rows, shard_schema
@@ -53,7 +54,6 @@ __all__ = ["StorePlan", "building", "default_rows_per_shard", "finish_store", "w
 _LAYOUT = "layout.json"
 _DONE = ".done"
 _TMP = ".tmp"
-_FIX_WRITE = "free space or choose another --workdir"
 # Default shard size. A batch's gather costs a numpy call per shard it touches, so shards
 # should be few; a kill loses at most one shard of compute, so they should not be huge.
 _SHARD_BYTES = 32 << 20
@@ -185,7 +185,7 @@ def building(
         return
     with _io(local):
         local.mkdir(parents=True, exist_ok=True)
-    with _locked(local / f".{key.name}.lock"):
+    with exclusive_lock(local / f".{key.name}.lock", fix=DEFAULT_FIX):
         _plan_staging(plan, key, local)
         yield plan
 
@@ -250,7 +250,7 @@ def finish_store(plan: StorePlan, done: dict[int, ShardInfo] | None = None) -> P
         final = local / plan.name
         with _io(final):
             os.rename(plan.staging, final)
-            _fsync_dir(local)
+            fsync_dir(local)
     else:
         final = plan.location
     _remove_bookkeeping(str(final))
@@ -328,7 +328,7 @@ def _prepare_staging(staging: str, layout: dict[str, Any]) -> dict[int, ShardInf
         return {}
     done: dict[int, ShardInfo] = {}
     for name in files:
-        if name.endswith(_TMP):  # a write that was killed mid-way
+        if name.endswith(_TMP):  # a write that was killed mid-way (edray.atomic's temp file)
             _delete(join(staging, name))
         elif name.endswith(_DONE):
             record = _read_json(join(staging, name))
@@ -363,7 +363,7 @@ def _put(location: str, data: bytes | pa.Buffer) -> None:
     """A whole file at ``location``: temp + fsync + rename on a path, one PUT on object storage."""
     local = local_path(location)
     if local is not None:
-        _write_atomic(local, data)
+        atomic.write_bytes(local, memoryview(data))
         return
     try:
         write_bytes(location, memoryview(data))
@@ -403,22 +403,6 @@ def _delete(location: str) -> None:
         pass
 
 
-def _write_atomic(path: Path, data: bytes | pa.Buffer) -> None:
-    """Write to ``path.tmp``, fsync, rename: readers see the old file or the whole new one."""
-    tmp = path.with_name(path.name + _TMP)
-    with _io(path):
-        try:
-            with open(tmp, "wb") as f:
-                f.write(memoryview(data))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-        finally:
-            if tmp.exists():  # a full disk leaves a partial temp file: give the space back
-                tmp.unlink()
-
-
 def _remove_bookkeeping(final: str) -> None:
     """Drop layout.json and .done records from a finished store (best effort: readers ignore them)."""
     try:
@@ -437,25 +421,10 @@ def _read_json(location: str) -> Any:
         return None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold the store's write lock; the file stays (removing it would race)."""
-    with file_lock(path, what=path.name.removesuffix(".lock").lstrip("."), fix=_FIX_WRITE):
-        yield
-
-
 @contextmanager
 def _io(path: Path) -> Iterator[None]:
     """Turn an OS error while writing ``path`` into the one-line error the CLI prints."""
     try:
         yield
     except OSError as e:
-        raise EdrayError(str(path), f"cannot write ({e.strerror or e})", _FIX_WRITE) from e
+        raise EdrayError(str(path), f"cannot write ({e.strerror or e})", DEFAULT_FIX) from e

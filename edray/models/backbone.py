@@ -73,18 +73,45 @@ class Backbone(nn.Module):
         return self.classifier(self.forward_features(x))
 
 
-def build_backbone(arch: str, *, num_classes: int, in_channels: int, image_size: int) -> Backbone:
-    """Build a randomly initialised ``arch`` for ``in_channels`` x ``image_size`` images.
+def build_backbone(
+    arch: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    pretrained: str | None = None,
+    load_weights: bool = True,
+    field: str = "pretrained",
+) -> Backbone:
+    """Build ``arch`` for ``in_channels`` x ``image_size`` images: randomly initialised, or
+    from torchvision's ``pretrained`` weights (e.g. ``IMAGENET1K_V2``) with a new classifier.
+
+    ``load_weights=False`` builds the pretrained layout only (ImageNet stem at any size),
+    for loading a checkpoint trained from those weights; ``field`` names the spec field
+    in errors.
 
     Raises:
-        EdrayError: ``arch`` is not registered (the message lists the known names), or a
-            size is not positive.
+        EdrayError: ``arch`` is not registered (the message lists the known names), a size
+            is not positive, or the pretrained weights cannot be used (see
+            :func:`edray.models.pretrained.load_weights`).
     """
     constructor = ARCHITECTURES.get(arch)
     for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
         if int(value) < 1:
             raise EdrayError(name, f"must be >= 1 to build {arch}, got {value}", "check the dataset")
-    model = constructor(num_classes=int(num_classes), in_channels=int(in_channels), image_size=int(image_size))
+    extra = {}
+    if pretrained is not None:
+        from edray.models import pretrained as torch_cache
+
+        if arch not in torch_cache.PRETRAINED_ARCHS:
+            raise EdrayError(field, f"{arch} has no torchvision weights",
+                             f"use one of {sorted(torch_cache.PRETRAINED_ARCHS)}, or remove pretrained")
+        if int(in_channels) != 3:
+            raise EdrayError(field, f"pretrained weights take RGB images, this dataset has {in_channels} channels",
+                             "remove pretrained")
+        state = torch_cache.load_weights(arch, pretrained, field=field) if load_weights else None
+        extra = {"imagenet_stem": True, "state_dict": state}
+    model = constructor(num_classes=int(num_classes), in_channels=int(in_channels), image_size=int(image_size), **extra)
     if not isinstance(model, Backbone):
         raise TypeError(f"architecture {arch!r} built a {type(model).__name__}, not a Backbone")
     return model

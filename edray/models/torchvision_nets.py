@@ -1,4 +1,4 @@
-"""torchvision ImageNet networks (random init, ``weights=None``) cut into four units.
+"""torchvision ImageNet networks (random init, or pretrained weights) cut into four units.
 
 ResNets: ``[stem + layer1, layer2, layer3, layer4]``. MobileNetV2: ``features`` cut where
 the 32-, 64- and 160-channel stages begin, i.e. at the same output strides (4, 8, 16, 32)
@@ -8,6 +8,10 @@ Small images (at most :data:`~edray.models.backbone.SMALL_IMAGE` pixels) get a C
 stem instead, a 3x3 stride-1 conv with no max-pool (and, for MobileNetV2, a stride-1
 24-channel stage), so a 32-pixel image ends at 4x4 rather than 1x1. The first conv is
 also rebuilt when the data has other than 3 channels.
+
+With pretrained weights (``state_dict``, see :mod:`edray.models.pretrained`) the network is
+torchvision's own, ImageNet stem included whatever the image size, since the weights were
+learnt with it; the weights are loaded before the net is cut, and the classifier is new.
 """
 
 from __future__ import annotations
@@ -40,12 +44,16 @@ def _init_conv(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
-def _torchvision_resnet(build, *, num_classes: int, in_channels: int, image_size: int) -> Backbone:
+def _torchvision_resnet(
+    build, *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool, state_dict: dict | None
+) -> Backbone:
     net = build(weights=None)
-    if image_size <= SMALL_IMAGE:
+    if state_dict is not None:
+        net.load_state_dict(state_dict)
+    if image_size <= SMALL_IMAGE and not imagenet_stem:
         net.conv1 = _init_conv(nn.Conv2d(in_channels, net.conv1.out_channels, 3, 1, 1, bias=False))
         net.maxpool = nn.Identity()
-    elif in_channels != 3:
+    elif in_channels != 3 and not imagenet_stem:
         net.conv1 = _init_conv(nn.Conv2d(in_channels, net.conv1.out_channels, 7, 2, 3, bias=False))
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
     units = [stem, net.layer2, net.layer3, net.layer4]
@@ -53,29 +61,42 @@ def _torchvision_resnet(build, *, num_classes: int, in_channels: int, image_size
 
 
 @ARCHITECTURES.register("resnet18")
-def resnet18(*, num_classes: int, in_channels: int, image_size: int) -> Backbone:
-    return _torchvision_resnet(tvm.resnet18, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+def resnet18(
+    *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool = False, state_dict: dict | None = None
+) -> Backbone:
+    return _torchvision_resnet(tvm.resnet18, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                               imagenet_stem=imagenet_stem, state_dict=state_dict)
 
 
 @ARCHITECTURES.register("resnet34")
-def resnet34(*, num_classes: int, in_channels: int, image_size: int) -> Backbone:
-    return _torchvision_resnet(tvm.resnet34, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+def resnet34(
+    *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool = False, state_dict: dict | None = None
+) -> Backbone:
+    return _torchvision_resnet(tvm.resnet34, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                               imagenet_stem=imagenet_stem, state_dict=state_dict)
 
 
 @ARCHITECTURES.register("resnet50")
-def resnet50(*, num_classes: int, in_channels: int, image_size: int) -> Backbone:
-    return _torchvision_resnet(tvm.resnet50, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+def resnet50(
+    *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool = False, state_dict: dict | None = None
+) -> Backbone:
+    return _torchvision_resnet(tvm.resnet50, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                               imagenet_stem=imagenet_stem, state_dict=state_dict)
 
 
 @ARCHITECTURES.register("mobilenet_v2")
-def mobilenet_v2(*, num_classes: int, in_channels: int, image_size: int) -> Backbone:
-    small = image_size <= SMALL_IMAGE
+def mobilenet_v2(
+    *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool = False, state_dict: dict | None = None
+) -> Backbone:
+    small = image_size <= SMALL_IMAGE and not imagenet_stem
     stages = [list(s) for s in _MOBILENET_V2_STAGES]
     if small:
         stages[1][3] = 1  # keep the 24-channel stage at full resolution
     net = tvm.mobilenet_v2(weights=None, inverted_residual_setting=stages)
+    if state_dict is not None:
+        net.load_state_dict(state_dict)
     features = list(net.features)
-    if small or in_channels != 3:
+    if not imagenet_stem and (small or in_channels != 3):
         width = features[0].out_channels
         stem = Conv2dNormActivation(in_channels, width, stride=1 if small else 2, activation_layer=nn.ReLU6)
         _init_conv(stem[0])

@@ -7,10 +7,10 @@ the end of the sweep), :mod:`edray.report.html` lays the page out.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
+from edray.atomic import write_text
 from edray.report.html import render_html
 from edray.report.source import SweepRecord, load_sweep, report_tracking_uri
 
@@ -25,7 +25,8 @@ def write_report(experiment: str, workdir: Path, out: Path, *, tracking_uri: str
     ``mlflow.db``. The file is written atomically: a failed report leaves no half page.
 
     Raises:
-        EdrayError: no store, no such experiment, or no finished sweep (each names what exists).
+        EdrayError: no store, no such experiment, or no finished sweep (each names what exists);
+            ``out`` cannot be written (full disk, read-only directory).
     """
     from edray.tracking.figures import render_figures
 
@@ -35,13 +36,7 @@ def write_report(experiment: str, workdir: Path, out: Path, *, tracking_uri: str
         figures = {name: Path(path).read_bytes() for name, path in paths.items()}
     page = render_html(record, figures, version=_version())
     out = Path(out).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(f".{out.name}.tmp")
-    try:
-        part.write_text(page, encoding="utf-8")
-        os.replace(part, out)
-    finally:
-        part.unlink(missing_ok=True)
+    write_text(out, page, fix="free space or choose another -o/--output")
     return out
 
 

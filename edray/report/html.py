@@ -91,7 +91,7 @@ def render_html(record: SweepRecord, figures: dict[str, bytes], *, generated: da
     title = f"edray report: {record.experiment}"
     sections = [
         ("summary", "Summary", _summary(record)),
-        *((name, FIGURE_TEXT[name][0], _figure(name, figures.get(name))) for name in FIGURE_TEXT),
+        *((name, FIGURE_TEXT[name][0], _figure(name, figures.get(name), record)) for name in FIGURE_TEXT),
         ("baselines", "ED vs baselines", _baselines(record)),
         ("best-config", "Best config", _best(record)),
         ("results", "Results", _results(record)),
@@ -164,8 +164,15 @@ def _summary(r: SweepRecord) -> str:
             f'<div class="cards">{html_cards}</div>')
 
 
-def _figure(name: str, png: bytes | None) -> str:
+def _figure(name: str, png: bytes | None, record: SweepRecord | None = None) -> str:
     title, caption = FIGURE_TEXT[name]
+    if name == "param_importances" and record is not None:
+        from edray.tracking.figures import MIN_IMPORTANCE_TRIALS, too_few_for_importance
+
+        completed = sum(t.status == "completed" for t in record.trials)
+        if completed < MIN_IMPORTANCE_TRIALS:
+            text = too_few_for_importance(completed)
+            return f'<p class="note">{_e(text[0].upper() + text[1:])}: not drawn.</p>'
     if not png:
         return f'<p class="note">{_e(title)}: not drawn.</p>'
     data = base64.b64encode(png).decode("ascii")
@@ -173,7 +180,37 @@ def _figure(name: str, png: bytes | None) -> str:
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
 
+def _comparison(r: SweepRecord) -> str:
+    """The table of ``edray sweep --compare``: every method swept alike, tested on the same seeds."""
+    rows = []
+    for c in r.comparison:
+        method = c.get("method", "?")
+        if method == "ed":
+            diff = "(reference)"
+        elif c.get("diff_to_ed") is None:
+            diff = "-"
+        elif c.get("diff_low") is None:
+            diff = f"{c['diff_to_ed']:+.4f}"
+        else:
+            diff = f"{c['diff_to_ed']:+.4f} [{c['diff_low']:+.4f}, {c['diff_high']:+.4f}]"
+        rows.append(f'<tr{" class=best" if method == "ed" else ""}><td>{_e(method)}</td>'
+                    f'<td class="num">{_e(_num(c.get("best_val_acc")))}</td>'
+                    f'<td class="num">{_e(_pm(c.get("test_acc_mean"), c.get("test_acc_std")))}</td>'
+                    f'<td class="num">{_e(diff)}</td><td class="num">{_e(_int(c.get("epochs")))}</td>'
+                    f'<td class="num">{_e(_int(c.get("trials")))}</td></tr>')
+    seeds = max((len(c.get("test_accs") or []) for c in r.comparison), default=0)
+    return ('<p class="note">Each method swept with the same number of trials and the same early stopping, '
+            f"searching its own knobs; each best config tested on the same {seeds} seeds. The difference to ED is "
+            "paired by seed, with its 95 % interval.</p>"
+            '<div class="scroll"><table><thead><tr><th>method</th><th class="num">best val_acc</th>'
+            '<th class="num">test accuracy (mean ± std)</th><th class="num">test - ED, paired [95 % CI]</th>'
+            '<th class="num">epochs</th><th class="num">trials</th></tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
 def _baselines(r: SweepRecord) -> str:
+    if r.comparison:
+        return _comparison(r)
     if not r.baselines:
         missing = ", ".join(m for m in BASELINES if m != r.method)
         return (f'<p class="note">No baseline ({_e(missing)}) was run in experiment <b>{_e(r.experiment)}</b>: '

@@ -25,6 +25,7 @@ from edray.errors import EdrayError
 from edray.spec import SearchParam
 from edray.tracking.secrets import redact_text
 from edray.tracking.uri import sqlite_path
+from edray.tracking.values import finite
 
 __all__ = ["BASELINES", "MethodResult", "SweepRecord", "TrialRow", "load_sweep", "report_tracking_uri"]
 
@@ -81,6 +82,7 @@ class SweepRecord:
     trials: list[TrialRow]
     methods: list[MethodResult]  # the sweep first, then each baseline that was run
     other_sweeps: list[str] = field(default_factory=list)  # names of older finished sweeps
+    comparison: list[dict] = field(default_factory=list)  # rows of `edray sweep --compare` (compare.json)
     metric: str = METRIC
 
     @property
@@ -124,6 +126,8 @@ def load_sweep(experiment: str, uri: str, *, run_id: str | None = None) -> Sweep
         results = json.loads(_artifact(client, parent, "results.json", tmp) or "[]")
         spec = yaml.safe_load(_artifact(client, parent, "spec.yaml", tmp) or "{}") or {}
         best_yaml = _artifact(client, parent, "best.yaml", tmp) or ""
+        comparison = (json.loads(_artifact(client, parent, "compare.json", tmp) or "[]")
+                      if parent.data.tags.get("edray.compare") else [])
     children = _children(client, exp.experiment_id, parent.info.run_id)
     history = {tid: _history(client, run.info.run_id) for tid, run in children.items()}
     trials = [_trial_row(row, children.get(str(row.get("trial_id"))), history) for row in results]
@@ -140,6 +144,7 @@ def load_sweep(experiment: str, uri: str, *, run_id: str | None = None) -> Sweep
         spec=spec, summary=dict(parent.data.metrics), results=results, history=history, space=_space(spec),
         best_yaml=best_yaml, trials=trials, methods=methods,
         other_sweeps=[r.info.run_name for r in older if r.info.run_id != parent.info.run_id],
+        comparison=comparison,
     )
 
 
@@ -219,7 +224,7 @@ def _trial_row(row: dict, run, history: dict[str, list[dict]]) -> TrialRow:
     trial_id = str(row.get("trial_id"))
     records = history.get(trial_id) or []
     return TrialRow(
-        trial_id=trial_id, status=str(row.get("status", "")), metric=_finite(row.get(METRIC)),
+        trial_id=trial_id, status=str(row.get("status", "")), metric=finite(row.get(METRIC)),
         config=dict(row.get("config") or {}), run_id=run.info.run_id if run is not None else None,
         epochs=max((r["epoch"] for r in records), default=None),
     )
@@ -274,15 +279,7 @@ def _baselines(client, experiment_id: str, *, skip: str) -> list[MethodResult]:
 
 
 def _metric(run, key: str) -> float | None:
-    return _finite(run.data.metrics.get(key))
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+    return finite(run.data.metrics.get(key))
 
 
 def _time(ms: int | None) -> datetime | None:

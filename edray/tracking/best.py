@@ -6,9 +6,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from edray.atomic import write_text
 from edray.errors import EdrayError
 
-__all__ = ["best_spec_yaml"]
+__all__ = ["best_spec_yaml", "write_best_spec"]
 
 
 def best_spec_yaml(experiment: str, workdir: Path, *, tracking_uri: str | None = None) -> str:
@@ -42,3 +43,15 @@ def best_spec_yaml(experiment: str, workdir: Path, *, tracking_uri: str | None =
                 continue
             return Path(path).read_text()
     raise EdrayError("EXPERIMENT", f"no finished sweep of {experiment!r} has a best config", "run `edray sweep` first")
+
+
+def write_best_spec(experiment: str, workdir: Path, out: Path, *, tracking_uri: str | None = None) -> Path:
+    """Write :func:`best_spec_yaml` to ``out`` atomically and return the path.
+
+    Raises:
+        EdrayError: as :func:`best_spec_yaml`; or ``out`` cannot be written (full disk).
+    """
+    text = best_spec_yaml(experiment, workdir, tracking_uri=tracking_uri)
+    out = Path(out)
+    write_text(out, text, fix="free space or choose another -o/--output")
+    return out

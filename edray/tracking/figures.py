@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import sys
 import warnings
@@ -26,7 +25,9 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from edray.atomic import atomic_path
 from edray.spec import SearchParam
+from edray.tracking.values import finite
 
 __all__ = ["FIGURES", "build_study", "render_figures"]
 
@@ -93,14 +94,14 @@ def build_study(results: list[dict], space: list[SearchParam], *, metric: str = 
     dists = _distributions(configs, space)
     study = optuna.create_study(direction="maximize")
     for row, config in zip(results, configs):
-        value = _finite(row.get(metric))
+        value = finite(row.get(metric))
         state = _STATES.get(str(row.get("status")), TrialState.FAIL)
         if state == TrialState.COMPLETE and value is None:
             state = TrialState.FAIL
         params = {k: _coerce(v, dists[k]) for k, v in config.items() if k in dists}
         steps = {}
         for rec in history.get(str(row.get("trial_id")), []):
-            epoch, val = _finite(rec.get("epoch")), _finite(rec.get(metric))
+            epoch, val = finite(rec.get("epoch")), finite(rec.get(metric))
             if epoch is not None and val is not None:
                 steps[int(epoch)] = val
         study.add_trial(optuna.trial.create_trial(
@@ -177,14 +178,6 @@ def _coerce(value: Any, dist: BaseDistribution) -> Any:
     return _choice(value)
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 # ---------------------------------------------------------------------- the figures
 
 
@@ -194,7 +187,7 @@ def _history_figure(plt, results: list[dict], metric: str):
     Drawn here rather than by Optuna, which shows completed trials only: pruned trials
     are part of the story of a sweep.
     """
-    points = [(i, _finite(r.get(metric)), str(r.get("status"))) for i, r in enumerate(results)]
+    points = [(i, finite(r.get(metric)), str(r.get("status"))) for i, r in enumerate(results)]
     if not any(v is not None for _, v, _ in points):
         return _placeholder(plt, "optimization_history", f"no trial reported {metric}")
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -224,11 +217,19 @@ def _history_figure(plt, results: list[dict], metric: str):
     return fig
 
 
+# Importance from a handful of points is noise drawn as bars: below this, the report says so.
+MIN_IMPORTANCE_TRIALS = 5
+
+
+def too_few_for_importance(completed: int) -> str:
+    return (f"too few completed trials for parameter importance: {completed}, "
+            f"needs at least {MIN_IMPORTANCE_TRIALS}")
+
+
 def _importance_figure(plt, study: optuna.Study):
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    if len(complete) < 2:
-        return _placeholder(plt, "param_importances",
-                            f"parameter importance needs at least 2 completed trials, got {len(complete)}")
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        return _placeholder(plt, "param_importances", too_few_for_importance(len(complete)))
     varying = _varying(complete)
     if not varying:
         return _placeholder(plt, "param_importances", "no searched parameter varied across the completed trials")
@@ -263,8 +264,8 @@ def _parallel_figure(plt, study: optuna.Study, metric: str):
 
 def _curves_figure(plt, results: list[dict], history: dict[str, list[dict]], metric: str):
     """``metric`` per epoch of the top trials, one panel per grade, dashed lines at switches."""
-    ranked = sorted((r for r in results if _finite(r.get(metric)) is not None and history.get(str(r.get("trial_id")))),
-                    key=lambda r: _finite(r.get(metric)), reverse=True)[:_TOP]
+    ranked = sorted((r for r in results if finite(r.get(metric)) is not None and history.get(str(r.get("trial_id")))),
+                    key=lambda r: finite(r.get(metric)), reverse=True)[:_TOP]
     curves = {str(r["trial_id"]): _epochs(history[str(r["trial_id"])], metric) for r in ranked}
     curves = {k: v for k, v in curves.items() if v}
     if not curves:
@@ -273,7 +274,7 @@ def _curves_figure(plt, results: list[dict], history: dict[str, list[dict]], met
     fig, axes = plt.subplots(1, len(grades), figsize=(4.5 * len(grades), 4), squeeze=False, sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for (trial_id, recs), color in zip(curves.items(), colors * 2):
-        final = next(_finite(r.get(metric)) for r in ranked if str(r["trial_id"]) == trial_id)
+        final = next(finite(r.get(metric)) for r in ranked if str(r["trial_id"]) == trial_id)
         label: str | None = f"{trial_id} ({final:.3f})"
         for ax, grade in zip(axes[0], grades):
             part = [(e, v, s) for e, g, v, s in recs if g == grade]
@@ -304,12 +305,12 @@ def _epochs(records: list[dict], metric: str) -> list[tuple[int, Any, float, flo
     """(epoch, grade, value, value on seen classes) per epoch, in order, last report of an epoch kept."""
     by_epoch: dict[int, tuple] = {}
     for rec in records:
-        epoch, value = _finite(rec.get("epoch")), _finite(rec.get(metric))
+        epoch, value = finite(rec.get("epoch")), finite(rec.get(metric))
         if epoch is None or value is None:
             continue
-        grade = _finite(rec.get("grade"))
+        grade = finite(rec.get("grade"))
         by_epoch[int(epoch)] = (int(epoch), int(grade) if grade is not None else None, value,
-                                _finite(rec.get(f"{metric}_seen")))
+                                finite(rec.get(f"{metric}_seen")))
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
@@ -324,15 +325,13 @@ def _placeholder(plt, name: str, reason: str):
 
 def _save(plt, fig, path: Path) -> Path:
     """Write atomically: a reader never sees half a PNG."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
         reason = getattr(fig, "edray_placeholder", None)
         metadata = {"Title": path.stem, "Description": f"placeholder: {reason}" if reason else "edray sweep figure"}
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight", metadata=metadata)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight", metadata=metadata)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 

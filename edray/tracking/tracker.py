@@ -41,11 +41,16 @@ from edray.logits.fs import is_uri, read_bytes
 from edray.tracking.secrets import redact
 from edray.tracking.uri import artifacts_are_local
 
-__all__ = ["TRIAL_STATUSES", "SweepTracker", "flatten", "mlflow_key"]
+__all__ = ["EXPERIMENT_KIND_TAG", "MODEL_TRAINING", "TRIAL_STATUSES", "SweepTracker", "flatten", "mlflow_key"]
 
 log = logging.getLogger(__name__)
 
 TRIAL_STATUSES = {"completed": "FINISHED", "pruned": "FINISHED", "errored": "FAILED"}
+# MLflow 3's UI opens an experiment on its GenAI overview ("No data available") unless it is
+# tagged as model training; then it opens on the runs table. Values: ExperimentKind in
+# mlflow/server/js/src/experiment-tracking/constants.ts.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 _MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value
 _MAX_TAG_VALUE = 8000
 _MAX_KEY = 250
@@ -180,12 +185,16 @@ class SweepTracker:
                 raise EdrayError("tracking.experiment", f"experiment {name!r} was deleted in {self.uri}",
                                  f"restore it (mlflow experiments restore --experiment-id {exp.experiment_id}) "
                                  "or choose another tracking.experiment")
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # a kind chosen in the UI is the user's: left alone
+                self._retry(lambda: self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG,
+                                                                   MODEL_TRAINING))
             return exp.experiment_id
         location = None
         if artifact_root is not None and artifacts_are_local(self.uri):
             location = (Path(artifact_root).expanduser().resolve() / mlflow_key(name).replace("/", "_")).as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -266,8 +275,9 @@ class SweepTracker:
             self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))
             self._retry(lambda: self.client.set_tag(run_id, "edray.status", "running"))
             return run_id
+        columns, numbers = self._columns(resolved_spec)
         tags = {"mlflow.parentRunId": self.parent_run_id, "edray.kind": "trial", "edray.trial_id": trial_id,
-                "edray.status": "running"}
+                "edray.status": "running", **columns}
         run = self._retry(lambda: self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}", tags=tags))
         run_id = run.info.run_id
         self._runs[trial_id] = run_id
@@ -275,10 +285,23 @@ class SweepTracker:
         clean_spec = redact(resolved_spec)
         values = flatten(clean_spec)
         values.update({mlflow_key(k): _text(v) for k, v in redact(params).items()})
-        self._log_params(run_id, values)
+        self._log_params(run_id, values, metrics=_metrics(numbers, 0))
         if clean_spec:
             self._retry(lambda: self.client.log_text(run_id, _yaml(clean_spec), "config.yaml"))
         return run_id
+
+    @staticmethod
+    def _columns(resolved_spec: dict) -> tuple[dict[str, str], dict[str, float]]:
+        """What a user sorts the runs table by, as columns that sort right: the method as a tag,
+        the switch epochs and the epochs trained as numbers (a param "[8, 16]" sorts as text)."""
+        method = resolved_spec.get("method")
+        tags = {"edray.method": str(method)} if method else {}
+        switches = (resolved_spec.get("ed") or {}).get("switch_epochs") or []
+        values = {f"switch_epoch_{i + 1}": float(e) for i, e in enumerate(switches)} if method == "ed" else {}
+        epochs = (resolved_spec.get("optim") or {}).get("epochs")
+        if epochs:
+            values["budget_epochs"] = float(epochs)
+        return tags, values
 
     def _run_for(self, trial_id: str) -> str:
         """The child run of a trial seen first through a result (e.g. a tracker made after a crash)."""
@@ -378,11 +401,13 @@ class SweepTracker:
         if not self.parent_run_id:
             raise RuntimeError("SweepTracker.start_sweep must be called first")
 
-    def _log_params(self, run_id: str, values: dict[str, str]) -> None:
+    def _log_params(self, run_id: str, values: dict[str, str], *, metrics: list[Metric] | None = None) -> None:
+        """Params in batches of 100; ``metrics`` ride with the first batch (one request less)."""
         params = [Param(k, _clip(v, _MAX_PARAM_VALUE)) for k, v in values.items()]
-        for i in range(0, len(params), _BATCH):
+        for i in range(0, max(len(params), 1 if metrics else 0), _BATCH):
             chunk = params[i:i + _BATCH]
-            self._retry(lambda c=chunk: self.client.log_batch(run_id, params=c))
+            extra = metrics if i == 0 and metrics else []
+            self._retry(lambda c=chunk, m=extra: self.client.log_batch(run_id, params=c, metrics=m))
 
     def _log_tags(self, run_id: str, values: dict[str, str]) -> None:
         tags = [RunTag(k, _clip(v, _MAX_TAG_VALUE)) for k, v in values.items()]

@@ -1,0 +1,56 @@
+"""Every private Ray symbol edray uses, behind one door.
+
+The offline cluster-file check (:mod:`edray.clusters.validate`) runs what ``ray up`` and
+the KubeRay autoscaler run before they touch a cloud; Ray exposes those steps only from
+``ray.autoscaler._private``, which any Ray release may move. Each symbol is named once
+in :data:`PRIVATE`; tests/test_clusters.py resolves every one, so a Ray upgrade that
+moves one fails there, naming it, instead of deep inside ``edray validate``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["PRIVATE", "RayPrivateMoved", "resolve"]
+
+# name used in edray -> (module, attribute) in Ray, as of the ray>=2.51,<3 pyproject.toml pins
+PRIVATE: dict[str, tuple[str, str]] = {
+    # provider type -> its default-config loader: the launcher's known providers
+    "default_provider_configs": ("ray.autoscaler._private.providers", "_DEFAULT_CONFIGS"),
+    # {"type": "aws"} -> the launcher's default cluster config for that provider
+    "provider_default_config": ("ray.autoscaler._private.providers", "_get_default_config"),
+    # what `ray up` does before touching a cloud: merge defaults, then its own checks
+    "prepare_config": ("ray.autoscaler._private.util", "prepare_config"),
+    "validate_config": ("ray.autoscaler._private.util", "validate_config"),
+    # a Kubernetes quantity ("500m", "16Gi") as the KubeRay autoscaler reads it
+    "parse_quantity": ("ray.autoscaler._private.kuberay.utils", "parse_quantity"),
+    # a RayCluster object -> the autoscaler's node types, as KubeRay derives them at run time
+    "derive_autoscaling_config": (
+        "ray.autoscaler._private.kuberay.autoscaling_config", "_derive_autoscaling_config_from_ray_cr",
+    ),
+    # "auto" or host:port -> the GCS address ray.init would join (edray sweep checks it answers first)
+    "canonicalize_bootstrap_address": ("ray._private.services", "canonicalize_bootstrap_address"),
+}
+
+
+class RayPrivateMoved(ImportError):
+    """A private Ray symbol edray relies on is not where :data:`PRIVATE` says."""
+
+
+def resolve(name: str) -> Any:
+    """The Ray object behind ``name`` (a key of :data:`PRIVATE`).
+
+    Raises:
+        RayPrivateMoved: this Ray has no such module or attribute; the message names both.
+    """
+    module, attr = PRIVATE[name]
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        import ray
+
+        raise RayPrivateMoved(
+            f"edray needs {module}.{attr}, which Ray {ray.__version__} does not have ({err}); "
+            f"install the Ray version pyproject.toml pins, or update edray/clusters/ray_private.py"
+        ) from None

@@ -1,0 +1,157 @@
+"""Batches of an image set in a given order, and how many processes load them.
+
+In-memory sets (tensors, the decoded-image cache) load a batch with one gather in the
+training process. File sets decode JPEGs, which is slow enough to need worker
+processes; how many is decided from the CPUs the trial was given
+(``scaling.resources_per_worker.CPU``), never more, so a sweep of several trials per
+node does not oversubscribe it. Workers persist across epochs (no re-spawn and re-pickle
+per pass) and, on CUDA, hand over pinned batches so host-to-device copies can overlap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from edray.data.imagesets import ImageSet
+from edray.data.views import batch_views, view_params
+from edray.spec import AugmentSpec, OptimSpec, ScalingSpec
+
+__all__ = ["BatchLoader", "LoaderSettings", "iterate_batches", "loader_settings"]
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How a :class:`BatchLoader` runs.
+
+    Attributes:
+        num_workers: decoding processes (0: decode in the training process).
+        prefetch_factor: batches each worker prepares ahead (None without workers).
+        persistent_workers: keep the workers between passes over the data.
+        pin_memory: hand over page-locked batches (CUDA: non-blocking copies).
+    """
+
+    num_workers: int = 0
+    prefetch_factor: int | None = None
+    persistent_workers: bool = False
+    pin_memory: bool = False
+
+
+def loader_settings(optim: OptimSpec, scaling: ScalingSpec, device: str | torch.device = "cpu") -> LoaderSettings:
+    """Settings from the spec: ``optim.num_workers`` if set, else the worker's CPUs minus the
+    one that trains (0 on a one-CPU worker). The spec refuses more workers than CPUs."""
+    cpus = max(1, math.floor(scaling.resources_per_worker.get("CPU", 1)))
+    workers = optim.num_workers if optim.num_workers is not None else cpus - 1
+    workers = max(0, min(workers, cpus))
+    return LoaderSettings(
+        num_workers=workers,
+        prefetch_factor=2 if workers else None,  # two decoded batches per worker hide JPEG-time jitter
+        persistent_workers=workers > 0,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Item = a whole batch: the sampler yields row-id tensors, a worker decodes each whole."""
+
+    def __init__(self, images: ImageSet, pixels: bool, views: tuple[int, AugmentSpec] | None):
+        self.images = images
+        self.pixels = pixels
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> Batch:
+        idx, view_ids = item if isinstance(item, tuple) else (item, None)
+        if self.views is not None and view_ids is not None:
+            seed, aug = self.views
+            params = view_params(seed, idx, view_ids, aug)
+            x = batch_views(self.images.load_pixels(idx), params, aug, self.images.stats)
+        else:
+            x = self.images.load_pixels(idx) if self.pixels else self.images.load(idx)
+        return x, self.images.labels[idx], idx
+
+
+class _Order(torch.utils.data.Sampler):
+    """The batches of the current pass; the main process sets them before each pass."""
+
+    def __init__(self) -> None:
+        self.batches: list = []
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.batches)
+
+
+class BatchLoader:
+    """Yields ``(x, y, idx)`` batches of ``images`` in any order, pass after pass.
+
+    One per image set per run: with ``persistent_workers`` the worker processes (and the
+    set pickled into them) live as long as the loader. With ``pixels``, batches are
+    :meth:`ImageSet.load_pixels` (uint8 where the set has decoded pixels), for
+    :func:`~edray.data.views.batch_views` to normalise and cut views on the device (a GPU
+    run). With ``views=(seed, aug)``, the loader itself cuts the views given to
+    :meth:`batches` (a CPU run: file sets' workers then decode and cut in parallel with
+    the training step).
+    """
+
+    def __init__(
+        self,
+        images: ImageSet,
+        settings: LoaderSettings = LoaderSettings(),
+        *,
+        pixels: bool = False,
+        views: tuple[int, AugmentSpec] | None = None,
+    ):
+        self.images = images
+        self.settings = settings
+        self.applies_views = views is not None
+        self._rows = _Rows(images, pixels, views)
+        self._order = _Order()
+        self._loader: torch.utils.data.DataLoader | None = None
+        # In-memory sets stay in this process: handing a float batch across processes costs
+        # more CPU (a shared-memory copy each way) than gathering and cutting it here.
+        if settings.num_workers > 0 and not images.in_memory:
+            self._loader = torch.utils.data.DataLoader(
+                self._rows, batch_size=None, sampler=self._order, num_workers=settings.num_workers,
+                prefetch_factor=settings.prefetch_factor, persistent_workers=settings.persistent_workers,
+                pin_memory=settings.pin_memory,
+            )
+
+    def batches(self, order: torch.Tensor, batch_size: int, views: torch.Tensor | None = None) -> Iterator[Batch]:
+        """Batches following ``order`` (row ids into the set); the last may be short.
+
+        ``views``: the view id of each row of ``order``, cut by the loader when it was made
+        with ``views=(seed, aug)`` (and ignored otherwise: the caller cuts them).
+        """
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        batches: list = list(torch.as_tensor(order, dtype=torch.long).reshape(-1).split(batch_size))
+        if self.applies_views and views is not None:
+            batches = list(zip(batches, torch.as_tensor(views, dtype=torch.long).reshape(-1).split(batch_size)))
+        if self._loader is None or len(batches) <= 1:
+            for idx in batches:  # in this process: pinning would be one more copy, not an overlap
+                yield self._rows[idx]
+            return
+        self._order.batches = batches
+        yield from self._loader
+
+
+def iterate_batches(
+    images: ImageSet, order: torch.Tensor, batch_size: int, *, num_workers: int | None = 0
+) -> Iterator[Batch]:
+    """Yield ``(x, y, idx)`` batches following ``order`` (row ids into ``images``).
+
+    The last batch may be short. In-memory sets, or ``num_workers`` 0 or None, load in this
+    process; otherwise ``num_workers`` processes decode batches ahead (for this pass only:
+    a :class:`BatchLoader` keeps them across passes).
+    """
+    yield from BatchLoader(images, LoaderSettings(num_workers=num_workers or 0)).batches(order, batch_size)

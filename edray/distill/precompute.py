@@ -1,0 +1,119 @@
+"""``edray precompute``: run each teacher once over the data, store raw logits in Arrow.
+
+For every teacher: V views of each training sample (view 0 the evaluation transform,
+views 1..V-1 replayable augmentations, see :mod:`edray.data.views`) and view 0 of each
+validation sample. Trials then read the stores instead of running the teachers
+(:mod:`edray.distill.stored_teachers`); the student sees exactly the pixels of the view
+whose logits it is taught from. Here, not in :mod:`edray.logits`: it runs the teachers,
+and the store code stays below the ED loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edray.data import DataSplits, ImageSet, batch_views, view_params
+from edray.distill.plan import make_plan
+from edray.distill.precision import prepare_model, resolve_precision, to_device
+from edray.distill.teachers import TeacherCheckpoint, load_teacher
+from edray.logits.key import StoreKey, file_sha256
+from edray.logits.reader import open_store
+from edray.logits.writer import write_store
+from edray.spec import Spec
+
+__all__ = ["StoreInfo", "precompute_stores", "store_key", "store_root", "teacher_logits"]
+
+_BATCH = 256
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    teacher: int
+    split: str
+    path: Path | str  # a URI when the stores live on object storage
+    rows: int
+    views: int
+    nbytes: int
+
+
+def store_key(spec: Spec, teacher: TeacherCheckpoint, data: DataSplits, split: str, *, views: int) -> StoreKey:
+    """Everything the stored logits depend on (DESIGN §3)."""
+    images: ImageSet = getattr(data, split)
+    aug = spec.dataset.augmentation
+    return StoreKey(
+        teacher_arch=teacher.arch,
+        teacher_sha256=file_sha256(teacher.path),
+        dataset_name=spec.dataset.name,
+        dataset_split=split,
+        dataset_samples=len(images),
+        dataset_fingerprint=data.fingerprint,
+        crop_padding=aug.crop_padding,
+        hflip=aug.hflip,
+        image_size=data.image_size,
+        normalisation=data.normalisation,
+        views=views,
+        seed=spec.teachers.view_seed,
+    )
+
+
+def store_root(spec: Spec, workdir: Path) -> str:
+    """``teachers.store_uri`` (a local path or s3:// / gs:// URI), else ``WORKDIR/logits``."""
+    return spec.teachers.store_uri or str(workdir / "logits")
+
+
+def teacher_logits(spec: Spec, teacher: TeacherCheckpoint, images: ImageSet, views: int, device: str):
+    aug = spec.dataset.augmentation
+    model = prepare_model(teacher.model, device).eval()
+    precision = resolve_precision(spec.optim.precision, device)  # the run's autocast; stored as fp16 either way
+
+    @torch.no_grad()  # here, not on the outer function: the writer calls this later, outside it
+    def compute(start: int, stop: int) -> torch.Tensor:
+        out = torch.empty(stop - start, views, len(teacher.classes))
+        for s in range(start, stop, _BATCH):
+            rows = torch.arange(s, min(stop, s + _BATCH))
+            x = to_device(images.load_pixels(rows), device)  # one copy per batch; the V views are cut on the device
+            for v in range(views):
+                xv = batch_views(x, view_params(spec.teachers.view_seed, rows, v, aug), aug, images.stats)
+                with precision.autocast():
+                    out[s - start : s - start + len(rows), v] = model(xv).float().cpu()
+        return out
+
+    return compute
+
+
+def precompute_stores(
+    spec: Spec,
+    data: DataSplits,
+    workdir: Path,
+    *,
+    views: int | None = None,
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> list[StoreInfo]:
+    """Build (or find) the train and validation stores of every teacher the method uses."""
+    views = views or spec.teachers.views
+    plan = make_plan(spec, data.num_classes)
+    needed = plan.teachers_used
+    out = []
+    for i in needed:
+        teacher = load_teacher(spec, i, data, workdir, device=device)
+        for split, v in (("train", views), ("val", 1)):
+            images: ImageSet = getattr(data, split)
+            key = store_key(spec, teacher, data, split, views=v)
+
+            def shard_progress(done: int, total: int, i=i, split=split) -> None:
+                if progress:
+                    progress(f"teacher {i} {split}: shard {done}/{total}")
+
+            path = write_store(
+                store_root(spec, workdir), key, rows=len(images), views=v, outputs=len(teacher.classes),
+                sample_ids=torch.arange(len(images)), compute_shard=teacher_logits(spec, teacher, images, v, device),
+                progress=shard_progress,
+            )
+            store = open_store(path, key)
+            out.append(StoreInfo(i, split, path, store.rows, store.views, store.nbytes))
+    return out

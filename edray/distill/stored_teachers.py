@@ -1,0 +1,88 @@
+"""Teacher logits read from the Arrow stores ``edray precompute`` built.
+
+:class:`StoreTeachers` adapts :class:`~edray.logits.LogitStore` readers to the loop's
+:class:`~edray.distill.teachers.TeacherLogits`: the drop-in for
+:class:`~edray.distill.teachers.LiveTeachers`. It lives here, above :mod:`edray.logits`,
+so that the store code never imports the ED loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from edray.data import DataSplits
+from edray.distill.plan import make_plan
+from edray.distill.precompute import store_key, store_root
+from edray.distill.teachers import load_teacher
+from edray.layout import Layout
+from edray.logits.reader import LogitStore, open_store
+from edray.spec import Spec
+
+__all__ = ["StoreTeachers", "open_teacher_stores"]
+
+
+class StoreTeachers:
+    """Teacher logits read from Arrow stores, one store per teacher.
+
+    Args:
+        stores: teacher index -> its training-split store.
+        classes: teacher index -> natural class ids of its outputs, in output order.
+        groups: each class group's natural class ids.
+        group_teachers: the teachers that teach each group (their logits are averaged).
+    """
+
+    views: int | None
+    """Views per sample in the stores (V): the loop draws a view in ``1..V-1`` per sample
+    and epoch, and replays its augmentation on the student's input."""
+
+    def __init__(self, stores: dict[int, LogitStore], classes: dict[int, list[int]],
+                 groups: tuple[tuple[int, ...], ...], group_teachers: tuple[tuple[int, ...], ...]):
+        self.stores = stores
+        self.group_teachers = group_teachers
+        self.views = next(iter(stores.values())).views
+        # Column indices of each group inside each teacher's outputs, computed once.
+        self._columns = {
+            (k, i): torch.tensor([classes[i].index(c) for c in groups[k]])
+            for k, teachers in enumerate(group_teachers) for i in teachers
+        }
+
+    def group_logits(self, group: int, x: torch.Tensor, rows: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        outs = [self.stores[i].logits(rows, views)[:, self._columns[(group, i)]] for i in self.group_teachers[group]]
+        return torch.stack(outs).mean(0)
+
+
+def open_teacher_stores(
+    spec: Spec, data: DataSplits, workdir: Path, *, device: str = "cpu", verify: bool = False,
+    layout: Layout | None = None,
+) -> StoreTeachers:
+    """The train stores of the method's teachers, checked against this run's key
+    (``verify``: every shard hashed too, which finds bit flips; the sweep driver does it
+    once for stores it did not build, e.g. read from ``teachers.store_uri``).
+
+    ``workdir`` holds the teachers (their checkpoints name the keys). With a cluster
+    ``layout`` the stores are read from ``layout.stores`` through this node's cache:
+    fetched once, hashed on the way in, memory-mapped.
+
+    Raises:
+        EdrayError: a store is missing (run ``edray precompute``) or was built for another
+            teacher, dataset, transform, view count or seed.
+    """
+    plan = make_plan(spec, data.num_classes)
+    root = layout.stores if layout is not None else store_root(spec, workdir)
+    fetch = layout is not None and layout.needs_fetch(root)
+    stores: dict[int, LogitStore] = {}
+    classes: dict[int, list[int]] = {}
+    for i in plan.teachers_used:
+        teacher = load_teacher(spec, i, data, workdir, device=device)
+        key = store_key(spec, teacher, data, "train", views=spec.teachers.views)
+        location = f"{root.rstrip('/')}/{key.name}"
+        if fetch:
+            from edray.cache import cached_store
+
+            stores[i] = cached_store(location, layout.cache(), key)
+        else:
+            stores[i] = open_store(location, key, verify=verify)
+        classes[i] = teacher.classes
+    return StoreTeachers(stores, classes, plan.classes.groups, plan.group_teachers)

@@ -1,0 +1,130 @@
+"""``edray sweep --compare``: one real tiny sweep per method on digits (real Ray, Optuna, MLflow),
+its table checked against the runs, and the report that shows it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from edray.cli import main
+from edray.distributed.compare import method_spec, parse_methods
+from edray.errors import EdrayError
+from edray.stats import paired_difference
+
+from .conftest import DIGITS_YAML, FAST, fast_spec
+
+# 2 configs per method; halving with copies at 3 of 8 epochs keeps 1: 3 Tune trials per method.
+COMPARE = [*FAST, "search.params[0].min_grade_epochs=1", "search.final_eval.seeds=2", "search.max_concurrent=2",
+           "search.early_stopping={kind: halving, budgets: [0.2], reduction_factor: 4}"]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def test_method_specs_search_their_own_knobs_in_eds_ranges():
+    spec = fast_spec()
+    kd = method_spec(spec, "kd")
+    assert kd.method == "kd" and kd.name == "digits-kd" and kd.tracking.experiment == "digits"
+    assert [p.path for p in kd.search.params] == ["ed.temperatures[2]", "ed.alpha", "optim.lr"]
+    lr_ed = next(p for p in spec.search.params if p.path == "optim.lr")
+    assert (kd.search.params[2].low, kd.search.params[2].high) == (lr_ed.low, lr_ed.high)
+    assert kd.search.early_stopping == spec.search.early_stopping and kd.search.num_samples == spec.search.num_samples
+    assert [p.path for p in method_spec(spec, "ce").search.params] == ["optim.lr"]
+    with pytest.raises(EdrayError, match="--compare"):
+        parse_methods("kd,ed")
+    with pytest.raises(EdrayError, match="distinct"):
+        parse_methods("kd,kd")
+    with pytest.raises(EdrayError, match="kd cannot run"):
+        method_spec(fast_spec("teachers.mode=per_group"), "kd")
+
+
+def test_paired_difference_interval():
+    d = paired_difference([0.9, 0.8, 0.85], [0.8, 0.75, 0.8])
+    assert d.mean == pytest.approx(0.2 / 3) and d.low < d.mean < d.high
+    assert paired_difference([0.5], [0.4]).low is None
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, teacher_workdir):
+    workdir = tmp_path_factory.mktemp("compare") / "work"
+    workdir.mkdir()
+    shutil.copytree(teacher_workdir / "teachers", workdir / "teachers")
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    sets = [a for o in [*COMPARE, f"search.storage={storage}"] for a in ("--set", o)]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "EDRAY_WORKDIR", "EDRAY_SHARED")}
+    done = subprocess.run([sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--workdir", str(workdir),
+                           "--num-samples", "2", "--compare", "kd,ce", "--json", *sets],
+                          env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return workdir, json.loads(done.stdout.strip().splitlines()[-1]), done.stderr, storage
+
+
+@pytest.mark.slow
+def test_compare_runs_one_study_and_one_parent_per_method_and_a_table_matching_the_runs(compared):
+    workdir, summary, stderr, storage = compared
+    assert "3 sweeps of 2 configs each" in stderr  # the cost, said before anything ran
+    rows = {r["method"]: r for r in summary["compare"]}
+    assert list(rows) == ["ed", "kd", "ce"]
+    # One Optuna study per method, the same number of configs, pruned by the same rungs.
+    studies = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    assert set(studies) == {"digits", "digits-kd", "digits-ce"}
+    for name in studies:
+        states = [t.state for t in optuna.load_study(study_name=name, storage=storage).trials]
+        assert sorted(s.name for s in states) == ["COMPLETE", "PRUNED"], name
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    exp = client.get_experiment_by_name("digits")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    for method, row in rows.items():
+        parent = client.get_run(row["parent_run_id"])
+        assert parent.data.tags["edray.kind"] == "sweep" and parent.data.params["method"] == method
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == row["parent_run_id"]]
+        assert len(children) == row["trials"] == 3
+        assert {c.data.tags["edray.method"] for c in children} == {method}
+        done = [c for c in children if c.data.tags["edray.status"] == "completed"]
+        assert row["best_val_acc"] == max(c.data.metrics["val_acc"] for c in done)
+        assert row["epochs"] == sum(int(c.data.metrics["budget_epochs"]) for c in children) == 3 + 3 + 8  # copies of 3
+        assert len(row["test_accs"]) == 2
+        assert parent.data.metrics["final_test_acc_mean"] == pytest.approx(row["test_acc_mean"])
+        if method != "ed":
+            diff = paired_difference(row["test_accs"], rows["ed"]["test_accs"])
+            assert row["diff_to_ed"] == pytest.approx(diff.mean) and row["diff_low"] == pytest.approx(diff.low)
+    ed_parent = client.get_run(rows["ed"]["parent_run_id"])
+    assert ed_parent.data.metrics["compare.kd.test_acc_mean"] == pytest.approx(rows["kd"]["test_acc_mean"])
+    assert ed_parent.data.metrics["compare.ce.epochs"] == rows["ce"]["epochs"]
+
+
+@pytest.mark.slow
+def test_report_shows_the_comparison(compared, tmp_path):
+    workdir, summary, _, _ = compared
+    out = tmp_path / "report.html"
+    assert main(["report", "digits", "--workdir", str(workdir), "-o", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    section = re.search(r'<section id="baselines">(.*?)</section>', page, re.S).group(1)
+    for row in summary["compare"]:
+        assert f"<td>{row['method']}</td>" in section
+        assert f"{row['test_acc_mean']:.4f}" in section and f"{row['best_val_acc']:.4f}" in section
+        if row["method"] != "ed":
+            assert f"{row['diff_to_ed']:+.4f} [{row['diff_low']:+.4f}, {row['diff_high']:+.4f}]" in section
+    # Two completed trials (ED's one full run): no importance bars drawn from them.
+    assert "Too few completed trials for parameter importance: 1" in page
+    if CHROMIUM.is_file():  # the page renders (the screenshot test of test_report.py, on this page)
+        shot = tmp_path / "shot.png"
+        done = subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                               f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+                               "--window-size=1280,2400", out.as_uri()], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+
+
+def test_unknown_compare_method_is_one_line_and_exit_2(capsys, tmp_path):
+    assert main(["sweep", str(DIGITS_YAML), "--workdir", str(tmp_path), "--compare", "kd,dk"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --compare: unknown method 'dk'; fix: use some of kd, mtkd, ce (ED is always run)"]
+    assert not any(tmp_path.iterdir())  # nothing half-written
