@@ -154,7 +154,8 @@ def test_a_killed_worker_node_loses_no_finished_trial(sim, first):
     workdir = sim.base / "driver-kill"
     env = sim.driver_env(EDRAY_SHARED=sim.shared("run"))
     before = set(_keys(sim, "run/models/"))
-    proc = subprocess.Popen(_sweep_cmd(workdir, "--set", "search.seed=1"), env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_sweep_cmd(workdir, "--set", "search.seed=1", "--no-final-eval"), env=env,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _wait_for(lambda: len(set(_keys(sim, "run/models/")) - before) >= 1, proc, "a finished trial")

@@ -324,7 +324,7 @@ def test_trials_never_read_the_test_split(teacher_workdir, tmp_path, monkeypatch
     sealed.test = _SealedImages(sealed.test.labels)
     ctx = trial.TrialContext(base_spec=spec.model_dump(mode="json"), workdir=str(teacher_workdir),
                              models_dir=str(tmp_path / "models"), train_storage=str(tmp_path / "train"))
-    monkeypatch.setattr(trial, "_cached_data", lambda _dataset_json: sealed)
+    monkeypatch.setattr(trial, "_cached_data", lambda *_args: sealed)
     reported: list[dict] = []
     trial.train_trial(spec, ctx, trial_id="t", report_fn=lambda m, _d: reported.append(m))
     assert [m["epoch"] for m in reported] == list(range(1, EPOCHS + 1))

@@ -232,8 +232,8 @@ def build_stores(spec: Spec, layout: Layout, data: DataSplits, log: Callable[[st
     import torch
 
     from edray.distill.plan import make_plan
+    from edray.distill.precompute import store_key
     from edray.distill.teachers import load_teacher
-    from edray.logits.precompute import store_key
     from edray.logits.writer import building, default_rows_per_shard, finish_store
     from edray.pipeline import local_teachers
 
