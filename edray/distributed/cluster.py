@@ -37,6 +37,7 @@ from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.layout import Layout
 from edray.logits.fs import exists, is_uri, join, list_files, ray_storage, read_bytes, write_bytes
 from edray.spec import Spec
+from edray.workdir import images_dir
 
 __all__ = ["build_stores", "final_eval", "probe_nodes", "require_shared", "train_teachers", "worker_nodes"]
 
@@ -77,6 +78,21 @@ def _get(refs: list, step: str) -> list:
                          "see the worker's log (ray logs) and run the sweep again", exit_code=RUNTIME_ERROR) from None
 
 
+def _get_all(refs: list, step: str) -> list:
+    """Like :func:`_get`, but waits for every task first (a failure on one node does not
+    leave the others running, or their errors printed unhandled at exit); raises the first."""
+    ray.wait(refs, num_returns=len(refs))
+    out, errors = [], []
+    for ref in refs:
+        try:
+            out.extend(_get([ref], step))
+        except EdrayError as err:
+            errors.append(err)
+    if errors:
+        raise errors[0]
+    return out
+
+
 # ------------------------------------------------------------------------------ probe
 
 
@@ -107,9 +123,9 @@ def probe_nodes(spec: Spec, layout: Layout) -> list[str]:
                          scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
             .remote(probe, token, spec.dataset.root) for n in nodes]
     try:
-        return _get(refs, "probe")
+        return _get_all(refs, "probe")
     finally:
-        _delete(probe)
+        _delete(probe)  # only once every node has read it
 
 
 def _probe(probe: str, token: str, dataset_root: str | None) -> str:
@@ -209,7 +225,7 @@ def _teacher_worker(config: dict[str, Any]) -> None:
     layout = Layout(**config["layout"])
     index = config["index"]
     device = "cuda" if spec.scaling.use_gpu and torch.cuda.is_available() else "cpu"
-    data = load_data(local_dataset(spec.dataset, layout))
+    data = load_data(local_dataset(spec.dataset, layout), image_cache=images_dir(layout.cache()))  # decoded once a node
     teacher = train_teacher(spec, index, data, layout.cache(), device=device)
     blob = teacher.path.read_bytes()
     sha = hashlib.sha256(blob).hexdigest()
@@ -276,7 +292,7 @@ def _shard_task(plan, spec_json: str, layout: Layout, teacher: int, split: str, 
 
     spec = Spec.model_validate_json(spec_json)
     device = "cuda" if spec.scaling.use_gpu and torch.cuda.is_available() else "cpu"
-    data = load_data(local_dataset(spec.dataset, layout))
+    data = load_data(local_dataset(spec.dataset, layout), image_cache=images_dir(layout.cache()))  # decoded once a node
     checkpoint = load_teacher(spec, teacher, data, local_teachers(spec, data, Path(layout.workdir), layout, [teacher]),
                               device=device)
     start, stop = plan.shard_span(index)

@@ -290,14 +290,14 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     tic = time.monotonic()
     layout = Layout.from_env(workdir, store_uri=spec.teachers.store_uri)
     _check(spec, layout)
-    log(plan_line(spec, options.num_samples or spec.search.num_samples))
     state = _load_state(spec, workdir, options.resume)
     tracker = _tracker(spec, workdir)
     if options.address or layout.on_cluster:
-        _init_ray(options.address)
+        _init_ray(options.address)  # an address that does not answer: one line, before anything else is said
         from edray.distributed.cluster import require_shared
 
         require_shared(layout)
+    log(plan_line(spec, options.num_samples or spec.search.num_samples))
     steps = time.monotonic()
     placement = _prepare_on_cluster(spec, layout, log) if layout.on_cluster else {}
     if not layout.on_cluster:
