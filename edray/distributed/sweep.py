@@ -293,10 +293,12 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     state = _load_state(spec, workdir, options.resume)
     tracker = _tracker(spec, workdir)
     if options.address or layout.on_cluster:
-        _init_ray(options.address)  # an address that does not answer: one line, before anything else is said
+        _init_ray(options.address)
         from edray.distributed.cluster import require_shared
 
         require_shared(layout)
+    # The cost, once nothing can refuse the sweep any more (a refusal is the only line):
+    # after joining Ray, so an --address that does not answer is refused in one line too.
     log(plan_line(spec, options.num_samples or spec.search.num_samples))
     steps = time.monotonic()
     placement = _prepare_on_cluster(spec, layout, log) if layout.on_cluster else {}
