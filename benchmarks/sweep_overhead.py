@@ -17,8 +17,18 @@ wall time; ``saving`` = epochs without / with, ``best_val_delta`` = best val wit
 final val acc, over the configs run to the end (``rung_spearman_all_configs``: over every config,
 against its full run in the sweep without early stopping).
 
+``--cluster``: the same N configs swept (early stopping off, 2 at a time) on one node (a
+local Ray, as ``edray sweep`` without ``--address``) and on the simulated cluster of
+tests/cluster_fixture.py (a ``--num-cpus=0`` head, two worker nodes in their own mount
+namespaces, S3 on moto, a real MLflow server; needs root), both warm (teachers and stores
+built first, by the nodes for the cluster). Reports both walls, their ratio, the per-trial
+difference, each cluster step's wall (probe, teachers, stores, Tune, final records) and
+which node did what. All nodes share this machine's cores: the ratio measures what the
+cluster path adds (S3, node caches, scheduling across raylets), not a speed-up.
+
     python benchmarks/sweep_overhead.py [--trials 6] [--json]
     python benchmarks/sweep_overhead.py --early-stopping [--trials 16] [--json]
+    python benchmarks/sweep_overhead.py --cluster [--trials 4] [--json]
 """
 
 from __future__ import annotations
@@ -216,6 +226,66 @@ def early_stopping(args) -> dict[str, Any]:
     return out
 
 
+def _cli_sweep(workdir: Path, env: dict[str, str], overrides: list[str], *extra: str) -> dict[str, Any]:
+    """``edray sweep`` as a user runs it (a subprocess, ``--json``); its wall and summary."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS), "--json", "--workdir", str(workdir), *extra,
+           *[a for o in overrides for a in ("--set", o)]]
+    tic = time.monotonic()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.monotonic() - tic
+    if proc.returncode != 0:
+        raise SystemExit(f"sweep failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    return {"wall_s": wall, "result": json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def cluster(args) -> dict[str, Any]:
+    """One node against the simulated cluster, on the same trials (see the module docstring)."""
+    sys.path.insert(0, str(ROOT))
+    from edray.distributed.space import sample_configs
+    from tests.cluster_fixture import start_cluster, why_not
+
+    reason = why_not()
+    if reason:
+        raise SystemExit(f"--cluster needs the simulated cluster: {reason}")
+    n, mc = args.trials, args.max_concurrent[0]
+    base = [*OVERHEAD, *args.overrides, "search.final_eval.seeds=0"]
+    spec = _spec_with(base, [])
+    points = [_drawn(spec, c) for c in sample_configs(spec, n, seed=args.seed)]
+    sweep = [*base, f"search.points_to_evaluate={json.dumps(points)}", "search.early_stopping.kind=none",
+             f"search.num_samples={n}"]
+    flags = ("--num-samples", str(n), "--max-concurrent", str(mc), "--no-final-eval")
+    root = Path(tempfile.mkdtemp(prefix="edc-", dir="/tmp"))
+    local_env = {k: v for k, v in os.environ.items()
+                 if k not in ("RAY_ADDRESS", "EDRAY_SHARED", "MLFLOW_TRACKING_URI", "EDRAY_WORKDIR")}
+    local_env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    _log("one node: warm-up sweep (teachers, stores), then the timed one")
+    _cli_sweep(root / "local", local_env, [*base, "search.num_samples=1"], "--num-samples", "1", "--no-final-eval")
+    single = _cli_sweep(root / "local", local_env, sweep, *flags)
+    _log(f"one node: {n} trials in {single['wall_s']:.1f}s; starting the simulated cluster")
+    tic = time.monotonic()
+    sim = start_cluster(root / "w", root / "logs")
+    started = time.monotonic() - tic
+    try:
+        env = sim.driver_env(EDRAY_SHARED=sim.shared("bench"))
+        cold = _cli_sweep(sim.base / "d0", env, [*base, "search.num_samples=1"], "--address", "auto",
+                          "--num-samples", "1", "--no-final-eval")
+        _log(f"cluster warm-up (teachers and stores on the workers): {cold['wall_s']:.1f}s")
+        multi = _cli_sweep(sim.base / "d1", env, sweep, "--address", "auto", *flags)
+    finally:
+        sim.stop()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+    _log(f"cluster: {n} trials in {multi['wall_s']:.1f}s")
+    return {
+        "mode": "cluster", "trials": n, "epochs": spec.optim.epochs, "max_concurrent": mc,
+        "cluster_start_s": started, "single_node": single, "cluster_cold": cold, "cluster": multi,
+        "ratio": multi["wall_s"] / single["wall_s"], "difference_per_trial_s": (multi["wall_s"] - single["wall_s"]) / n,
+    }
+
+
 def _spearman(a: list[float], b: list[float]) -> float | None:
     if len(a) < 3:
         return None
@@ -260,6 +330,7 @@ def main() -> None:
                         help="compare the sweep's early stopping (successive halving) with none")
     parser.add_argument("--with-final-grade-asha", action="store_true",
                         help="with --early-stopping: also run the older final-grade ASHA")
+    parser.add_argument("--cluster", action="store_true", help="one node against the simulated multi-node cluster")
     parser.add_argument("--trials", type=int, help="trials (default 6; 16 with --early-stopping)")
     parser.add_argument("--max-concurrent", type=int, action="append",
                         help="trials at once (repeatable; default 1 and 2; 2 with --early-stopping)")
@@ -268,15 +339,24 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra spec overrides")
     parser.add_argument("--json", action="store_true", help="last line of stdout is a JSON summary")
     args = parser.parse_args()
-    args.trials = args.trials or (16 if args.early_stopping else 6)
-    args.max_concurrent = args.max_concurrent or ([2] if args.early_stopping else [1, 2])
+    args.trials = args.trials or (16 if args.early_stopping else 4 if args.cluster else 6)
+    args.max_concurrent = args.max_concurrent or ([2] if args.early_stopping or args.cluster else [1, 2])
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # Ray workers inherit it: one thread per trial
     torch.set_num_threads(1)
     tic = time.monotonic()
-    out = early_stopping(args) if args.early_stopping else overhead(args)
+    out = cluster(args) if args.cluster else early_stopping(args) if args.early_stopping else overhead(args)
     out["wall_s"] = time.monotonic() - tic
     out["load_average"] = os.getloadavg()
-    if out["mode"] == "overhead":
+    if out["mode"] == "cluster":
+        placement = out["cluster"]["result"].get("placement", {})
+        print(f"{out['trials']} trials of {out['epochs']} epochs, {out['max_concurrent']} at a time: one node "
+              f"{out['single_node']['wall_s']:.1f}s, cluster {out['cluster']['wall_s']:.1f}s "
+              f"(x{out['ratio']:.2f}, {out['difference_per_trial_s']:+.2f}s per trial)")
+        print(f"  cluster steps: {placement.get('timings')} {placement.get('steps')}")
+        print(f"  cold cluster run (teachers + stores on workers): {out['cluster_cold']['wall_s']:.1f}s, steps "
+              f"{out['cluster_cold']['result'].get('placement', {}).get('steps')}")
+        print(f"  trials per node: {placement.get('trials')}")
+    elif out["mode"] == "overhead":
         print(f"{out['trials']} trials of {out['epochs']} epochs: in-process {out['in_process']['wall_s']:.1f}s")
         for name, run in out["sweeps"].items():
             print(f"  sweep {name}: {run['wall_s']:.1f}s, overhead {run['overhead_per_trial_s']:.2f}s/trial, "

@@ -108,13 +108,13 @@ def fsync_dir(path: str | Path) -> None:
 
 
 @contextmanager
-def exclusive_lock(path: str | Path, *, fix: str = DEFAULT_FIX) -> Iterator[None]:
+def exclusive_lock(path: str | Path, *, what: str = "", fix: str = DEFAULT_FIX) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if absent) until the block ends.
 
     One builder per cached artefact (a logit store, a decoded-image cache): a second
     process waits here, then finds the artefact finished. The lock file stays (removing
     it would race with a process about to lock it); the kernel drops the lock when the
-    holder closes it or dies.
+    holder closes it or dies. ``what`` names the artefact in the "waiting" log line.
     """
     path = Path(path)
     try:
@@ -126,7 +126,8 @@ def exclusive_lock(path: str | Path, *, fix: str = DEFAULT_FIX) -> Iterator[None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("another process is building %s; waiting for it", path.name.removesuffix(".lock").lstrip("."))
+            log.info("another process is building %s; waiting for it",
+                     what or path.name.removesuffix(".lock").lstrip("."))
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:

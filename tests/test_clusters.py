@@ -223,6 +223,34 @@ def test_ray_default_head_commands_open_the_dashboard(tmp_path):
     _rejects(path, "head_start_ray_commands", "not set", "0.0.0.0")
 
 
+def test_a_ray_start_without_token_auth_is_named(tmp_path):
+    def mutate(docs):
+        cmds = docs[0]["worker_start_ray_commands"]
+        cmds[1] = cmds[1].replace("RAY_AUTH_MODE=token ", "")
+
+    _rejects(_mutated(tmp_path, "aws", mutate), "worker_start_ray_commands[1]", "without token authentication")
+
+
+@pytest.mark.parametrize("name", ["aws", "gcp", "local"])
+def test_turning_token_auth_off_is_named(tmp_path, name):
+    def mutate(docs):
+        docs[0]["setup_commands"].append("echo 'export RAY_AUTH_MODE=disabled' >> ~/.edray_env")
+
+    where = f"setup_commands[{len(_docs(name)[0]['setup_commands'])}]"
+    _rejects(_mutated(tmp_path, name, mutate), where, "RAY_AUTH_MODE=disabled", "file_mounts")
+
+
+@pytest.mark.parametrize("mode", [None, "disabled"])
+def test_kuberay_without_token_auth(tmp_path, mode):
+    def mutate(docs):
+        if mode is None:
+            docs[0]["spec"].pop("authOptions")
+        else:
+            docs[0]["spec"]["authOptions"]["mode"] = mode
+
+    _rejects(_mutated(tmp_path, "kuberay", mutate), "RayCluster/edray.spec.authOptions", "token authentication is off")
+
+
 def test_mlflow_on_all_interfaces(tmp_path):
     def mutate(docs):
         cmds = docs[0]["head_start_ray_commands"]

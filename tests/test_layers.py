@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "edray"
 # Lowest first. A module may import its own layer and those below it.
 LAYERS: list[set[str]] = [
     {"errors", "atomic", "registry", "spec", "workdir", "trial_status", "search_space", "stats"},
-    {"data", "models", "logits"},
+    {"data", "models", "logits", "layout", "cache"},
     {"distill"},
     {"preflight", "pipeline"},
     {"distributed", "tracking", "report", "clusters", "ui"},
@@ -27,9 +27,9 @@ LAYERS: list[set[str]] = [
 # a notebook); Optuna belongs to the search.
 FORBIDDEN = {
     "ray": {"errors", "atomic", "registry", "spec", "workdir", "trial_status", "search_space", "stats", "data",
-            "models", "logits", "distill", "preflight", "pipeline"},
+            "models", "logits", "layout", "cache", "distill", "preflight", "pipeline"},
     "mlflow": {"errors", "atomic", "registry", "spec", "workdir", "trial_status", "search_space", "data", "models",
-               "logits", "distill", "preflight", "pipeline"},
+               "logits", "layout", "cache", "distill", "preflight", "pipeline"},
     "optuna": {"search_space", "data", "models", "logits", "distill", "preflight", "pipeline", "spec"},
 }
 

@@ -33,6 +33,8 @@ from edray.logits import (
     verify_store,
     write_store,
 )
+from edray.logits.manifest import shard_name
+from edray.logits.writer import building, finish_store, write_shard
 
 R, V, K, PER = 70, 3, 5, 16  # 5 shards, the last one short
 
@@ -392,9 +394,31 @@ def test_resolve_local_paths_and_bad_uris(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve("rel")[1] == str(tmp_path.resolve() / "rel")
     assert "cannot open this location" in _error(resolve, "nosuchscheme://bucket/x").problem
-    error = _error(write_store, "s3://bucket/stores", _key(), rows=R, views=V, outputs=K, sample_ids=_ids(),
-                   compute_shard=_Compute(_exact()))
-    assert error.path == "s3://bucket/stores" and "not a URI" in error.problem
+    error = _error(write_store, "nosuchscheme://bucket/stores", _key(), rows=R, views=V, outputs=K,
+                   sample_ids=_ids(), compute_shard=_Compute(_exact()))
+    assert error.path == "nosuchscheme://bucket/stores" and "cannot open this location" in error.problem
+
+
+def test_shards_from_several_writers_on_object_storage_become_one_store(tmp_path):
+    """The cluster path of the writer, offline: ``file://`` takes the object-storage code
+    (no lock, no rename, manifest last). Shards come from two "nodes"; a reader sees no
+    store until the manifest is written, and a second plan finds the finished store."""
+    root = (tmp_path / "bucket").as_uri()
+    exact = _exact()
+    with building(root, _key(), rows=R, views=V, outputs=K, sample_ids=_ids(), rows_per_shard=PER) as plan:
+        assert plan.final is None and plan.todo == (0, 1, 2, 3, 4) and plan.staging == plan.location
+        shipped = pickle.loads(pickle.dumps(plan))  # what a shard task on another node gets
+        infos = {i: write_shard(shipped, i, exact[slice(*plan.shard_span(i))], node=f"node{i % 2}")
+                 for i in plan.todo}
+        assert "no logit store here" in _error(open_store, plan.location).problem
+        final = finish_store(plan, infos)
+    store = open_store(final, _key(), verify=True)
+    assert [s.node for s in store.manifest.shards] == ["node0", "node1", "node0", "node1", "node0"]
+    assert np.array_equal(store.logits(torch.arange(R), 2).numpy(), exact[:, 2].astype(np.float16).astype(np.float32))
+    files = sorted(os.listdir(tmp_path / "bucket" / _key().name))
+    assert files == ["manifest.json", *(shard_name(i) for i in range(5))]  # no .done or layout.json left
+    with building(root, _key(), rows=R, views=V, outputs=K, sample_ids=_ids(), rows_per_shard=PER) as again:
+        assert again.final == final and again.todo == ()
 
 
 def test_key_digest_names_and_differences():

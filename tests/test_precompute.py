@@ -27,7 +27,7 @@ from edray.data import apply_views, load_data, view_params
 from edray.distill.loop import run_ed
 from edray.distill.losses import sliced_kd_loss
 from edray.distill.plan import make_plan
-from edray.distill.precompute import _teacher_logits, precompute_stores, store_key
+from edray.distill.precompute import precompute_stores, store_key, teacher_logits
 from edray.distill.stored_teachers import StoreTeachers, open_teacher_stores
 from edray.distill.teachers import LiveTeachers, load_teacher, teacher_path
 from edray.errors import EdrayError
@@ -212,7 +212,7 @@ def test_a_retrained_teacher_is_never_read_from_its_old_store(tmp_path, digits_d
     assert not torch.allclose(old.stores[0].logits(rows, 0), fresh, rtol=0.05, atol=0.05)
 
 
-def test_stores_are_read_by_uri_and_never_written_to_one(digits_data, teacher_workdir, stores):
+def test_stores_are_read_by_uri_and_found_finished_there(digits_data, teacher_workdir, stores):
     spec = fast_spec(f"teachers.store_uri=file://{teacher_workdir / 'logits'}")
     remote = open_teacher_stores(spec, digits_data, teacher_workdir)
     local = open_teacher_stores(fast_spec(), digits_data, teacher_workdir)
@@ -220,8 +220,10 @@ def test_stores_are_read_by_uri_and_never_written_to_one(digits_data, teacher_wo
     rows, views, x = _batch(spec, digits_data, 64, first_view=1)
     for k in range(3):
         assert torch.equal(remote.group_logits(k, x, rows, views), local.group_logits(k, x, rows, views))
-    with pytest.raises(EdrayError, match="not a URI"):
-        precompute_stores(spec, digits_data, teacher_workdir)
+    before = {p: p.stat().st_mtime_ns for p in (teacher_workdir / "logits").rglob("*.arrow")}
+    infos = precompute_stores(spec, digits_data, teacher_workdir)  # object-storage path: finds them, writes nothing
+    assert all(str(info.path).startswith("file://") for info in infos)
+    assert {p: p.stat().st_mtime_ns for p in (teacher_workdir / "logits").rglob("*.arrow")} == before
 
 
 # The CLI checks the spec's search space too; FAST's 8 epochs need shorter minimum grades.
@@ -346,7 +348,7 @@ def test_precompute_on_synthetic_data(tmp_path):
     assert precompute_stores(spec, data, tmp_path) == infos
     assert _store_files(tmp_path) == before  # found, not rebuilt
     teacher = load_teacher(spec, 0, data, tmp_path)
-    assert not _teacher_logits(spec, teacher, data.train, 3, "cpu")(0, 4).requires_grad  # no autograd graph kept
+    assert not teacher_logits(spec, teacher, data.train, 3, "cpu")(0, 4).requires_grad  # no autograd graph kept
 
     cached = open_teacher_stores(spec, data, tmp_path)
     live = make_teacher_logits(fast_spec(*overrides, LIVE), data, tmp_path)

@@ -29,6 +29,8 @@ PRIVATE: dict[str, tuple[str, str]] = {
     "derive_autoscaling_config": (
         "ray.autoscaler._private.kuberay.autoscaling_config", "_derive_autoscaling_config_from_ray_cr",
     ),
+    # "auto" or host:port -> the GCS address ray.init would join (edray sweep checks it answers first)
+    "canonicalize_bootstrap_address": ("ray._private.services", "canonicalize_bootstrap_address"),
 }
 
 

@@ -261,6 +261,7 @@ def _validate_launcher(config: dict, text: str, src: str) -> None:
     effective = _ray_prepare_and_validate(config, src)
     _check_security_group(provider, src)
     _check_bind_addresses(config, effective, src)
+    _check_token_auth(config, effective, src)
     _check_command_shapes(config, src)
 
 
@@ -511,6 +512,35 @@ def _check_bind_addresses(config: dict, effective: dict, src: str) -> None:
                                  "bind the head's private address (or 127.0.0.1) and reach it through an SSH tunnel")
 
 
+_AUTH_OFF_RE = re.compile(r"\bRAY_AUTH_MODE=[\"']?disabled\b")
+_RAY_START_RE = re.compile(r"\bray\s+start\b")
+_AUTH_FIX = ("keep Ray token authentication on: RAY_AUTH_MODE=token before every `ray start`, the token in "
+             "~/.ray/auth_token through file_mounts (README.md 'Run on a cluster')")
+
+
+def _check_token_auth(config: dict, effective: dict, src: str) -> None:
+    """Every ``ray start`` runs with token authentication (Ray 2.59+): without it anyone who
+    reaches the GCS or the dashboard port can run code on the cluster."""
+    for parts, cmd in _iter_commands(effective):
+        given = parts[0] in config
+        where = parts if given else [parts[0]]
+        if _AUTH_OFF_RE.search(cmd):
+            raise _error(src, where, "turns Ray token authentication off (RAY_AUTH_MODE=disabled)", _AUTH_FIX)
+        if _RAY_START_RE.search(cmd) and "RAY_AUTH_MODE=token" not in cmd:
+            problem = ("starts Ray without token authentication" if given else
+                       "not set, and Ray's default commands start Ray without token authentication")
+            raise _error(src, where, problem, _AUTH_FIX)
+
+
+def _check_kuberay_auth(spec: dict, where: list[Part], src: str) -> None:
+    options = spec.get("authOptions")
+    mode = options.get("mode") if isinstance(options, dict) else None
+    if mode != "token":
+        shown = "missing" if options is None else f"mode is {mode!r}"
+        raise _error(src, [*where, "authOptions"], f"{shown}: Ray token authentication is off",
+                     "set authOptions: {mode: token} (KubeRay >= 1.5.1 makes and distributes the token)")
+
+
 def _check_command_shapes(config: dict, src: str) -> None:
     """Ray runs each command as ``bash -c '... && (CMD)'``: a command that starts with ``(``
     becomes ``((...`` there, which bash reads as arithmetic, so the step fails on every node."""
@@ -574,6 +604,7 @@ def _check_ray_cluster_spec(spec: Any, where: list[Part], src: str, doc: dict) -
     if not isinstance(spec, dict):
         raise _error(src, where, "missing", "add a RayCluster spec with headGroupSpec and workerGroupSpecs")
     head = _need(spec, "headGroupSpec", where, src, dict, "add headGroupSpec (see clusters/kuberay.yaml)")
+    _check_kuberay_auth(spec, where, src)
     _check_group(head, [*where, "headGroupSpec"], src, is_head=True)
     service_type = head.get("serviceType", "ClusterIP")
     if service_type in ("LoadBalancer", "NodePort"):

@@ -54,6 +54,11 @@ class Plan:
     replay: str
 
     @property
+    def teachers_used(self) -> list[int]:
+        """Indices of the teachers some group learns from, in order (each once)."""
+        return sorted({i for group in self.group_teachers for i in group})
+
+    @property
     def switch_epochs(self) -> list[int]:
         return [g.start_epoch for g in self.grades[1:]]
 

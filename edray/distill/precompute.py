@@ -25,7 +25,7 @@ from edray.logits.reader import open_store
 from edray.logits.writer import write_store
 from edray.spec import Spec
 
-__all__ = ["StoreInfo", "precompute_stores", "store_key", "store_root"]
+__all__ = ["StoreInfo", "precompute_stores", "store_key", "store_root", "teacher_logits"]
 
 _BATCH = 256
 
@@ -34,7 +34,7 @@ _BATCH = 256
 class StoreInfo:
     teacher: int
     split: str
-    path: Path
+    path: Path | str  # a URI when the stores live on object storage
     rows: int
     views: int
     nbytes: int
@@ -65,7 +65,7 @@ def store_root(spec: Spec, workdir: Path) -> str:
     return spec.teachers.store_uri or str(workdir / "logits")
 
 
-def _teacher_logits(spec: Spec, teacher: TeacherCheckpoint, images: ImageSet, views: int, device: str):
+def teacher_logits(spec: Spec, teacher: TeacherCheckpoint, images: ImageSet, views: int, device: str):
     aug = spec.dataset.augmentation
     model = prepare_model(teacher.model, device).eval()
     precision = resolve_precision(spec.optim.precision, device)  # the run's autocast; stored as fp16 either way
@@ -97,7 +97,7 @@ def precompute_stores(
     """Build (or find) the train and validation stores of every teacher the method uses."""
     views = views or spec.teachers.views
     plan = make_plan(spec, data.num_classes)
-    needed = sorted({i for group in plan.group_teachers for i in group})
+    needed = plan.teachers_used
     out = []
     for i in needed:
         teacher = load_teacher(spec, i, data, workdir, device=device)
@@ -111,9 +111,9 @@ def precompute_stores(
 
             path = write_store(
                 store_root(spec, workdir), key, rows=len(images), views=v, outputs=len(teacher.classes),
-                sample_ids=torch.arange(len(images)), compute_shard=_teacher_logits(spec, teacher, images, v, device),
+                sample_ids=torch.arange(len(images)), compute_shard=teacher_logits(spec, teacher, images, v, device),
                 progress=shard_progress,
             )
             store = open_store(path, key)
-            out.append(StoreInfo(i, split, Path(path), store.rows, store.views, store.nbytes))
+            out.append(StoreInfo(i, split, path, store.rows, store.views, store.nbytes))
     return out

@@ -16,6 +16,7 @@ from edray.data import DataSplits
 from edray.distill.plan import make_plan
 from edray.distill.precompute import store_key, store_root
 from edray.distill.teachers import load_teacher
+from edray.layout import Layout
 from edray.logits.reader import LogitStore, open_store
 from edray.spec import Spec
 
@@ -53,23 +54,35 @@ class StoreTeachers:
 
 
 def open_teacher_stores(
-    spec: Spec, data: DataSplits, workdir: Path, *, device: str = "cpu", verify: bool = False
+    spec: Spec, data: DataSplits, workdir: Path, *, device: str = "cpu", verify: bool = False,
+    layout: Layout | None = None,
 ) -> StoreTeachers:
     """The train stores of the method's teachers, checked against this run's key
     (``verify``: every shard hashed too, which finds bit flips; the sweep driver does it
     once for stores it did not build, e.g. read from ``teachers.store_uri``).
+
+    ``workdir`` holds the teachers (their checkpoints name the keys). With a cluster
+    ``layout`` the stores are read from ``layout.stores`` through this node's cache:
+    fetched once, hashed on the way in, memory-mapped.
 
     Raises:
         EdrayError: a store is missing (run ``edray precompute``) or was built for another
             teacher, dataset, transform, view count or seed.
     """
     plan = make_plan(spec, data.num_classes)
-    needed = sorted({i for group in plan.group_teachers for i in group})
+    root = layout.stores if layout is not None else store_root(spec, workdir)
+    fetch = layout is not None and layout.needs_fetch(root)
     stores: dict[int, LogitStore] = {}
     classes: dict[int, list[int]] = {}
-    for i in needed:
+    for i in plan.teachers_used:
         teacher = load_teacher(spec, i, data, workdir, device=device)
         key = store_key(spec, teacher, data, "train", views=spec.teachers.views)
-        stores[i] = open_store(f"{store_root(spec, workdir).rstrip('/')}/{key.name}", key, verify=verify)
+        location = f"{root.rstrip('/')}/{key.name}"
+        if fetch:
+            from edray.cache import cached_store
+
+            stores[i] = cached_store(location, layout.cache(), key)
+        else:
+            stores[i] = open_store(location, key, verify=verify)
         classes[i] = teacher.classes
     return StoreTeachers(stores, classes, plan.classes.groups, plan.group_teachers)

@@ -22,7 +22,9 @@ import yaml
 
 from edray.atomic import write_text
 from edray.distributed.space import compile_space, default_point, resolve_config
-from edray.errors import EdrayError
+from edray.errors import RUNTIME_ERROR, EdrayError
+from edray.layout import Layout
+from edray.logits.fs import is_uri, ray_storage
 from edray.spec import Spec
 from edray.trial_status import TrialStatus, trial_status
 
@@ -38,7 +40,7 @@ METRIC = "val_acc"
 class SweepOptions:
     num_samples: int | None = None  # default: spec.search.num_samples
     max_concurrent: int | None = None
-    address: str | None = None  # join a running Ray cluster; None starts a local one
+    address: str | None = None  # join a running Ray cluster ("auto" or host:port); None starts a local one
     resume: bool = False
     progress: bool = True
     final_eval: bool = True
@@ -62,6 +64,10 @@ class SweepResult:
     final_test_acc_std: float | None = None
     final_test_accs: list[float] = field(default_factory=list)
     epochs_trained: int = 0
+    # Which node did what: teachers (index -> node), stores (name -> node per shard),
+    # trials (trial id -> node of its last result), final_eval (node per seed); and the
+    # wall time of each step (steps, timings).
+    placement: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
@@ -80,19 +86,66 @@ def best_spec_dict(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in resolved.items() if v is not None}
 
 
+_JOIN_TIMEOUT_S = 20
+
+
 def _init_ray(address: str | None) -> None:
+    """Start a private local Ray (no ``address``), or join the cluster at ``address``.
+
+    Without an address this never joins a running cluster: ``ray.init()`` would read
+    ``/tmp/ray/ray_current_cluster``, which a killed head leaves behind, and hang on it.
+
+    Raises:
+        EdrayError: ``--address`` names nothing that answers (within ~30 s, in one line).
+    """
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DASHBOARD_HOST", "127.0.0.1")
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "ERROR"}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
+    if not address:
         # The dashboard stays on (loopback only): without it, CPUs of trials stopped
         # early are not freed on a local cluster and the next trial hangs.
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+        return
+    target = _answering(address)
+    try:
+        ray.init(address=target, **kwargs)
+    except (ConnectionError, RuntimeError, TimeoutError, ValueError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise EdrayError("--address", f"cannot join the Ray cluster at {address} ({reason})", _FIX_ADDRESS,
+                         exit_code=RUNTIME_ERROR) from None
+
+
+_FIX_ADDRESS = ("start the cluster (ray up / ray start --head), check the address (`ray status` on the head), "
+                "and for token auth set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+
+
+def _answering(address: str) -> str:
+    """``address`` resolved ("auto": ``$RAY_ADDRESS``, else the last ``ray start`` here) and
+    checked to accept a connection within a few seconds: ``ray.init`` itself retries a dead
+    address for minutes."""
+    import socket
+
+    from edray.clusters.ray_private import resolve
+
+    try:
+        resolved = resolve("canonicalize_bootstrap_address")(address) if address != "local" else None
+    except Exception as err:  # auto with nothing running, or an address that does not parse
+        raise EdrayError("--address", f"no Ray cluster found for {address!r} ({err})", _FIX_ADDRESS,
+                         exit_code=RUNTIME_ERROR) from None
+    if resolved is None or address.startswith("ray://"):
+        return address
+    host, _, port = resolved.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=_JOIN_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as err:
+        shown = resolved if address == "auto" else address
+        raise EdrayError("--address", f"no Ray cluster answers at {shown} ({err.strerror or err})", _FIX_ADDRESS,
+                         exit_code=RUNTIME_ERROR) from None
+    return resolved
 
 
 def make_scheduler(spec: Spec):
@@ -226,31 +279,80 @@ def _prepare_teachers(spec: Spec, workdir: Path, log: Callable[[str], None]) -> 
 
 
 def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable[[str], None] = print) -> SweepResult:
-    """Run the whole sweep and return its summary (see ``edray sweep --json``)."""
+    """Run the whole sweep and return its summary (see ``edray sweep --json``).
+
+    With ``EDRAY_SHARED`` set (a cluster), teachers, stores and the final evaluation run
+    as Ray work on worker nodes and everything they share goes to the shared location
+    (see :mod:`edray.layout` and :mod:`edray.distributed.cluster`); the driver plans,
+    waits and records. Without it, the driver builds teachers and stores itself, as on
+    one machine.
+    """
     tic = time.monotonic()
-    _check(spec)
+    layout = Layout.from_env(workdir, store_uri=spec.teachers.store_uri)
+    _check(spec, layout)
     state = _load_state(spec, workdir, options.resume)
     tracker = _tracker(spec, workdir)
-    # The cost, once nothing can refuse the sweep any more (a refusal is the only line).
+    if options.address or layout.on_cluster:
+        _init_ray(options.address)
+        from edray.distributed.cluster import require_shared
+
+        require_shared(layout)
+    # The cost, once nothing can refuse the sweep any more (a refusal is the only line):
+    # after joining Ray, so an --address that does not answer is refused in one line too.
     log(plan_line(spec, options.num_samples or spec.search.num_samples))
-    _prepare_teachers(spec, workdir, log)
-    state = _start_tracking(spec, workdir, tracker, state)
+    steps = time.monotonic()
+    placement = _prepare_on_cluster(spec, layout, log) if layout.on_cluster else {}
+    if not layout.on_cluster:
+        _prepare_teachers(spec, workdir, log)
+    timings = {"prepare_s": round(time.monotonic() - steps, 2)}
+    state = _start_tracking(spec, workdir, tracker, state, layout)
     _init_ray(options.address)
-    grid = _fit(_build_tuner(spec, workdir, options, tracker, state), tracker)
+    steps = time.monotonic()
+    grid = _fit(_build_tuner(spec, workdir, options, tracker, state, layout), tracker)
+    timings["tune_s"] = round(time.monotonic() - steps, 2)
     result = _collect(spec, grid, tracker, state["parent_run_id"], tic)
-    _finish(spec, workdir, options, tracker, grid, result, log)
+    result.placement.update(placement)
+    steps = time.monotonic()
+    _finish(spec, workdir, options, tracker, grid, result, log, layout)
+    timings["finish_s"] = round(time.monotonic() - steps, 2)
+    result.placement["timings"] = timings
     result.wall_s = time.monotonic() - tic
     return result
 
 
-def _check(spec: Spec) -> None:
+def _check(spec: Spec, layout: Layout) -> None:
     """Everything that can be wrong with the spec, before any teacher trains."""
     compile_space(spec)  # no search section, or a space with no valid trial: before anything starts
     _halving(spec, spec.search.num_samples)  # budgets too short for the grades
+    from edray.pipeline import local_dataset
     from edray.preflight import preflight
 
-    # Unknown names, missing data, grades that do not fit: before any teacher trains.
-    preflight(spec, search=False)  # the space was just compiled
+    # Unknown names, missing data, grades that do not fit: before any teacher trains. A
+    # dataset given by shared URI is read from the driver's own cached copy.
+    local = spec.model_copy(update={"dataset": local_dataset(spec.dataset, layout)})
+    preflight(local, search=False)  # the space was just compiled
+
+
+def _prepare_on_cluster(spec: Spec, layout: Layout, log: Callable[[str], None]) -> dict[str, Any]:
+    """Nodes checked, then missing teachers and stores built by worker nodes; returns who did what."""
+    from edray.data import load_data
+    from edray.distributed import cluster
+    from edray.pipeline import local_dataset
+
+    tic = time.monotonic()
+    placement: dict[str, Any] = {"nodes": cluster.probe_nodes(spec, layout), "steps": {}}
+    placement["steps"]["probe_s"] = round(time.monotonic() - tic, 2)
+    if spec.method == "ce" or spec.search is None:
+        return placement
+    data = load_data(local_dataset(spec.dataset, layout))  # sizes and fingerprints: what the plan needs
+    tic = time.monotonic()
+    placement["teachers"] = cluster.train_teachers(spec, layout, data, log)
+    placement["steps"]["teachers_s"] = round(time.monotonic() - tic, 2)
+    if spec.teachers.logits == "precomputed" and spec.teachers.store_uri is None:
+        tic = time.monotonic()
+        placement["stores"] = cluster.build_stores(spec, layout, data, log)
+        placement["steps"]["stores_s"] = round(time.monotonic() - tic, 2)
+    return placement
 
 
 def _load_state(spec: Spec, workdir: Path, resume: bool) -> dict[str, Any]:
@@ -263,51 +365,51 @@ def _load_state(spec: Spec, workdir: Path, resume: bool) -> dict[str, Any]:
     return json.loads(state_path.read_text())
 
 
-def _start_tracking(spec: Spec, workdir: Path, tracker, state: dict[str, Any]) -> dict[str, Any]:
+def _start_tracking(spec: Spec, workdir: Path, tracker, state: dict[str, Any], layout: Layout) -> dict[str, Any]:
     """Open (or reopen) the MLflow parent run and record the sweep's state for ``--resume``."""
     run_name = state.get("run_name") or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     parent_id = tracker.start_sweep(
         run_name=run_name, spec_dict=spec.model_dump(mode="json"), resume_run_id=state.get("parent_run_id")
     )
     _sweep_dir(spec, workdir).mkdir(parents=True, exist_ok=True)
-    storage = _storage_root(workdir, "ray_results")
+    storage = layout.ray_results
     state = {"run_name": run_name, "parent_run_id": parent_id, "experiment_path": f"{storage.rstrip('/')}/{run_name}"}
     _write_json(_state_path(spec, workdir), state)
     return state
 
 
-def _build_tuner(spec: Spec, workdir: Path, options: SweepOptions, tracker, state: dict[str, Any]):
+def _build_tuner(spec: Spec, workdir: Path, options: SweepOptions, tracker, state: dict[str, Any], layout: Layout):
     """A new Tuner, or the stopped one restored (``--resume``): finished trials are not re-run."""
     from ray import tune
 
     run_name = state["run_name"]
-    trainable = _trainable(spec, workdir, run_name)
+    trainable = _trainable(spec, workdir, run_name, layout)
     num_samples = options.num_samples or spec.search.num_samples
     _, limited = make_searcher(spec, options.max_concurrent or spec.search.max_concurrent, num_samples)
-    run_config = _run_config(spec, workdir, options, tracker, run_name)
-    experiment_path = state["experiment_path"]
-    if options.resume and tune.Tuner.can_restore(experiment_path):
-        return tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+    run_config = _run_config(spec, layout, options, tracker, run_name)
+    where = ray_storage(state["experiment_path"])
+    path, fs = where["storage_path"], where.get("storage_filesystem")
+    if options.resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
     trials, _ = planned_epochs(spec, num_samples)  # halving: one Tune trial per config per rung it reaches
     tune_config = tune.TuneConfig(search_alg=limited, scheduler=make_scheduler(spec), num_samples=trials,
                                   reuse_actors=True)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
-def _trainable(spec: Spec, workdir: Path, run_name: str):
+def _trainable(spec: Spec, workdir: Path, run_name: str, layout: Layout):
     from ray import tune
 
     from edray.distributed.trial import TrialContext, run_trial  # torch: not needed by --dry-run
 
     ctx = TrialContext(
-        base_spec=spec.model_dump(mode="json"), workdir=str(workdir),
-        models_dir=str(_sweep_dir(spec, workdir) / "models" / run_name),
-        train_storage=_storage_root(workdir, "ray_train"),
+        base_spec=spec.model_dump(mode="json"), workdir=str(workdir), models_dir=layout.models(spec.name, run_name),
+        train_storage=layout.ray_train, layout=layout if layout.on_cluster else None,
     )
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), _trial_resources(spec))
 
 
-def _run_config(spec: Spec, workdir: Path, options: SweepOptions, tracker, run_name: str):
+def _run_config(spec: Spec, layout: Layout, options: SweepOptions, tracker, run_name: str):
     from ray import tune
 
     from edray.tracking import TrackingCallback
@@ -318,7 +420,10 @@ def _run_config(spec: Spec, workdir: Path, options: SweepOptions, tracker, run_n
     )
     return tune.RunConfig(
         name=run_name,
-        storage_path=_storage_root(workdir, "ray_results"),
+        **ray_storage(layout.ray_results),
+        # On object storage, upload the experiment state every ~10 s (not Ray's 5 min), so a
+        # killed driver resumes (--resume) from a recent view of its trials.
+        sync_config=tune.SyncConfig(sync_period=10) if is_uri(layout.ray_results) else None,
         callbacks=[callback],
         failure_config=tune.FailureConfig(max_failures=spec.scaling.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -337,14 +442,14 @@ def _fit(tuner, tracker):
 
 
 def _finish(spec: Spec, workdir: Path, options: SweepOptions, tracker, grid, result: SweepResult,
-            log: Callable[[str], None]) -> None:
+            log: Callable[[str], None], layout: Layout) -> None:
     """best.yaml, the final evaluation on the test split, and the parent run's closing records."""
     if result.best_config is None:
         tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="FAILED")
         return
     best, best_text = _write_best(spec, workdir, result)
     if options.final_eval and spec.search.final_eval.seeds > 0:
-        accs = _final_eval(best, spec.search.final_eval.seeds, workdir, log)
+        accs = _final_eval(spec, best, spec.search.final_eval.seeds, layout, result, log)
         result.final_test_accs = accs
         result.final_test_acc_mean = statistics.fmean(accs)
         result.final_test_acc_std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
@@ -359,14 +464,6 @@ def _write_best(spec: Spec, workdir: Path, result: SweepResult) -> tuple[dict[st
     write_text(best_path, best_text)  # atomic: a truncated best.yaml could still parse
     result.best_spec_path = str(best_path)
     return best, best_text
-
-
-def _storage_root(workdir: Path, name: str) -> str:
-    """Where Tune and Train keep trial state: ``$EDRAY_SHARED/<name>`` on a cluster (an
-    s3:// or gs:// prefix, or a shared mount, so a trial can restart on another node),
-    else under the work directory."""
-    shared = os.environ.get("EDRAY_SHARED")
-    return f"{shared.rstrip('/')}/{name}" if shared else str(workdir / name)
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -392,7 +489,8 @@ def _collect(spec: Spec, grid, tracker, parent_id: str, tic: float) -> SweepResu
         config = {k: v for k, v in (r.config or {}).items()}
         epochs += int(metrics.get("epoch", 0))
         rows.append({"status": status, "config": config, METRIC: metrics.get(METRIC),
-                     "model_path": metrics.get("model_path")})
+                     "model_path": metrics.get("model_path"), "trial_id": metrics.get("trial_id"),
+                     "node": metrics.get("node")})
     done = [row for row in rows if row["status"] == TrialStatus.COMPLETED and row[METRIC] is not None]
     best = max(done, key=lambda row: row[METRIC]) if done else None
     return SweepResult(
@@ -408,23 +506,22 @@ def _collect(spec: Spec, grid, tracker, parent_id: str, tic: float) -> SweepResu
         best_val_acc=best[METRIC] if best else None,
         wall_s=time.monotonic() - tic,
         epochs_trained=epochs,
+        placement={"trials": {row["trial_id"]: row["node"] for row in rows if row["trial_id"]}},
     )
 
 
-def _final_eval(best: dict[str, Any], seeds: int, workdir: Path, log: Callable[[str], None]) -> list[float]:
-    """Test accuracy of the best config over ``seeds`` seeds, as parallel Ray tasks."""
-    import ray
-
-    @ray.remote(num_cpus=1)
-    def evaluate(raw: dict[str, Any], seed: int) -> float:
-        from edray.pipeline import train
-        from edray.spec import spec_from_dict
-
-        spec = spec_from_dict({**raw, "seed": seed})
-        return float(train(spec, workdir).test_acc)
+def _final_eval(spec: Spec, best: dict[str, Any], seeds: int, layout: Layout, result: SweepResult,
+                log: Callable[[str], None]) -> list[float]:
+    """Test accuracy of the best config over ``seeds`` seeds, as parallel Ray tasks with
+    the trials' resources (on worker nodes, on a cluster)."""
+    from edray.distributed.cluster import final_eval
 
     log(f"final evaluation of the best config on the test split, {seeds} seeds")
-    return ray.get([evaluate.remote(best, best.get("seed", 0) + s) for s in range(seeds)])
+    tic = time.monotonic()
+    runs = final_eval(spec, best, seeds, layout)
+    result.placement["final_eval"] = [node for _, node in runs]
+    result.placement.setdefault("steps", {})["final_eval_s"] = round(time.monotonic() - tic, 2)
+    return [acc for acc, _ in runs]
 
 
 def _finish_tracking(spec: Spec, tracker, grid, result: SweepResult, best_text: str, sweep_dir: Path) -> None:
@@ -443,6 +540,6 @@ def _finish_tracking(spec: Spec, tracker, grid, result: SweepResult, best_text: 
     tracker.finish_sweep(
         best_config=result.best_config or {}, best_spec_yaml=best_text, results=results, figures=figures,
         summary=summary,
-        best_model_path=Path(result.best_model_path) if result.best_model_path and spec.tracking.log_models != "none"
+        best_model_path=result.best_model_path if result.best_model_path and spec.tracking.log_models != "none"
         else None,
     )

@@ -16,6 +16,7 @@ a restarted trial continues from its last epoch, in the same grade.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -28,12 +29,14 @@ from typing import Any
 
 import torch
 
-from edray.atomic import write_bytes
+from edray.cache import node_name
 from edray.data import DataSplits, load_data
 from edray.distill.loop import DistContext, run_ed
 from edray.distill.plan import make_plan
 from edray.distributed.space import resolve_config
-from edray.pipeline import make_teacher_logits
+from edray.layout import Layout
+from edray.logits.fs import join, ray_storage, write_bytes
+from edray.pipeline import local_dataset, make_teacher_logits
 from edray.spec import DatasetSpec, Spec
 from edray.workdir import images_dir
 
@@ -54,8 +57,18 @@ class TrialContext:
 
     base_spec: dict[str, Any]
     workdir: str
-    models_dir: str
+    models_dir: str  # a path or a URI (the shared location on a cluster)
     train_storage: str  # where nested TorchTrainer runs keep their state
+    layout: Layout | None = None  # on a cluster: teachers and stores come through this node's cache
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialContext:
+        fields = json.loads(text)
+        layout = fields.pop("layout", None)
+        return cls(**fields, layout=Layout(**layout) if layout else None)
 
 
 def uses_torch_trainer(spec: Spec) -> bool:
@@ -67,7 +80,8 @@ def uses_torch_trainer(spec: Spec) -> bool:
 @functools.lru_cache(maxsize=4)
 def _cached_data(dataset_json: str, image_cache: str | None = None) -> DataSplits:
     # A reused Tune actor (reuse_actors=True) keeps its data between trials. The driver
-    # built the decoded-image cache before any trial started; trials only map it.
+    # built the decoded-image cache before any trial started (on a cluster: the first trial
+    # on each node builds that node's copy); trials only map it.
     return load_data(DatasetSpec.model_validate_json(dataset_json), image_cache=image_cache)
 
 
@@ -75,32 +89,25 @@ def _device(spec: Spec) -> str:
     return "cuda" if spec.scaling.use_gpu and torch.cuda.is_available() else "cpu"
 
 
-def _extra_metrics(spec: Spec, metrics: dict[str, Any], total_epochs: int) -> dict[str, Any]:
-    plan = make_plan(spec, _num_classes(spec))
+def _extra_metrics(spec: Spec, metrics: dict[str, Any], num_classes: int, total_epochs: int) -> dict[str, Any]:
+    plan = make_plan(spec, num_classes)
     last_start = plan.grades[-1].start_epoch
     # Grade-aware early stopping counts epochs facing all classes: a trial still in an
     # early grade sits at 0 and never meets a rung (DESIGN §4). ``total_epochs`` is the
     # config's own budget: a short copy of it (successive halving) ends before it, so by
     # the one rule (edray.trial_status) the copy is a stopped trial, pruned.
     return {**metrics, "final_grade_epochs": max(0, metrics["epoch"] - last_start), "total_epochs": total_epochs,
-            "budget_epochs": spec.optim.epochs}
-
-
-@functools.lru_cache(maxsize=16)
-def _num_classes_of(dataset_json: str) -> int:
-    return _cached_data(dataset_json).num_classes
-
-
-def _num_classes(spec: Spec) -> int:
-    return _num_classes_of(spec.dataset.model_dump_json())
+            "budget_epochs": spec.optim.epochs, "node": node_name()}
 
 
 def _save_model(ctx: TrialContext, trial_id: str, state: dict[str, Any]) -> str:
-    path = Path(ctx.models_dir) / f"{trial_id}.pt"
-    buf = io.BytesIO()  # in memory first: torch's zip writer reports a full disk as a RuntimeError
+    """The trained student, written whole to ``models_dir`` (on a cluster the shared
+    location, so the driver logs it to MLflow without reading this node's disk)."""
+    location = join(ctx.models_dir, f"{trial_id}.pt")
+    buf = io.BytesIO()
     torch.save(state, buf)
-    write_bytes(path, buf.getbuffer())
-    return str(path)
+    write_bytes(location, buf.getbuffer())
+    return location
 
 
 def _load_state(checkpoint) -> dict[str, Any] | None:
@@ -128,8 +135,11 @@ def train_trial(spec: Spec, ctx: TrialContext, *, trial_id: str, report_fn: Tria
     trial, a Ray Train worker, or a test calls it alike. ``checkpoint`` (a Ray
     ``Checkpoint``) resumes the trial after its epoch.
     """
-    data = _cached_data(spec.dataset.model_dump_json(), str(images_dir(ctx.workdir)))
-    teachers = make_teacher_logits(spec, data, Path(ctx.workdir), device=_device(spec))
+    # Decoded images in this node's cache (the work directory on one machine): on a
+    # cluster each node decodes its own copy once, under a lock, for its trials to map.
+    image_cache = images_dir(ctx.layout.cache() if ctx.layout is not None else ctx.workdir)
+    data = _cached_data(local_dataset(spec.dataset, ctx.layout).model_dump_json(), str(image_cache))
+    teachers = make_teacher_logits(spec, data, Path(ctx.workdir), device=_device(spec), layout=ctx.layout)
     resume = _load_state(checkpoint)
     faults = _fault_hooks()
     if faults:
@@ -140,7 +150,7 @@ def train_trial(spec: Spec, ctx: TrialContext, *, trial_id: str, report_fn: Tria
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         if faults:
             faults.maybe_die(metrics["epoch"], dist.rank)
-        metrics = _extra_metrics(spec, metrics, total_epochs)
+        metrics = _extra_metrics(spec, metrics, data.num_classes, total_epochs)
         final = state.pop("final_model", None) if state else None
         if final is not None and dist.rank == 0 and spec.optim.epochs == total_epochs:  # a short copy: no model
             metrics["model_path"] = _save_model(
@@ -180,14 +190,14 @@ def _run_torch_trainer(spec: Spec, ctx: TrialContext, trial_id: str) -> None:
     scaling = spec.scaling
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"spec": spec.model_dump_json(), "ctx": json.dumps(ctx.__dict__), "trial_id": trial_id},
+        train_loop_config={"spec": spec.model_dump_json(), "ctx": ctx.to_json(), "trial_id": trial_id},
         scaling_config=train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=scaling.resources_per_worker
         ),
         # Same name and storage on a restart: Train V2 resumes from the run's last checkpoint.
         run_config=train.RunConfig(
             name=f"trial-{trial_id}",
-            storage_path=ctx.train_storage,
+            **ray_storage(ctx.train_storage),
             failure_config=train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
@@ -201,7 +211,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     from ray import train
 
     spec = Spec.model_validate_json(config["spec"])
-    ctx = TrialContext(**json.loads(config["ctx"]))
+    ctx = TrialContext.from_json(config["ctx"])
     context = train.get_context()
     dist = DistContext(rank=context.get_world_rank(), world_size=context.get_world_size())
 

@@ -8,8 +8,10 @@ or the metadata server), as pyarrow reads them. A remote shard is read into memo
 first use, so a worker touches only the shards its rows live in. ``file://`` URIs take the
 remote code path too, which is what lets it be tested offline.
 
-Writes are local only: atomic rename and ``flock`` need a POSIX file system (a shared
-NFS/EFS mount counts). Precompute into such a directory and copy it to object storage.
+A store is written shard by shard: on a path (a shared NFS/EFS mount counts) through a
+staging directory renamed when complete; on object storage straight into its folder,
+where the manifest, written last, is what makes it a store (an object PUT is atomic).
+:func:`write_bytes`, :func:`read_bytes` and :func:`list_files` do the same for any file.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import pyarrow.fs as pafs
 
 from edray.errors import EdrayError
 
-__all__ = ["is_uri", "resolve", "join", "local_path"]
+__all__ = [
+    "exists", "is_uri", "join", "list_files", "local_path", "ray_storage", "read_bytes", "resolve", "write_bytes",
+]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -50,8 +54,13 @@ def resolve(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     path = local_path(location)
     if path is not None:
         return pafs.LocalFileSystem(), str(path)
+    uri = str(location)
+    if uri.startswith("s3://") and "allow_delayed_open" not in uri:
+        # Small files (all of edray's but big shards) then go up in one PutObject instead
+        # of a multipart upload: fewer requests, and S3 emulators (moto) accept it.
+        uri += ("&" if "?" in uri else "?") + "allow_delayed_open=true"
     try:
-        fs, inner = pafs.FileSystem.from_uri(str(location))
+        fs, inner = pafs.FileSystem.from_uri(uri)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise EdrayError(
             str(location), f"cannot open this location ({e})", "use a local path, s3:// or gs://, and check credentials"
@@ -59,6 +68,55 @@ def resolve(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     return fs, inner.rstrip("/")
 
 
+def ray_storage(location: str) -> dict[str, object]:
+    """``storage_path`` (+ ``storage_filesystem`` for a URI) for a Ray Tune/Train ``RunConfig``,
+    so Ray writes through the same filesystem settings as edray."""
+    if local_path(location) is not None:
+        return {"storage_path": str(local_path(location))}
+    fs, inner = resolve(location)
+    return {"storage_path": inner, "storage_filesystem": fs}
+
+
 def join(base: str, *parts: str) -> str:
     """Join ``pyarrow.fs`` paths, which always use ``/`` (never ``os.sep``)."""
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def exists(location: str) -> bool:
+    """Whether a file is at ``location`` (a path or a URI)."""
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def read_bytes(location: str) -> bytes:
+    """The bytes of the file at ``location`` (a path or a URI)."""
+    fs, path = resolve(location)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(location: str, data: bytes | memoryview) -> None:
+    """Write a whole file at ``location``: atomically on a path (temp file + rename, see
+    :mod:`edray.atomic`); on object storage one PUT, which readers see whole or not at all."""
+    path = local_path(location)
+    if path is not None:
+        from edray import atomic
+
+        atomic.write_bytes(path, data)
+        return
+    fs, inner = resolve(location)
+    if isinstance(fs, pafs.LocalFileSystem):  # file://; object stores have no folders to make
+        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(inner) as f:
+        f.write(data)
+
+
+def list_files(location: str) -> dict[str, int]:
+    """Every file under the folder ``location``: relative path -> size (``{}`` when absent)."""
+    fs, base = resolve(location)
+    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    out = {}
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.File:
+            out[info.path[len(base):].lstrip("/")] = info.size
+    return out

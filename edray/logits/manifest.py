@@ -69,12 +69,14 @@ def shard_schema(views: int, outputs: int, *, digest: str = "", index: int | Non
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One shard file: its name, row count, byte size and sha256."""
+    """One shard file: its name, row count, byte size, sha256, and the node that wrote it
+    (empty when one process wrote the whole store; not part of what is checked)."""
 
     name: str
     rows: int
     nbytes: int
     sha256: str
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,8 @@ class Manifest:
                 raise EdrayError(
                     path, f"written in store format {version!r}, this edray reads format {FORMAT_VERSION}", _REBUILD
                 )
-            shards = tuple(ShardInfo(str(s["name"]), int(s["rows"]), int(s["nbytes"]), str(s["sha256"]))
-                           for s in data["shards"])
+            shards = tuple(ShardInfo(str(s["name"]), int(s["rows"]), int(s["nbytes"]), str(s["sha256"]),
+                                     str(s.get("node", ""))) for s in data["shards"])
             manifest = cls(
                 key=dict(data["key"]), digest=str(data["digest"]), rows=int(data["rows"]), views=int(data["views"]),
                 outputs=int(data["outputs"]), rows_per_shard=int(data["rows_per_shard"]), shards=shards,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -70,7 +69,7 @@ class TrackingCallback(Callback):
         status = trial_status(result, total_epochs=result.get("total_epochs", self.total_epochs)).value
         model = result.get("model_path") if self.log_models == "all" else None
         self._safely(trial, "complete", lambda: self.tracker.end_trial(
-            trial.trial_id, status, model_path=Path(model) if model else None))
+            trial.trial_id, status, model_path=str(model) if model else None))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         status = TrialStatus.ERRORED.value

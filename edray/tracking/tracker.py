@@ -34,8 +34,10 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from pyarrow import ArrowException
 
 from edray.errors import EdrayError
+from edray.logits.fs import is_uri, read_bytes
 from edray.tracking.secrets import redact
 from edray.tracking.uri import artifacts_are_local
 
@@ -334,7 +336,7 @@ class SweepTracker:
         if batch:
             self._send(run_id, batch)
 
-    def end_trial(self, trial_id: str, status: str, *, model_path: Path | None = None,
+    def end_trial(self, trial_id: str, status: str, *, model_path: str | Path | None = None,
                   final_metrics: dict | None = None) -> None:
         """Close a trial's run: ``completed`` / ``pruned`` -> FINISHED, ``errored`` -> FAILED.
 
@@ -350,14 +352,14 @@ class SweepTracker:
             if batch:
                 self._send(run_id, batch)
         if model_path is not None:
-            self._log_file(run_id, Path(model_path), "model", "student.pt")
+            self._log_file(run_id, model_path, "model", "student.pt")
         self._retry(lambda: self.client.set_tag(run_id, "edray.status", status))
         self._retry(lambda: self.client.set_terminated(run_id, TRIAL_STATUSES[status]))
 
     # ------------------------------------------------------------------ the end of the sweep
 
     def finish_sweep(self, *, best_config: dict, best_spec_yaml: str, results: list[dict], figures: dict[str, Path],
-                     summary: dict, status: str = "FINISHED", best_model_path: Path | None = None) -> None:
+                     summary: dict, status: str = "FINISHED", best_model_path: str | Path | None = None) -> None:
         """Close the parent run with the best config (params ``best.*`` and ``best.yaml``), the
         results table (``results.csv``, ``results.json``), the figures (``figures/*.png``),
         the numbers of ``summary`` as metrics and the rest as ``edray.summary.*`` tags.
@@ -384,7 +386,7 @@ class SweepTracker:
         for name, path in figures.items():
             self._log_file(run_id, Path(path), "figures", f"{mlflow_key(name)}{Path(path).suffix or '.png'}")
         if best_model_path is not None:
-            self._log_file(run_id, Path(best_model_path), "model", "student.pt")
+            self._log_file(run_id, best_model_path, "model", "student.pt")
         numeric = {k: v for k, v in _numeric(summary).items() if math.isfinite(v)}
         if numeric:
             self._send(run_id, _metrics(numeric, 0))
@@ -413,7 +415,21 @@ class SweepTracker:
             chunk = tags[i:i + _BATCH]
             self._retry(lambda c=chunk: self.client.log_batch(run_id, tags=c))
 
-    def _log_file(self, run_id: str, path: Path, folder: str, name: str) -> None:
+    def _log_file(self, run_id: str, path: str | Path, folder: str, name: str) -> None:
+        """Log a file as ``folder/name``: a local path, or a URI on the shared location (a
+        student trained on another node), streamed through a temp file here."""
+        location = str(path)
+        if is_uri(location):
+            with tempfile.TemporaryDirectory() as tmp:
+                staged = Path(tmp) / name
+                try:
+                    staged.write_bytes(read_bytes(location))
+                except (OSError, ArrowException) as err:
+                    log.warning("MLflow: cannot read %s (%s); not logged to %s/%s", location, err, folder, name)
+                    return
+                self._retry(lambda: self.client.log_artifact(run_id, str(staged), folder))
+            return
+        path = Path(location)
         if not path.is_file():
             log.warning("MLflow: %s does not exist; not logged to %s/%s", path, folder, name)
             return

@@ -1,0 +1,255 @@
+"""``edray sweep`` on a real multi-node Ray cluster whose nodes share only an S3 API.
+
+The cluster (tests/cluster_fixture.py): a head with ``--num-cpus=0``, two worker nodes each
+in its own mount namespace with a tmpfs over the work area (so no node sees the driver's
+work directory or another node's cache), ``moto`` as the S3 API, a real ``mlflow server``
+with its artifacts on that S3, token authentication on. The driver runs ``edray sweep
+--address auto`` as a user would on the head.
+
+Skipped, with the reason, where ``unshare``/``mount`` are not allowed (they need root; CI
+runs as root). ``-m 'not cluster'`` skips them on a laptop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from .cluster_fixture import BUCKET, SimCluster, start_cluster, start_worker, why_not
+from .conftest import DIGITS_YAML, FAST
+
+EPOCHS = 4
+# Two small teachers (every group averages both): two Ray Train jobs at once, four stores.
+SPEC = [*FAST, f"optim.epochs={EPOCHS}", "ed.switch_epochs=[1, 2]", "search.params[0].min_grade_epochs=1",
+        "teachers.models=[{arch: cnn_medium, train: {epochs: 2}}, {arch: cnn_medium, train: {epochs: 2}}]",
+        "teachers.views=2", "search.early_stopping.kind=none", "search.final_eval.seeds=2",
+        "tracking.log_models=all"]
+TEACHERS = 2
+_TIMEOUT_S = 1500  # a bound for a machine shared with other jobs; unloaded, a sweep takes a few minutes
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def _sweep_cmd(workdir: Path, *extra: str, samples: int = 4) -> list[str]:
+    return [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--address", "auto", "--json",
+            "--workdir", str(workdir), "--num-samples", str(samples), "--max-concurrent", "2", *_sets(SPEC), *extra]
+
+
+def _summary(proc: subprocess.CompletedProcess | tuple[int, str, str]) -> dict:
+    code, out, err = (proc.returncode, proc.stdout, proc.stderr) if hasattr(proc, "returncode") else proc
+    assert code == 0, f"exit {code}\n{err[-6000:]}"
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _s3(cluster: SimCluster):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=cluster.s3_endpoint, aws_access_key_id="testing",
+                        aws_secret_access_key="testing", region_name="us-east-1")
+
+
+def _keys(cluster: SimCluster, prefix: str) -> list[str]:
+    pages = _s3(cluster).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def _objects(cluster: SimCluster, prefix: str) -> dict[str, dict]:
+    pages = _s3(cluster).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {o["Key"]: o for page in pages for o in page.get("Contents", [])}
+
+
+def _worker(node: str | None) -> str:
+    """The fixture's name of the node in a placement entry (``worker1 (ray node ...)``)."""
+    return (node or "?").split(" ")[0]
+
+
+@pytest.fixture(scope="module")
+def sim():
+    reason = why_not()
+    if reason:
+        pytest.skip(f"simulated cluster unavailable: {reason}")
+    base = Path(tempfile.mkdtemp(prefix="edc-", dir="/tmp"))  # short: Ray's socket paths live under it
+    try:
+        cluster = start_cluster(base / "w", base / "logs")  # stops what it started if it fails
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def first(sim):
+    """The first sweep on the cluster: trains the teachers, builds the stores, runs 4 trials."""
+    workdir = sim.base / "driver-1"
+    env = sim.driver_env(EDRAY_SHARED=sim.shared("run"))
+    tic = time.monotonic()
+    proc = subprocess.run(_sweep_cmd(workdir), env=env, capture_output=True, text=True, timeout=_TIMEOUT_S)
+    summary = _summary(proc)
+    print(f"first sweep: {time.monotonic() - tic:.0f}s, steps {summary['placement'].get('steps')}, "
+          f"timings {summary['placement'].get('timings')}")
+    return workdir, summary, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_a_sweep_runs_every_heavy_step_on_worker_nodes(sim, first, tmp_path):
+    workdir, summary, _ = first
+    workers = {"worker1", "worker2"}
+    assert summary["trials"] == 4 and summary["errored"] == 0, summary
+    assert summary["completed"] + summary["pruned"] == 4
+    placement = summary["placement"]
+    assert {_worker(n) for n in placement["nodes"]} == workers  # both probed
+    # Teachers: one Ray Train job each, on workers, checkpoints + checksums on S3.
+    assert sorted(placement["teachers"]) == [str(i) for i in range(TEACHERS)]
+    assert {_worker(n) for n in placement["teachers"].values()} <= workers
+    teachers = _keys(sim, "run/teachers/")
+    for suffix in (".pt", ".pt.sha256", ".pt.json"):  # checkpoint, checksum (written last), who trained it
+        assert len([k for k in teachers if k.endswith(suffix)]) == TEACHERS, teachers
+    # Stores: sharded by rows across the workers, one store each, manifest last.
+    stores = placement["stores"]
+    assert len(stores) == 2 * TEACHERS and all(len(nodes) == 2 for nodes in stores.values())  # (train, val) each
+    assert {_worker(n) for nodes in stores.values() for n in nodes} == workers
+    for name, nodes in stores.items():
+        manifest = json.loads(_s3(sim).get_object(Bucket=BUCKET, Key=f"run/logits/{name}/manifest.json")["Body"].read())
+        assert [s["node"] for s in manifest["shards"]] == nodes
+    assert not [k for k in _keys(sim, "run/logits/") if k.endswith((".done", "layout.json"))]
+    # Trials and the final evaluation on workers; the driver's head offers no CPU.
+    assert {_worker(n) for n in placement["trials"].values()} <= workers and len(placement["trials"]) == 4
+    assert len(placement["final_eval"]) == 2 and {_worker(n) for n in placement["final_eval"]} <= workers
+    assert len(summary["final_test_accs"]) == 2
+    # Students on the shared location, and the best one downloadable from MLflow (artifacts on S3).
+    assert summary["best_model_path"].startswith(f"s3://{BUCKET}/run/models/")
+    assert len([k for k in _keys(sim, "run/models/") if k.endswith(".pt")]) == summary["completed"]
+    client = MlflowClient(tracking_uri=sim.mlflow_uri)
+    os.environ.update({k: v for k, v in sim.common_env.items() if k.startswith(("AWS_", "MLFLOW_S3"))})
+    student = torch.load(client.download_artifacts(summary["parent_run_id"], "model/student.pt", str(tmp_path)),
+                         weights_only=False)
+    assert student["num_classes"] == 10 and student["state_dict"]
+    assert _keys(sim, "mlflow-artifacts/")  # the server stored them on the S3 API
+    assert not list(workdir.glob("teachers")) and not list(workdir.glob("logits"))  # nothing heavy on the driver
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_a_killed_worker_node_loses_no_finished_trial(sim, first):
+    """Same shared location: teachers and stores are found, not rebuilt. worker2 is killed
+    (its whole process group, like a lost machine) once a trial has finished; the sweep
+    finishes on worker1 with no trial errored."""
+    workdir = sim.base / "driver-kill"
+    env = sim.driver_env(EDRAY_SHARED=sim.shared("run"))
+    before = set(_keys(sim, "run/models/"))
+    proc = subprocess.Popen(_sweep_cmd(workdir, "--set", "search.seed=1", "--no-final-eval"), env=env,
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: len(set(_keys(sim, "run/models/")) - before) >= 1, proc, "a finished trial")
+        sim.kill_node("worker2")
+        out, err = proc.communicate(timeout=_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        start_worker(sim, "worker2")  # for the tests after this one
+    summary = _summary((proc.returncode, out, err))
+    assert summary["trials"] == 4 and summary["errored"] == 0, summary
+    assert summary["placement"]["teachers"] == {} and summary["placement"]["stores"] == {}  # trained once
+    assert len([k for k in _keys(sim, "run/teachers/") if k.endswith(".pt")]) == TEACHERS
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_resume_after_the_driver_is_killed(sim, first):
+    workdir = sim.base / "driver-resume"
+    env = sim.driver_env(EDRAY_SHARED=sim.shared("run"))
+    before = set(_keys(sim, "run/models/"))
+    cmd = _sweep_cmd(workdir, "--set", "search.seed=2", "--no-final-eval")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: len(set(_keys(sim, "run/models/")) - before) >= 1, proc, "a finished trial")
+        time.sleep(15)  # Tune uploads its experiment state every ~10 s: let it record the trials started since
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = {k: o["LastModified"] for k, o in _objects(sim, "run/models/").items() if k not in before}
+    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=_TIMEOUT_S)
+    summary = _summary(resumed)
+    assert summary["trials"] == 4 and summary["errored"] == 0, summary
+    client = MlflowClient(tracking_uri=sim.mlflow_uri)
+    children = client.search_runs([client.get_experiment_by_name(summary["experiment"]).experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'")
+    assert len([c for c in children if c.info.status == "FINISHED"]) == 4  # one per trial, none doubled
+    after = _objects(sim, "run/models/")
+    assert all(after[k]["LastModified"] == when for k, when in finished.items())  # finished trials not re-run
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_a_dataset_missing_on_the_nodes_fails_in_one_line_naming_node_path_and_fix(sim, tmp_path):
+    from PIL import Image
+
+    root = sim.base / "driver-data" / "images"  # under the work area: the workers' tmpfs hides it
+    for c in range(3):
+        (root / "train" / f"class{c}").mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (8, 8), (40 * c, 10 * i, 0)).save(root / "train" / f"class{c}" / f"{i}.png")
+    env = sim.driver_env(EDRAY_SHARED=sim.shared("missing-data"))
+    tic = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--address", "auto",
+         "--workdir", str(sim.base / "driver-data" / "work"), *_sets([*SPEC, "dataset.name=imagefolder",
+                                                                      f"dataset.root={root}"])],
+        env=env, capture_output=True, text=True, timeout=_TIMEOUT_S,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert lines[-1].startswith("error: dataset.root: node worker") and str(root) in lines[-1], lines[-1]
+    assert "fix: copy it to that path on every node" in lines[-1] and "Traceback" not in proc.stderr
+    assert time.monotonic() - tic < 120
+
+
+@pytest.mark.slow
+def test_an_address_that_does_not_answer_fails_fast_in_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "EDRAY_SHARED", "MLFLOW_TRACKING_URI")}
+    tic = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--address", f"127.0.0.1:{port}",
+         "--workdir", str(tmp_path / "w"), *_sets(SPEC)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    # Fails fast rather than in ray.init, which retries a dead address for minutes. The bound is
+    # loose on purpose: the interpreter's start, imports and the spec's checks take 30-60 s on a
+    # loaded 2-core machine.
+    assert time.monotonic() - tic < 100
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: --address: no Ray cluster answers at 127.0.0.1:{port}")
+    assert not (tmp_path / "w" / "teachers").exists()
+
+
+def _wait_for(check, proc: subprocess.Popen, what: str, timeout_s: float = _TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the sweep exited ({proc.returncode}) before {what}")
+        time.sleep(1)
+    raise AssertionError(f"no {what} after {timeout_s} s")
