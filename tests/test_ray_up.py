@@ -44,7 +44,7 @@ SWEEP_ARGS = ["--num-samples", "2", "--set", "optim.epochs=12", "--set", "ed.swi
               *[a for k in range(3) for a in ("--set", f"teachers.models[{k}].train.epochs=4",
                                               "--set", f"teachers.models[{k}].arch=cnn_medium")]]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # `-m "not cluster"` skips it locally
 
 
 def _skip_reason() -> str | None:
