@@ -62,9 +62,15 @@ def ensure_teachers(spec: Spec, data: DataSplits, workdir: Path, *, device: str 
     return teach(spec, workdir, data=data, device=device, progress=progress)
 
 
+_ROOTLESS_DATASETS = frozenset({"digits", "synthetic"})  # built in or generated: no files
+
+
 def local_dataset(dataset: DatasetSpec, layout: Layout | None) -> DatasetSpec:
-    """``dataset`` with a shared ``root`` URI replaced by this node's copy (fetched once)."""
-    if layout is None or not dataset.root or not is_uri(dataset.root):
+    """``dataset`` with a shared ``root`` URI replaced by this node's copy (fetched once).
+
+    Embedded and generated datasets read no root, so theirs is never fetched.
+    """
+    if layout is None or not dataset.root or not is_uri(dataset.root) or dataset.name in _ROOTLESS_DATASETS:
         return dataset
     from edray.cache import cached_tree
 
