@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from edray.atomic import write_bytes
+from edray.atomic import write_torch
 from edray.data import DataSplits, ImageSet, subset
 from edray.data.groups import ClassGroups, split_classes
 from edray.data.views import counter_hash
@@ -154,10 +153,8 @@ def train_teacher(
             raise
         raise EdrayError(f"teachers.models[{index}].pretrained", err.problem, err.fix) from None
     path = teacher_path(spec, index, data, workdir)
-    buf = io.BytesIO()  # in memory first: torch's zip writer reports a full disk as a RuntimeError
-    torch.save({"arch": t.arch, "classes": classes, "state_dict": result.model.state_dict(), "val_acc": result.val_acc,
-                "train_s": time.monotonic() - start}, buf)
-    write_bytes(path, buf.getbuffer())
+    write_torch(path, {"arch": t.arch, "classes": classes, "state_dict": result.model.state_dict(),
+                       "val_acc": result.val_acc, "train_s": time.monotonic() - start})
     return TeacherCheckpoint(t.arch, classes, result.model.to(device).eval(), result.val_acc, path)
 
 
