@@ -434,8 +434,9 @@ def test_a_killed_sweep_resumes_without_running_finished_trials_again(tmp_path_f
     before = {tid: ((models / f"{tid}.pt").stat().st_mtime_ns, _result_rows(workdir, tid)) for tid in finished}
     assert all(len(rows) == EPOCHS for _, rows in before.values())
 
-    summary = _summary(_edray(*args, "--resume"))
-    assert summary["trials"] == 3 and summary["completed"] == 3
+    resumed = _edray(*args, "--resume")
+    summary = _summary(resumed)
+    assert summary["trials"] == 3 and summary["completed"] == 3, (summary, resumed.stderr[-6000:])
     assert summary["parent_run_id"] == state["parent_run_id"]
     assert json.loads((workdir / "sweeps" / "digits" / "sweep.json").read_text()) == state
 

@@ -22,9 +22,10 @@ import yaml
 
 from edray.atomic import write_text
 from edray.distributed.space import compile_space, default_point, resolve_config
+from edray.distributed.tune_restore import repair_missing_checkpoints
 from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.layout import Layout
-from edray.logits.fs import is_uri, ray_storage
+from edray.logits.fs import is_uri, ray_storage, resolve
 from edray.spec import Spec
 from edray.trial_status import TrialStatus, trial_status
 
@@ -308,7 +309,7 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     state = _start_tracking(spec, workdir, tracker, state, layout)
     _init_ray(options.address)
     steps = time.monotonic()
-    grid = _fit(_build_tuner(spec, workdir, options, tracker, state, layout), tracker)
+    grid = _fit(_build_tuner(spec, workdir, options, tracker, state, layout, log), tracker)
     timings["tune_s"] = round(time.monotonic() - steps, 2)
     result = _collect(spec, grid, tracker, state["parent_run_id"], tic)
     result.placement.update(placement)
@@ -378,7 +379,8 @@ def _start_tracking(spec: Spec, workdir: Path, tracker, state: dict[str, Any], l
     return state
 
 
-def _build_tuner(spec: Spec, workdir: Path, options: SweepOptions, tracker, state: dict[str, Any], layout: Layout):
+def _build_tuner(spec: Spec, workdir: Path, options: SweepOptions, tracker, state: dict[str, Any], layout: Layout,
+                 log: Callable[[str], None]):
     """A new Tuner, or the stopped one restored (``--resume``): finished trials are not re-run."""
     from ray import tune
 
@@ -390,6 +392,9 @@ def _build_tuner(spec: Spec, workdir: Path, options: SweepOptions, tracker, stat
     where = ray_storage(state["experiment_path"])
     path, fs = where["storage_path"], where.get("storage_filesystem")
     if options.resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
+        for ref in repair_missing_checkpoints(*resolve(state["experiment_path"])):
+            log(f"resume: {ref} was deleted before the sweep's state was saved; the trial resumes from the "
+                "checkpoint after it")
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
     trials, _ = planned_epochs(spec, num_samples)  # halving: one Tune trial per config per rung it reaches
     tune_config = tune.TuneConfig(search_alg=limited, scheduler=make_scheduler(spec), num_samples=trials,
