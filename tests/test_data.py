@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from edray.data import DATASETS, FileImageSet, TensorImageSet, iterate_batches, load_data, subset
+from edray.data.digits import read_digits
 from edray.data.imagesets import IMAGENET_MEAN, IMAGENET_STD, SubsetImageSet
 from edray.data.synthetic import SyntheticImageSet
 from edray.errors import EdrayError
@@ -87,6 +88,14 @@ def test_digits_shapes_and_normalisation(digits):
     assert x.shape == (len(digits.train), 1, 8, 8) and x.dtype == torch.float32
     assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05
     assert digits.train.labels.dtype == torch.int64
+
+
+def test_digits_read_without_sklearn_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    values, targets = read_digits()
+    bunch = load_digits()
+    assert np.array_equal(values, bunch.images) and np.array_equal(targets, bunch.target)
 
 
 def test_digits_splits_are_disjoint_stratified_and_sized(digits):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -309,7 +310,10 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     state = _start_tracking(spec, workdir, tracker, state, layout)
     _init_ray(options.address)
     steps = time.monotonic()
-    grid = _fit(_build_tuner(spec, workdir, options, tracker, state, layout, log), tracker)
+    tuner = _build_tuner(spec, workdir, options, tracker, state, layout, log)
+    # The driver only waits while trials train: it imports the end-of-sweep figures' stack meanwhile.
+    threading.Thread(target=_preload_figures, name="edray-preload-figures", daemon=True).start()
+    grid = _fit(tuner, tracker)
     timings["tune_s"] = round(time.monotonic() - steps, 2)
     result = _collect(spec, grid, tracker, state["parent_run_id"], tic)
     result.placement.update(placement)
@@ -319,6 +323,15 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     result.placement["timings"] = timings
     result.wall_s = time.monotonic() - tic
     return result
+
+
+def _preload_figures() -> None:
+    try:
+        from edray.tracking.figures import preload
+
+        preload()
+    except Exception:  # noqa: BLE001  (the figures themselves report any real problem)
+        pass
 
 
 def _check(spec: Spec, layout: Layout) -> None:

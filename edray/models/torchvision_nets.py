@@ -17,9 +17,9 @@ learnt with it; the weights are loaded before the net is cut, and the classifier
 from __future__ import annotations
 
 from torch import nn
-from torchvision import models as tvm
-from torchvision.ops.misc import Conv2dNormActivation
 
+# torchvision is imported by the builders, not here: it costs ~1 s in every fresh process
+# (each sweep trial's Ray worker), and the small-image networks never need it.
 from edray.models.backbone import ARCHITECTURES, SMALL_IMAGE, Backbone
 
 __all__ = ["resnet18", "resnet34", "resnet50", "mobilenet_v2"]
@@ -64,6 +64,8 @@ def _torchvision_resnet(
 def resnet18(
     *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool = False, state_dict: dict | None = None
 ) -> Backbone:
+    from torchvision import models as tvm
+
     return _torchvision_resnet(tvm.resnet18, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                                imagenet_stem=imagenet_stem, state_dict=state_dict)
 
@@ -72,6 +74,8 @@ def resnet18(
 def resnet34(
     *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool = False, state_dict: dict | None = None
 ) -> Backbone:
+    from torchvision import models as tvm
+
     return _torchvision_resnet(tvm.resnet34, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                                imagenet_stem=imagenet_stem, state_dict=state_dict)
 
@@ -80,6 +84,8 @@ def resnet34(
 def resnet50(
     *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool = False, state_dict: dict | None = None
 ) -> Backbone:
+    from torchvision import models as tvm
+
     return _torchvision_resnet(tvm.resnet50, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                                imagenet_stem=imagenet_stem, state_dict=state_dict)
 
@@ -88,6 +94,9 @@ def resnet50(
 def mobilenet_v2(
     *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool = False, state_dict: dict | None = None
 ) -> Backbone:
+    from torchvision import models as tvm
+    from torchvision.ops.misc import Conv2dNormActivation
+
     small = image_size <= SMALL_IMAGE and not imagenet_stem
     stages = [list(s) for s in _MOBILENET_V2_STAGES]
     if small:
