@@ -200,6 +200,33 @@ def test_resume_after_the_driver_is_killed(sim, first):
 
 @pytest.mark.slow
 @pytest.mark.cluster
+def test_a_shared_directory_serves_as_the_shared_location(sim, first):
+    """``EDRAY_SHARED`` as a mounted path (an NFS or FSx mount on a real cluster): a folder
+    outside the work area, which every node sees. The first sweep's teachers and stores are
+    copied there (as a user would sync them), so this sweep trains only its trials."""
+    shared = sim.base.parent / "shared-dir"
+    s3 = _s3(sim)
+    for key in _keys(sim, "run/teachers/") + _keys(sim, "run/logits/"):
+        target = shared / key.removeprefix("run/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(BUCKET, key, str(target))
+    workdir = sim.base / "driver-dir"
+    env = sim.driver_env(EDRAY_SHARED=str(shared))
+    summary = _summary(subprocess.run(_sweep_cmd(workdir, "--set", "search.seed=3", samples=2), env=env,
+                                      capture_output=True, text=True, timeout=_TIMEOUT_S))
+    assert summary["trials"] == 2 and summary["errored"] == 0, summary
+    placement = summary["placement"]
+    assert placement["teachers"] == {} and placement["stores"] == {}  # found in the folder, not rebuilt
+    assert {_worker(n) for n in placement["trials"].values()} <= {"worker1", "worker2"}
+    assert {_worker(n) for n in placement["final_eval"]} <= {"worker1", "worker2"}
+    models = sorted((shared / "models").rglob("*.pt"))
+    assert len(models) == summary["completed"] and summary["best_model_path"] in {str(m) for m in models}
+    assert any((shared / "ray_results").iterdir())  # Tune's state where any node can resume it
+    assert not list(workdir.glob("teachers")) and not list(workdir.glob("logits")) and not list(workdir.glob("models"))
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_a_dataset_missing_on_the_nodes_fails_in_one_line_naming_node_path_and_fix(sim, tmp_path):
     from PIL import Image
 

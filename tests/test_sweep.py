@@ -444,12 +444,13 @@ def test_a_killed_sweep_resumes_without_running_finished_trials_again(tmp_path_f
     for tid, (mtime, rows) in before.items():
         assert _result_rows(workdir, tid) == rows
         assert (models / f"{tid}.pt").stat().st_mtime_ns == mtime
-    # Every trial trained each epoch: the unfinished ones continued after the restart.
+    # The unfinished trials continued after the restart, to their last epoch. (Tune's own
+    # result.json may lose a row it had buffered at the kill; MLflow, below, has every epoch once.)
     ids = set(_trial_states(workdir))
     assert len(ids) == 3 and finished < ids
     for tid in ids - finished:
         rows = _result_rows(workdir, tid)
-        assert {r["epoch"] for r in rows} == set(range(1, EPOCHS + 1))
+        assert max(r["epoch"] for r in rows) == EPOCHS
         assert any(r["timestamp"] >= int(killed_at) for r in rows)
 
     # MLflow: still one sweep run, one child per trial, each epoch logged once.
