@@ -39,9 +39,8 @@ import pyarrow as pa
 import torch
 
 from edray.atomic import atomic_path, exclusive_lock, write_text
-from edray.data.imagesets import FileImageSet, ImageSet
+from edray.data.imagesets import DecodedImageSet, FileImageSet
 from edray.data.loading import BatchLoader, LoaderSettings
-from edray.data.views import normalise_pixels
 from edray.errors import EdrayError
 from edray.logits.key import digest_of, file_sha256, fingerprint
 
@@ -99,7 +98,7 @@ def _schema(size: int, digest: str) -> pa.Schema:
                      metadata={"edray.digest": digest})
 
 
-class CachedImageSet(ImageSet):
+class CachedImageSet(DecodedImageSet):
     """The rows of a :class:`FileImageSet`, read from its decoded-image cache.
 
     ``load`` is a gather from the memory map plus normalisation, cheap enough to run in
@@ -139,16 +138,6 @@ class CachedImageSet(ImageSet):
         for i, (b, r) in enumerate(zip(which.tolist(), local.tolist())):
             out[i] = batches[b][r]
         return out
-
-    @property
-    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mean, self.std
-
-    def load_pixels(self, indices: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.load_uint8(indices))
-
-    def load(self, indices: torch.Tensor) -> torch.Tensor:
-        return normalise_pixels(self.load_pixels(indices), self.mean, self.std)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_batches": None}  # no mapped buffers: the child maps its own

@@ -24,6 +24,7 @@ from edray.errors import EdrayError
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "DecodedImageSet",
     "FileImageSet",
     "ImageSet",
     "SubsetImageSet",
@@ -114,7 +115,36 @@ class TensorImageSet(ImageSet):
         return (x - self.mean) / self.std
 
 
-class FileImageSet(ImageSet):
+class DecodedImageSet(ImageSet):
+    """Rows of decoded RGB pixels (from files, or from their decoded-image cache).
+
+    Subclasses give :meth:`load_uint8`; the batch as it crosses to the device
+    (:meth:`load_pixels`), its statistics and the normalised floats (:meth:`load`) are the
+    same for all of them, so a file and its cache agree value for value.
+
+    Attributes:
+        mean, std: per-channel statistics in [0, 1] units, [1, 3, 1, 1].
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @abc.abstractmethod
+    def load_uint8(self, indices: torch.Tensor) -> np.ndarray:
+        """The decoded pixels of rows ``indices``: uint8 [B, H, W, 3]."""
+
+    @property
+    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mean, self.std
+
+    def load_pixels(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.load_uint8(indices))
+
+    def load(self, indices: torch.Tensor) -> torch.Tensor:
+        return normalise_pixels(self.load_pixels(indices), self.mean, self.std)
+
+
+class FileImageSet(DecodedImageSet):
     """Images decoded from files with PIL (RGB): shorter side to ``image_size``, centre crop.
 
     Holds only paths and labels, so it pickles cheaply into DataLoader workers.
@@ -173,13 +203,6 @@ class FileImageSet(ImageSet):
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise EdrayError(str(path), f"cannot decode image ({err})", "remove or replace the file") from None
 
-    @property
-    def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mean, self.std
-
-    def load_pixels(self, indices: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.load_uint8(indices))
-
     def load_uint8(self, indices: torch.Tensor) -> np.ndarray:
         """The decoded pixels of rows ``indices``: uint8 [B, H, W, 3], what the image cache stores."""
         rows = torch.as_tensor(indices, dtype=torch.long).reshape(-1).tolist()
@@ -188,9 +211,6 @@ class FileImageSet(ImageSet):
         for i, row in enumerate(rows):
             batch[i] = self._decode(row)
         return batch
-
-    def load(self, indices: torch.Tensor) -> torch.Tensor:
-        return normalise_pixels(self.load_pixels(indices), self.mean, self.std)
 
 
 class SubsetImageSet(ImageSet):

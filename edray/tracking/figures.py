@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from edray.atomic import atomic_path
 from edray.spec import SearchParam
 from edray.tracking.values import finite
+from edray.trial_status import TrialStatus
 
 __all__ = ["FIGURES", "build_study", "preload", "render_figures"]
 
@@ -36,9 +37,10 @@ log = logging.getLogger(__name__)
 FIGURES = ("optimization_history", "param_importances", "parallel_coordinates", "learning_curves")
 _TOP = 5
 _INDEXED = re.compile(r"^(?P<path>.+)\[(?P<i>\d+)\]$")
-_STATES = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "errored": TrialState.FAIL}
+_STATES = {TrialStatus.COMPLETED: TrialState.COMPLETE, TrialStatus.PRUNED: TrialState.PRUNED,
+           TrialStatus.ERRORED: TrialState.FAIL}
 _OWN = ("optimization_history", "learning_curves")  # drawn here, not by Optuna
-_COLORS = {"completed": "tab:blue", "pruned": "tab:orange", "errored": "tab:red"}
+_COLORS = {TrialStatus.COMPLETED: "tab:blue", TrialStatus.PRUNED: "tab:orange", TrialStatus.ERRORED: "tab:red"}
 
 
 def render_figures(results: list[dict], history: dict[str, list[dict]], space: list[SearchParam], out_dir: Path,
@@ -195,11 +197,11 @@ def _history_figure(plt, results: list[dict], metric: str):
         xs = [i for i, v, s in points if s == status and v is not None]
         ys = [v for _, v, s in points if s == status and v is not None]
         if xs:
-            ax.scatter(xs, ys, c=color, label=f"{status} ({len(xs)})", zorder=3,
-                       marker="o" if status == "completed" else "x")
+            ax.scatter(xs, ys, c=color, label=f"{status.value} ({len(xs)})", zorder=3,
+                       marker="o" if status is TrialStatus.COMPLETED else "x")
     best, xs, ys = -math.inf, [], []
     for i, v, s in points:
-        if s == "completed" and v is not None:
+        if s == TrialStatus.COMPLETED and v is not None:
             best = max(best, v)
         if best > -math.inf:
             xs.append(i)
