@@ -9,8 +9,8 @@ Makes a JPEG folder in the Caltech-256 layout under a temp dir (``--classes`` fo
 - ``cache_build_s``, ``cache_bytes_per_image``: decoding every image once into the cache;
 - ``edray_cache_img_s``: edray reading the decoded cache (uint8 rows gathered from the
   memory map), views (crop 16 px padding + flip) cut and normalised, in the training
-  process as a CPU run does (no workers: for in-memory rows they cost more CPU than they
-  save); a GPU run cuts the views on the device;
+  process as a CPU run does (on ``--workers`` threads, not processes: for in-memory rows a
+  process costs more CPU than it saves); a GPU run cuts the views on the device;
 - ``step_fp32_img_s``, ``step_amp_img_s``: resnet18 training steps at 224 px from an
   in-memory batch on the best device present (CUDA: bf16 or fp16 autocast, channels_last;
   CPU: bf16 autocast);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 import torch
@@ -61,6 +62,33 @@ def test_persistent_workers_serve_every_pass_in_its_order():
     assert len(pids) == 2 and os.getpid() not in pids  # the same two workers for all three passes
     plain = list(iterate_batches(images, torch.arange(20), 6))
     assert {int(p) for x, _, _ in plain for p in x[:, 1]} == {os.getpid()}
+
+
+class _ThreadImages(ImageSet):
+    """An in-memory set whose pixels record the row and the loading thread."""
+
+    in_memory = True
+
+    def __init__(self, n: int):
+        self.labels = torch.arange(n) % 3
+
+    def load(self, indices: torch.Tensor) -> torch.Tensor:
+        rows = torch.as_tensor(indices).reshape(-1, 1).double()
+        return torch.cat([rows, torch.full_like(rows, threading.get_ident())], 1)
+
+
+def test_in_memory_batches_are_cut_on_threads_in_order_and_only_with_cpus_to_spare():
+    images = _ThreadImages(20)
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(0))
+    got = list(BatchLoader(images, LoaderSettings(num_workers=2, prefetch_factor=2)).batches(order, 3))
+    assert [len(idx) for _, _, idx in got] == [3] * 6 + [2]
+    assert torch.equal(torch.cat([idx for _, _, idx in got]), order)
+    for x, y, idx in got:
+        assert torch.equal(x[:, 0].long(), idx) and torch.equal(y, images.labels[idx])
+    threads = {int(t) for x, _, _ in got for t in x[:, 1]}
+    assert threading.get_ident() not in threads and 1 <= len(threads) <= 2
+    plain = list(BatchLoader(images, LoaderSettings(num_workers=0)).batches(order, 3))
+    assert {int(t) for x, _, _ in plain for t in x[:, 1]} == {threading.get_ident()}
 
 
 def test_views_cut_by_workers_equal_views_cut_in_the_training_process(tmp_path):

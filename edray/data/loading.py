@@ -1,8 +1,9 @@
 """Batches of an image set in a given order, and how many processes load them.
 
 In-memory sets (tensors, the decoded-image cache) load a batch with one gather in the
-training process. File sets decode JPEGs, which is slow enough to need worker
-processes; how many is decided from the CPUs the trial was given
+training process, on threads when the trial has CPUs to spare (the copies release the
+GIL; worker processes would add a shared-memory copy each way). File sets decode JPEGs,
+which is slow enough to need worker processes; how many is decided from the CPUs the trial was given
 (``scaling.resources_per_worker.CPU``), never more, so a sweep of several trials per
 node does not oversubscribe it. Workers persist across epochs (no re-spawn and re-pickle
 per pass) and, on CUDA, hand over pinned batches so host-to-device copies can overlap.
@@ -117,8 +118,8 @@ class BatchLoader:
         self._rows = _Rows(images, pixels, views)
         self._order = _Order()
         self._loader: torch.utils.data.DataLoader | None = None
-        # In-memory sets stay in this process: handing a float batch across processes costs
-        # more CPU (a shared-memory copy each way) than gathering and cutting it here.
+        # In-memory sets stay in this process (on threads, see _threaded): handing a float batch
+        # across processes costs more CPU (a shared-memory copy each way) than gathering it here.
         if settings.num_workers > 0 and not images.in_memory:
             self._loader = torch.utils.data.DataLoader(
                 self._rows, batch_size=None, sampler=self._order, num_workers=settings.num_workers,
@@ -137,12 +138,32 @@ class BatchLoader:
         batches: list = list(torch.as_tensor(order, dtype=torch.long).reshape(-1).split(batch_size))
         if self.applies_views and views is not None:
             batches = list(zip(batches, torch.as_tensor(views, dtype=torch.long).reshape(-1).split(batch_size)))
+        if self._loader is None and self.settings.num_workers > 0 and len(batches) > 1:
+            yield from self._threaded(batches)
+            return
         if self._loader is None or len(batches) <= 1:
             for idx in batches:  # in this process: pinning would be one more copy, not an overlap
                 yield self._rows[idx]
             return
         self._order.batches = batches
         yield from self._loader
+
+    def _threaded(self, batches: list) -> Iterator[Batch]:
+        """In-memory batches cut by ``num_workers`` threads, in order, a few batches ahead:
+        the gather, crop and normalisation are numpy/torch copies that release the GIL, so
+        the trial's other CPUs prepare the next batches while this one trains."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = self.settings.num_workers
+        ahead = workers * (self.settings.prefetch_factor or 2)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edray-batches") as pool:
+            pending = [pool.submit(self._rows.__getitem__, idx) for idx in batches[:ahead]]
+            for i in range(len(batches)):
+                batch = pending[i].result()
+                pending[i] = None  # release it once handed over
+                if i + ahead < len(batches):
+                    pending.append(pool.submit(self._rows.__getitem__, batches[i + ahead]))
+                yield batch
 
 
 def iterate_batches(
