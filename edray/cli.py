@@ -172,6 +172,7 @@ def _cmd_sweep(args: argparse.Namespace) -> Summary:
         result, rows = run_compare(spec, _workdir(args), options, methods, log=log)
     else:
         result = run_sweep(spec, _workdir(args), options, log=log)
+    _leave_ray()
     summary = result.summary()
     if rows is not None:
         summary["compare"] = [asdict(r) for r in rows]
@@ -186,6 +187,15 @@ def _cmd_sweep(args: argparse.Namespace) -> Summary:
         print(f"best spec: {summary['best_spec_path']}; MLflow: {summary['tracking_uri']} "
               f"(experiment {summary['experiment']}, run {summary['parent_run_id']})")
     return summary
+
+
+def _leave_ray() -> None:
+    """Disconnect from Ray before the summary is printed: Ray's listener thread prints the
+    cluster's warnings to stdout at any moment, and ``--json`` promises the last line."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _cmd_best(args: argparse.Namespace) -> int:

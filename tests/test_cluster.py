@@ -178,13 +178,15 @@ def test_resume_after_the_driver_is_killed(sim, first):
     env = sim.driver_env(EDRAY_SHARED=sim.shared("run"))
     before = set(_keys(sim, "run/models/"))
     cmd = _sweep_cmd(workdir, "--set", "search.seed=2", "--no-final-eval")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    log = sim.logs / "driver-resume.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=out, start_new_session=True)
     try:
-        _wait_for(lambda: len(set(_keys(sim, "run/models/")) - before) >= 1, proc, "a finished trial")
+        _wait_for(lambda: len(set(_keys(sim, "run/models/")) - before) >= 1, proc, "a finished trial", log=log)
         time.sleep(15)  # Tune uploads its experiment state every ~10 s: let it record the trials started since
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finished = {k: o["LastModified"] for k, o in _objects(sim, "run/models/").items() if k not in before}
     resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=_TIMEOUT_S)
@@ -206,7 +208,10 @@ def test_a_shared_directory_serves_as_the_shared_location(sim, first):
     copied there (as a user would sync them), so this sweep trains only its trials."""
     shared = sim.base.parent / "shared-dir"
     s3 = _s3(sim)
-    for key in _keys(sim, "run/teachers/") + _keys(sim, "run/logits/"):
+    keys = _keys(sim, "run/teachers/") + _keys(sim, "run/logits/")
+    for key in keys:
+        if any(other.startswith(key.rstrip("/") + "/") for other in keys):
+            continue  # a folder marker that Arrow's S3 filesystem leaves, not a file
         target = shared / key.removeprefix("run/")
         target.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(BUCKET, key, str(target))
@@ -271,12 +276,13 @@ def test_an_address_that_does_not_answer_fails_fast_in_one_line(tmp_path):
     assert not (tmp_path / "w" / "teachers").exists()
 
 
-def _wait_for(check, proc: subprocess.Popen, what: str, timeout_s: float = _TIMEOUT_S) -> None:
+def _wait_for(check, proc: subprocess.Popen, what: str, timeout_s: float = _TIMEOUT_S, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
             return
         if proc.poll() is not None:
-            raise AssertionError(f"the sweep exited ({proc.returncode}) before {what}")
+            said = log.read_text(errors="replace")[-6000:] if log is not None and log.is_file() else ""
+            raise AssertionError(f"the sweep exited ({proc.returncode}) before {what}\n{said}")
         time.sleep(1)
     raise AssertionError(f"no {what} after {timeout_s} s")
