@@ -78,9 +78,14 @@ def _get(refs: list, step: str) -> list:
                          "see the worker's log (ray logs) and run the sweep again", exit_code=RUNTIME_ERROR) from None
 
 
-def _get_all(refs: list, step: str) -> list:
+def _get_all(refs: list, step: str, *, skip_lost_nodes: bool = False) -> list:
     """Like :func:`_get`, but waits for every task first (a failure on one node does not
-    leave the others running, or their errors printed unhandled at exit); raises the first."""
+    leave the others running, or their errors printed unhandled at exit); raises the first.
+
+    With ``skip_lost_nodes``, a task pinned to a node that has left the cluster (listed
+    alive a moment ago: the GCS notices a lost node only after its health checks fail)
+    is left out instead of failing the step.
+    """
     ray.wait(refs, num_returns=len(refs))
     out, errors = [], []
     for ref in refs:
@@ -88,6 +93,9 @@ def _get_all(refs: list, step: str) -> list:
             out.extend(_get([ref], step))
         except EdrayError as err:
             errors.append(err)
+        except (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError):
+            if not skip_lost_nodes:
+                raise
     if errors:
         raise errors[0]
     return out
@@ -123,9 +131,13 @@ def probe_nodes(spec: Spec, layout: Layout) -> list[str]:
                          scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
             .remote(probe, token, spec.dataset.root) for n in nodes]
     try:
-        return _get_all(refs, "probe")
+        checked = _get_all(refs, "probe", skip_lost_nodes=True)
     finally:
         _delete(probe)  # only once every node has read it
+    if not checked:
+        raise EdrayError("--address", "every worker node left the Ray cluster while it was being checked",
+                         "start worker nodes (ray up / ray start --address ...) and run again", exit_code=RUNTIME_ERROR)
+    return checked
 
 
 def _probe(probe: str, token: str, dataset_root: str | None) -> str:
