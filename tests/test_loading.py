@@ -14,17 +14,19 @@ from edray.errors import EdrayError
 from edray.spec import OptimSpec, ScalingSpec, load_spec
 
 
-class _PidImages(ImageSet):
-    """A file-like set (needs workers) whose pixels record the row and the loading process."""
+class _TaggedImages(ImageSet):
+    """A set whose pixels record the row and where it was loaded: ``tag()`` is the process
+    (``os.getpid``, for a file-like set that needs workers) or the thread
+    (``threading.get_ident``, for an in-memory set)."""
 
-    in_memory = False
-
-    def __init__(self, n: int):
+    def __init__(self, n: int, *, in_memory: bool, tag):
         self.labels = torch.arange(n) % 3
+        self.in_memory = in_memory
+        self.tag = tag
 
     def load(self, indices: torch.Tensor) -> torch.Tensor:
-        rows = torch.as_tensor(indices).reshape(-1, 1).float()
-        return torch.cat([rows, torch.full_like(rows, os.getpid())], 1)
+        rows = torch.as_tensor(indices).reshape(-1, 1).double()
+        return torch.cat([rows, torch.full_like(rows, self.tag())], 1)
 
 
 @pytest.mark.parametrize(
@@ -48,7 +50,7 @@ def test_more_workers_than_cpus_is_refused():
 
 
 def test_persistent_workers_serve_every_pass_in_its_order():
-    images = _PidImages(20)
+    images = _TaggedImages(20, in_memory=False, tag=os.getpid)
     loader = BatchLoader(images, LoaderSettings(num_workers=2, prefetch_factor=2, persistent_workers=True))
     pids = set()
     for seed in range(3):
@@ -64,21 +66,8 @@ def test_persistent_workers_serve_every_pass_in_its_order():
     assert {int(p) for x, _, _ in plain for p in x[:, 1]} == {os.getpid()}
 
 
-class _ThreadImages(ImageSet):
-    """An in-memory set whose pixels record the row and the loading thread."""
-
-    in_memory = True
-
-    def __init__(self, n: int):
-        self.labels = torch.arange(n) % 3
-
-    def load(self, indices: torch.Tensor) -> torch.Tensor:
-        rows = torch.as_tensor(indices).reshape(-1, 1).double()
-        return torch.cat([rows, torch.full_like(rows, threading.get_ident())], 1)
-
-
 def test_in_memory_batches_are_cut_on_threads_in_order_and_only_with_cpus_to_spare():
-    images = _ThreadImages(20)
+    images = _TaggedImages(20, in_memory=True, tag=threading.get_ident)
     order = torch.randperm(20, generator=torch.Generator().manual_seed(0))
     got = list(BatchLoader(images, LoaderSettings(num_workers=2, prefetch_factor=2)).batches(order, 3))
     assert [len(idx) for _, _, idx in got] == [3] * 6 + [2]

@@ -34,7 +34,7 @@ def load_digits_source(spec: DatasetSpec) -> DatasetSource:
     values, targets = read_digits()
     pixels = values.astype(np.float32) / 16.0
     images = torch.from_numpy(pixels).unsqueeze(1)  # [N, 1, 8, 8]
-    labels = torch.from_numpy(targets.astype(np.int64))
+    labels = torch.from_numpy(targets)
     size = spec.image_size or NATIVE_SIZE
     identity = hashlib.sha256(pixels.tobytes()).hexdigest()
     return DatasetSource(

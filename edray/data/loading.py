@@ -3,9 +3,9 @@
 In-memory sets (tensors, the decoded-image cache) load a batch with one gather in the
 training process, on threads when the trial has CPUs to spare (the copies release the
 GIL; worker processes would add a shared-memory copy each way). File sets decode JPEGs,
-which is slow enough to need worker processes; how many is decided from the CPUs the trial was given
-(``scaling.resources_per_worker.CPU``), never more, so a sweep of several trials per
-node does not oversubscribe it. Workers persist across epochs (no re-spawn and re-pickle
+which is slow enough to need worker processes. How many threads or processes is decided
+from the CPUs the trial was given (``scaling.resources_per_worker.CPU``), never more, so a
+sweep of several trials per node does not oversubscribe it. Workers persist across epochs (no re-spawn and re-pickle
 per pass) and, on CUDA, hand over pinned batches so host-to-device copies can overlap.
 """
 
@@ -138,15 +138,14 @@ class BatchLoader:
         batches: list = list(torch.as_tensor(order, dtype=torch.long).reshape(-1).split(batch_size))
         if self.applies_views and views is not None:
             batches = list(zip(batches, torch.as_tensor(views, dtype=torch.long).reshape(-1).split(batch_size)))
-        if self._loader is None and self.settings.num_workers > 0 and len(batches) > 1:
-            yield from self._threaded(batches)
-            return
-        if self._loader is None or len(batches) <= 1:
+        if len(batches) <= 1 or self.settings.num_workers == 0:
             for idx in batches:  # in this process: pinning would be one more copy, not an overlap
                 yield self._rows[idx]
-            return
-        self._order.batches = batches
-        yield from self._loader
+        elif self._loader is None:
+            yield from self._threaded(batches)
+        else:
+            self._order.batches = batches
+            yield from self._loader
 
     def _threaded(self, batches: list) -> Iterator[Batch]:
         """In-memory batches cut by ``num_workers`` threads, in order, a few batches ahead:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from torch import nn
 
-# torchvision is imported by the builders, not here: it costs ~1 s in every fresh process
-# (each sweep trial's Ray worker), and the small-image networks never need it.
 from edray.models.backbone import ARCHITECTURES, SMALL_IMAGE, Backbone
 
 __all__ = ["resnet18", "resnet34", "resnet50", "mobilenet_v2"]
+
+# torchvision is imported by the builders, not at the top: it costs ~1 s in every fresh
+# process (each sweep trial's Ray worker), and the small-image networks never need it.
 
 # torchvision's MobileNetV2 stages: expansion t, channels c, blocks n, first stride s.
 _MOBILENET_V2_STAGES = [
@@ -45,9 +46,11 @@ def _init_conv(conv: nn.Conv2d) -> nn.Conv2d:
 
 
 def _torchvision_resnet(
-    build, *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool, state_dict: dict | None
+    name: str, *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool, state_dict: dict | None
 ) -> Backbone:
-    net = build(weights=None)
+    from torchvision import models as tvm
+
+    net = getattr(tvm, name)(weights=None)
     if state_dict is not None:
         net.load_state_dict(state_dict)
     if image_size <= SMALL_IMAGE and not imagenet_stem:
@@ -64,9 +67,7 @@ def _torchvision_resnet(
 def resnet18(
     *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool = False, state_dict: dict | None = None
 ) -> Backbone:
-    from torchvision import models as tvm
-
-    return _torchvision_resnet(tvm.resnet18, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+    return _torchvision_resnet("resnet18", num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                                imagenet_stem=imagenet_stem, state_dict=state_dict)
 
 
@@ -74,9 +75,7 @@ def resnet18(
 def resnet34(
     *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool = False, state_dict: dict | None = None
 ) -> Backbone:
-    from torchvision import models as tvm
-
-    return _torchvision_resnet(tvm.resnet34, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+    return _torchvision_resnet("resnet34", num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                                imagenet_stem=imagenet_stem, state_dict=state_dict)
 
 
@@ -84,9 +83,7 @@ def resnet34(
 def resnet50(
     *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool = False, state_dict: dict | None = None
 ) -> Backbone:
-    from torchvision import models as tvm
-
-    return _torchvision_resnet(tvm.resnet50, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+    return _torchvision_resnet("resnet50", num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                                imagenet_stem=imagenet_stem, state_dict=state_dict)
 
 
