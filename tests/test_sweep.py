@@ -52,11 +52,11 @@ _TIMEOUT_S = 420
 
 
 def _env() -> dict[str, str]:
-    """The sweep's own environment: one torch thread, nothing inherited that redirects its outputs."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "EDRAY_WORKDIR", "EDRAY_SHARED", "RAY_ADDRESS")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    """The sweep's own environment: nothing inherited that redirects its outputs. It keeps the
+    suite's OMP_NUM_THREADS (conftest: 1 unless set), which its Ray workers follow: tests compare
+    its trials with runs in this process exactly, and float results depend on the thread count."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("MLFLOW_TRACKING_URI", "EDRAY_WORKDIR", "EDRAY_SHARED", "RAY_ADDRESS")}
 
 
 def _edray_args(*args: str) -> list[str]:
