@@ -17,8 +17,9 @@ from PIL import Image
 from edray.data import FileImageSet, load_data
 from edray.data.image_cache import CachedImageSet, ImageCacheKey, cache_image_set, open_image_cache
 from edray.data.imagesets import SubsetImageSet
+from edray.data.views import batch_views, view_params
 from edray.errors import EdrayError
-from edray.spec import DatasetSpec
+from edray.spec import AugmentSpec, DatasetSpec
 
 SIZE = 16
 
@@ -58,6 +59,12 @@ def test_cache_equals_direct_decode_pixel_exact(tmp_path):
     rows = torch.tensor([14, 0, 7, 3, 3])
     assert np.array_equal(cached.load_uint8(rows), images.load_uint8(rows))
     assert torch.equal(cached.load(rows), images.load(rows))  # same floats, not just close ones
+    # Views cut straight from the mapped rows equal the views of the decoded batch.
+    aug = AugmentSpec(crop_padding=3, hflip=True)
+    params = view_params(3, rows, torch.tensor([1, 0, 5, 2, 9]), aug)
+    expected = batch_views(images.load_pixels(rows), params, aug, images.stats)
+    assert torch.equal(cached.load_views(rows, params, aug), expected)
+    assert torch.equal(images.load_views(rows, params, aug), expected)
     assert torch.equal(cached.labels, images.labels) and cached.in_memory
     clone = pickle.loads(pickle.dumps(cached))  # what a DataLoader or Ray worker gets: path + manifest
     assert clone._batches is None and torch.equal(clone.load(rows), images.load(rows))

@@ -173,6 +173,8 @@ def test_views_of_uint8_pixels_equal_views_of_normalised_floats_exactly(pad):
     got = pixel_views(pixels, params, aug, mean, std)
     assert got.dtype == torch.float32 and got.shape == (24, 3, 7, 8)
     assert torch.equal(got, expected)  # bit for bit: the store's logits were made from these floats
+    rows_given = [row.numpy() for row in pixels]  # as the image sets hand them over: rows, not a batch
+    assert torch.equal(pixel_views(rows_given, params, aug, mean, std), expected)
     assert torch.equal(batch_views(pixels, params, aug, (mean, std)), expected)
     floats = normalise_pixels(pixels, mean, std)
     assert torch.equal(batch_views(floats, params, aug, None), expected)

@@ -126,18 +126,15 @@ class CachedImageSet(DecodedImageSet):
             self._batches = _map_batches(self.path, self.manifest)
         return self._batches
 
-    def load_uint8(self, indices: torch.Tensor) -> np.ndarray:
-        """uint8 [B, H, W, 3] of rows ``indices``: exactly what ``FileImageSet.load_uint8`` decodes."""
+    def pixel_rows(self, indices: torch.Tensor) -> list[np.ndarray]:
+        """Rows ``indices`` as read-only views into the memory map (no copy): exactly what
+        ``FileImageSet.pixel_rows`` decodes."""
         rows = torch.as_tensor(indices, dtype=torch.long).reshape(-1).numpy()
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows must lie in [0, {len(self)})")
         batches = self._arrays()
-        size = self.image_size
-        out = np.empty((rows.size, size, size, 3), dtype=np.uint8)
         which, local = np.divmod(rows, _ROWS_PER_BATCH)
-        for i, (b, r) in enumerate(zip(which.tolist(), local.tolist())):
-            out[i] = batches[b][r]
-        return out
+        return [batches[b][r] for b, r in zip(which.tolist(), local.tolist())]
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_batches": None}  # no mapped buffers: the child maps its own

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from edray.data.views import normalise_pixels
+from edray.data.views import ViewParams, batch_views, normalise_pixels, pixel_views
 from edray.errors import EdrayError
+from edray.spec import AugmentSpec
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -65,6 +66,10 @@ class ImageSet(abc.ABC):
     def stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(mean, std) that normalise :meth:`load_pixels`'s uint8 pixels; None when it gives floats."""
         return None
+
+    def load_views(self, indices: torch.Tensor, params: ViewParams, aug: AugmentSpec) -> torch.Tensor:
+        """Float32 [B, C, H, W]: the views ``params`` of rows ``indices``, normalised (on the CPU)."""
+        return batch_views(self.load_pixels(indices), params, aug, self.stats)
 
 
 def _stats(values: Sequence[float], channels: int, what: str) -> torch.Tensor:
@@ -129,13 +134,31 @@ class DecodedImageSet(ImageSet):
     mean: torch.Tensor
     std: torch.Tensor
 
+    image_size: int
+
     @abc.abstractmethod
+    def pixel_rows(self, indices: torch.Tensor) -> list[np.ndarray]:
+        """The decoded pixels of rows ``indices``, one uint8 [H, W, 3] array each (not
+        stacked: :meth:`load_views` cuts views straight from them)."""
+
     def load_uint8(self, indices: torch.Tensor) -> np.ndarray:
         """The decoded pixels of rows ``indices``: uint8 [B, H, W, 3]."""
+        rows = self.pixel_rows(indices)
+        size = self.image_size
+        batch = np.empty((len(rows), size, size, 3), dtype=np.uint8)
+        for i, row in enumerate(rows):
+            batch[i] = row
+        return batch
 
     @property
     def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.mean, self.std
+
+    def load_views(self, indices: torch.Tensor, params: ViewParams, aug: AugmentSpec) -> torch.Tensor:
+        rows = self.pixel_rows(indices)
+        if not rows:
+            return torch.empty((0, 3, self.image_size, self.image_size))
+        return pixel_views(rows, params, aug, self.mean, self.std)
 
     def load_pixels(self, indices: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.load_uint8(indices))
@@ -203,14 +226,9 @@ class FileImageSet(DecodedImageSet):
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise EdrayError(str(path), f"cannot decode image ({err})", "remove or replace the file") from None
 
-    def load_uint8(self, indices: torch.Tensor) -> np.ndarray:
-        """The decoded pixels of rows ``indices``: uint8 [B, H, W, 3], what the image cache stores."""
-        rows = torch.as_tensor(indices, dtype=torch.long).reshape(-1).tolist()
-        size = self.image_size
-        batch = np.empty((len(rows), size, size, 3), dtype=np.uint8)
-        for i, row in enumerate(rows):
-            batch[i] = self._decode(row)
-        return batch
+    def pixel_rows(self, indices: torch.Tensor) -> list[np.ndarray]:
+        """The decoded pixels of rows ``indices``, what the image cache stores."""
+        return [self._decode(row) for row in torch.as_tensor(indices, dtype=torch.long).reshape(-1).tolist()]
 
 
 class SubsetImageSet(ImageSet):
@@ -233,6 +251,9 @@ class SubsetImageSet(ImageSet):
 
     def load_pixels(self, indices: torch.Tensor) -> torch.Tensor:
         return self.base.load_pixels(self.rows[torch.as_tensor(indices, dtype=torch.long)])
+
+    def load_views(self, indices: torch.Tensor, params: ViewParams, aug: AugmentSpec) -> torch.Tensor:
+        return self.base.load_views(self.rows[torch.as_tensor(indices, dtype=torch.long)], params, aug)
 
     @property
     def stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:

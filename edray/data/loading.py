@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from edray.data.imagesets import ImageSet
-from edray.data.views import batch_views, view_params
+from edray.data.views import view_params
 from edray.spec import AugmentSpec, OptimSpec, ScalingSpec
 
 __all__ = ["BatchLoader", "LoaderSettings", "iterate_batches", "loader_settings"]
@@ -73,7 +73,7 @@ class _Rows(torch.utils.data.Dataset):
         if self.views is not None and view_ids is not None:
             seed, aug = self.views
             params = view_params(seed, idx, view_ids, aug)
-            x = batch_views(self.images.load_pixels(idx), params, aug, self.images.stats)
+            x = self.images.load_views(idx, params, aug)
         else:
             x = self.images.load_pixels(idx) if self.pixels else self.images.load(idx)
         return x, self.images.labels[idx], idx

@@ -12,6 +12,7 @@ never flipped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,50 +173,69 @@ def normalise_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
 
 
 def pixel_views(
-    pixels: torch.Tensor, params: ViewParams, aug: AugmentSpec, mean: torch.Tensor, std: torch.Tensor
+    pixels: torch.Tensor | Sequence[np.ndarray], params: ViewParams, aug: AugmentSpec, mean: torch.Tensor,
+    std: torch.Tensor,
 ) -> torch.Tensor:
     """The views of uint8 pixels, normalised: equal, value for value, to
     ``apply_views(normalise_pixels(pixels, mean, std), params, aug)``.
 
-    On a CPU the crop and flip are cut from the uint8 pixels first (a quarter of the bytes
-    to move, and one slice copy per image instead of a 4-D gather), then normalised; the
-    padding, which is 0 after normalisation, is written as 0 last. On a GPU the gather of
-    :func:`apply_views` after normalising is already cheap.
+    On a CPU each image is done whole before the next, while it is in cache: its crop
+    and flip are cut from the uint8 pixels straight into channel-first order (a quarter
+    of the bytes to move, and the float conversion then reads contiguous memory), then
+    converted and normalised in place, and the padding, which is 0 after normalisation,
+    written as 0 last. ``pixels`` may then be a list of [H, W, C] rows (the image sets
+    hand over their rows without stacking them first: zero-copy views of the image
+    cache). On a GPU the gather of :func:`apply_views` after normalising is already cheap.
 
     Args:
-        pixels: uint8 [B, H, W, C].
+        pixels: uint8 [B, H, W, C], or (CPU) a sequence of B uint8 [H, W, C] arrays.
         params: from :func:`view_params`, one entry per image.
         mean, std: per-channel statistics in [0, 1] units.
     """
-    if pixels.dim() != 4 or pixels.dtype != torch.uint8:
-        raise ValueError(f"pixels must be uint8 [B, H, W, C], got {pixels.dtype} of shape {tuple(pixels.shape)}")
-    b, h, w, _ = pixels.shape
-    if len(params) != b:
-        raise ValueError(f"{len(params)} view params for a batch of {b} images")
-    if pixels.device.type != "cpu":
-        return apply_views(normalise_pixels(pixels, mean, std), params, aug)
+    if isinstance(pixels, torch.Tensor):
+        if pixels.dim() != 4 or pixels.dtype != torch.uint8:
+            raise ValueError(f"pixels must be uint8 [B, H, W, C], got {pixels.dtype} of shape {tuple(pixels.shape)}")
+        if pixels.device.type != "cpu":
+            if len(params) != len(pixels):
+                raise ValueError(f"{len(params)} view params for a batch of {len(pixels)} images")
+            return apply_views(normalise_pixels(pixels, mean, std), params, aug)
+        if not len(pixels):
+            return torch.empty((0, pixels.shape[3], *pixels.shape[1:3]), dtype=torch.float32)
+        pixels = pixels.numpy()
+    if len(params) != len(pixels):
+        raise ValueError(f"{len(params)} view params for a batch of {len(pixels)} images")
+    if not len(pixels):
+        raise ValueError("pixel_views needs at least one image row")
+    h, w, c = pixels[0].shape
     pad = aug.crop_padding
-    crops = torch.empty_like(pixels)  # what the crop leaves uncovered is padding, zeroed after normalising
-    spans = []
+    out = torch.empty((len(pixels), c, h, w), dtype=torch.float32)
+    chw = np.zeros((c, h, w), dtype=np.uint8)  # one image's crop; what the window leaves is zeroed as floats
+    chw_t = torch.from_numpy(chw)
+    scale = (1.0 / (255.0 * std)).reshape(c, 1, 1).float()
+    shift = (-mean / std).reshape(c, 1, 1).float()
     for i, (dx, dy, flip) in enumerate(zip(params.dx.tolist(), params.dy.tolist(), params.flip.tolist())):
+        image = pixels[i]
+        if image.shape != (h, w, c) or image.dtype != np.uint8:
+            raise ValueError(f"pixels must be uint8 rows of one shape {(h, w, c)}, got {image.dtype} {image.shape}")
         # The crop window in image coordinates, clipped to the image; t* are its rows/cols in the crop.
         oy, ox = dy - pad, dx - pad
         y0, y1, x0, x1 = max(0, oy), min(h, oy + h), max(0, ox), min(w, ox + w)
         ty0, ty1, tx0, tx1 = y0 - oy, y1 - oy, x0 - ox, x1 - ox
         if flip:  # crop column j lands at w - 1 - j
             tx0, tx1 = w - tx1, w - tx0
-        if y1 > y0 and x1 > x0:
-            src = pixels[i, y0:y1, x0:x1]
-            crops[i, ty0:ty1, tx0:tx1] = src.flip(1) if flip else src
-        spans.append((ty0, ty1, tx0, tx1) if y1 > y0 and x1 > x0 else (0, 0, 0, 0))
-    out = normalise_pixels(crops, mean, std)
-    for i, (ty0, ty1, tx0, tx1) in enumerate(spans):
-        if (ty0, ty1, tx0, tx1) == (0, h, 0, w):
+        view = out[i]
+        if y1 <= y0 or x1 <= x0:  # the crop lies wholly in the padding
+            view.zero_()
             continue
-        out[i, :, :ty0] = 0.0
-        out[i, :, ty1:] = 0.0
-        out[i, :, :, :tx0] = 0.0
-        out[i, :, :, tx1:] = 0.0
+        src = image[y0:y1, x0:x1]
+        chw[:, ty0:ty1, tx0:tx1] = (src[:, ::-1] if flip else src).transpose(2, 0, 1)
+        view.copy_(chw_t)
+        torch.addcmul(shift, view, scale, out=view)
+        if (ty0, ty1, tx0, tx1) != (0, h, 0, w):
+            view[:, :ty0] = 0.0
+            view[:, ty1:] = 0.0
+            view[:, :, :tx0] = 0.0
+            view[:, :, tx1:] = 0.0
     return out
 
 
