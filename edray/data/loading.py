@@ -11,6 +11,8 @@ per pass) and, on CUDA, hand over pinned batches so host-to-device copies can ov
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +57,30 @@ def loader_settings(optim: OptimSpec, scaling: ScalingSpec, device: str | torch.
         persistent_workers=workers > 0,
         pin_memory=torch.device(device).type == "cuda",
     )
+
+
+# mallopt(3) parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@functools.cache
+def _reuse_freed_batches() -> None:
+    """Let this process reuse the memory of freed batches instead of handing it back.
+
+    glibc serves a block above its mmap threshold (32 MB at most) straight from the kernel
+    and unmaps it when freed, so every batch of 64 images at 224 px (38.5 MB of floats) is
+    page-faulted in afresh: on a CPU that was about 40% of what an image from the cache
+    costs. Raising the mmap and trim thresholds keeps freed batches in the heap for the next
+    one (the process keeps a few batches' memory). Allocation only: no value changes. A
+    thread's own heap holds blocks up to 64 MB, so larger batches cut on loader threads are
+    still mapped afresh. Other C libraries: nothing is changed.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):
+        pass
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -118,6 +144,8 @@ class BatchLoader:
         self._rows = _Rows(images, pixels, views)
         self._order = _Order()
         self._loader: torch.utils.data.DataLoader | None = None
+        if images.in_memory:  # batches are cut in this process
+            _reuse_freed_batches()
         # In-memory sets stay in this process (on threads, see _threaded): handing a float batch
         # across processes costs more CPU (a shared-memory copy each way) than gathering it here.
         if settings.num_workers > 0 and not images.in_memory:
