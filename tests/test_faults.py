@@ -236,6 +236,18 @@ def test_bit_flipped_store_is_rebuilt_by_precompute_and_refused_when_read_by_uri
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "checksum mismatch" in err and str(shard) in err
     assert not (tmp_path / "other").exists()
+    # A sweep checks the stores on a thread while its local Ray starts: the refusal is the
+    # same one error line (exit 2), raised before the parent run opens or any trial starts.
+    swept = tmp_path / "swept"
+    sweep = subprocess.run(
+        [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--workdir", str(swept), *_cli_args(
+            f"teachers.store_uri={work / 'logits'}", "search.params[0].min_grade_epochs=1",
+            *(f"teachers.models[{i}].checkpoint={_teacher_file(work, i)}" for i in range(3)))],
+        capture_output=True, text=True, timeout=300)
+    last = sweep.stderr.strip().splitlines()[-1]  # after the plan line
+    assert sweep.returncode == 2 and "Traceback" not in sweep.stderr, sweep.stderr[-2000:]
+    assert last.startswith("error: ") and "checksum mismatch" in last and str(shard) in last
+    assert not (swept / "sweeps").exists() and not (swept / "ray_results").exists()
 
     assert main(["precompute", *args, "--verify"]) == 0  # the corrupt store is rebuilt, then verified
     assert shard.read_bytes() == good

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 METRIC = "val_acc"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -259,14 +260,19 @@ def _tracker(spec: Spec, workdir: Path):
     return SweepTracker(uri, spec.tracking.experiment or spec.name, artifact_root=workdir / "mlflow-artifacts")
 
 
-def _prepare_teachers(spec: Spec, workdir: Path, log: Callable[[str], None]) -> None:
-    """Train teachers that have a recipe and no checkpoint; build missing logit stores."""
+def _load_data(spec: Spec, workdir: Path):
+    """The dataset, file datasets decoded once into their image cache (and a cache found
+    from an earlier run checked) before any trial reads it."""
     from edray.data import load_data
-    from edray.pipeline import ensure_teachers
     from edray.workdir import images_dir
 
-    # Decode file datasets once (and check a cache found from an earlier run) before any trial reads it.
-    data = load_data(spec.dataset, image_cache=images_dir(workdir), verify_cache=True)
+    return load_data(spec.dataset, image_cache=images_dir(workdir), verify_cache=True)
+
+
+def _prepare_teachers(spec: Spec, data, workdir: Path, log: Callable[[str], None]) -> None:
+    """Train teachers that have a recipe and no checkpoint; build missing logit stores."""
+    from edray.pipeline import ensure_teachers
+
     if spec.method == "ce" or spec.search is None:
         return
     ensure_teachers(spec, data, workdir, progress=log)
@@ -303,12 +309,26 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     # after joining Ray, so an --address that does not answer is refused in one line too.
     log(plan_line(spec, options.num_samples or spec.search.num_samples))
     steps = time.monotonic()
-    placement = _prepare_on_cluster(spec, layout, log) if layout.on_cluster else {}
-    if not layout.on_cluster:
-        _prepare_teachers(spec, workdir, log)
-    timings = {"prepare_s": round(time.monotonic() - steps, 2)}
-    state = _start_tracking(spec, workdir, tracker, state, layout)
-    _init_ray(options.address)
+    if layout.on_cluster:
+        placement = _prepare_on_cluster(spec, layout, log)
+        timings = {"prepare_s": round(time.monotonic() - steps, 2)}
+        state = _start_tracking(spec, workdir, tracker, state, layout)
+    else:
+        placement, timings = {}, {}
+        data = _load_data(spec, workdir)
+
+        def prepare() -> dict[str, Any]:
+            _prepare_teachers(spec, data, workdir, log)
+            timings["prepare_s"] = round(time.monotonic() - steps, 2)
+            return _start_tracking(spec, workdir, tracker, state, layout)
+
+        if all(part.in_memory for part in (data.train, data.val, data.test)):
+            # A local Ray takes seconds to start, mostly waiting on its processes: teachers and
+            # stores are checked (or built, on threads) and the parent run opened meanwhile.
+            state = _alongside(prepare, lambda: _init_ray(options.address))
+        else:  # files decoded by DataLoader processes: fork them before Ray's threads exist
+            state = prepare()
+            _init_ray(options.address)
     steps = time.monotonic()
     tuner = _build_tuner(spec, workdir, options, tracker, state, layout, log)
     # The driver only waits while trials train: it imports the end-of-sweep figures' stack meanwhile.
@@ -323,6 +343,26 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     result.placement["timings"] = timings
     result.wall_s = time.monotonic() - tic
     return result
+
+
+def _alongside(background: Callable[[], T], foreground: Callable[[], None]) -> T:
+    """Run ``background()`` on a thread while ``foreground()`` runs on this one (``ray.init``
+    must: it sets the SIGTERM handler); return its result, or raise its error, once both end."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = background()
+        except BaseException as err:  # noqa: BLE001  (raised again on this thread)
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, name="edray-prepare", daemon=True)
+    thread.start()
+    foreground()  # if this raises, the daemon thread is left to end with the process
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _preload_figures() -> None:
