@@ -123,17 +123,18 @@ class TensorImageSet(ImageSet):
 class DecodedImageSet(ImageSet):
     """Rows of decoded RGB pixels (from files, or from their decoded-image cache).
 
-    Subclasses give :meth:`load_uint8`; the batch as it crosses to the device
-    (:meth:`load_pixels`), its statistics and the normalised floats (:meth:`load`) are the
-    same for all of them, so a file and its cache agree value for value.
+    Subclasses give :meth:`pixel_rows`; the stacked batch (:meth:`load_uint8`), the batch
+    as it crosses to the device (:meth:`load_pixels`), its statistics, the normalised floats
+    (:meth:`load`) and the views cut on the CPU (:meth:`load_views`) are the same for all of
+    them, so a file and its cache agree value for value.
 
     Attributes:
         mean, std: per-channel statistics in [0, 1] units, [1, 3, 1, 1].
+        image_size: the rows' square size.
     """
 
     mean: torch.Tensor
     std: torch.Tensor
-
     image_size: int
 
     @abc.abstractmethod

@@ -5,8 +5,9 @@ training process, on threads when the trial has CPUs to spare (the copies releas
 GIL; worker processes would add a shared-memory copy each way). File sets decode JPEGs,
 which is slow enough to need worker processes. How many threads or processes is decided
 from the CPUs the trial was given (``scaling.resources_per_worker.CPU``), never more, so a
-sweep of several trials per node does not oversubscribe it. Workers persist across epochs (no re-spawn and re-pickle
-per pass) and, on CUDA, hand over pinned batches so host-to-device copies can overlap.
+sweep of several trials per node does not oversubscribe it. Workers persist across epochs
+(no re-spawn and re-pickle per pass) and, on CUDA, hand over pinned batches so
+host-to-device copies can overlap.
 """
 
 from __future__ import annotations
