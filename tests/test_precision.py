@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
+from torch import nn
+from torch.nn.modules.module import register_module_forward_hook
 
 from edray.distill.precision import Precision, prepare_model, resolve_precision, to_device
 from edray.errors import EdrayError
@@ -52,25 +56,40 @@ def test_cuda_auto_uses_amp_channels_last_and_pinned_copies():
         assert model(x).dtype is precision.dtype
 
 
-def test_bf16_training_on_cpu_is_finite_and_as_accurate_as_fp32(digits_data):
-    """A whole run under bf16 autocast (the loop, evaluation and export), set against fp32.
+def test_bf16_training_on_cpu_steps_in_bf16_keeps_fp32_weights_and_solves_the_task(digits_data):
+    """A whole run under bf16 autocast (the loop, evaluation and export), checked for what bf16 must do.
 
-    Two comparisons: one the code guarantees (the same fp32 weights evaluated with and
-    without autocast: bf16 only rounds the logits, so few near-ties flip), and the one a
-    user cares about (both trainings reach the same test accuracy within 2 points; seen
-    0-1.1 points apart over seven seeds here).
+    Not one run's accuracy gap to fp32 (a learned number: 0.97 vs 0.99 with one thread
+    here, equal with two), but: every training forward of a conv or linear layer ran in
+    bf16; the loss stayed finite and fell; parameters and the exported model stay fp32;
+    the task is solved (digits: chance is 0.1; both reach 0.97-0.99 in either order); and the
+    same fp32 weights evaluated with and without autocast agree on all but a few
+    near-tied predictions (bf16 only rounds the logits).
     """
     from edray.distill.loop import _evaluate, run_ed
     from tests.conftest import fast_spec
 
-    fp32 = run_ed(fast_spec("method=ce", "optim.precision=fp32"), digits_data, None)
-    bf16 = run_ed(fast_spec("method=ce", "optim.precision=bf16"), digits_data, None)
-    losses = [m.train_loss for m in bf16.history]
-    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
-    assert bf16.test_acc > 0.9 and abs(bf16.test_acc - fp32.test_acc) <= 0.02
+    dtypes: Counter[torch.dtype] = Counter()
+
+    def record(module: nn.Module, _inputs: object, output: object) -> None:
+        if module.training and isinstance(module, (nn.Conv2d, nn.Linear)) and isinstance(output, torch.Tensor):
+            dtypes[output.dtype] += 1
+
+    hook = register_module_forward_hook(record)
+    try:
+        bf16 = run_ed(fast_spec("method=ce", "optim.precision=bf16"), digits_data, None)
+    finally:
+        hook.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16}, dtypes
+    losses = torch.tensor([m.train_loss for m in bf16.history])
+    assert torch.isfinite(losses).all() and losses[-1] < losses[0] / 2
     assert all(p.dtype is torch.float32 for p in bf16.model.parameters())  # a plain fp32 model is exported
+    assert all(t.dtype is torch.float32 for t in bf16.model.state_dict().values() if t.is_floating_point())
+
+    fp32 = run_ed(fast_spec("method=ce", "optim.precision=fp32"), digits_data, None)
+    assert bf16.test_acc > 0.8 and fp32.test_acc > 0.8  # both solve it; chance is 0.1
     classes = torch.arange(digits_data.num_classes)
     test = digits_data.test
     plain, _ = _evaluate(fp32.model, test, classes, len(classes), "cpu", resolve_precision("fp32", "cpu"))
     autocast, _ = _evaluate(fp32.model, test, classes, len(classes), "cpu", resolve_precision("bf16", "cpu"))
-    assert plain == fp32.test_acc and abs(autocast - plain) <= 0.02
+    assert plain == fp32.test_acc and abs(autocast - plain) <= 0.02  # seen 0-0.003
