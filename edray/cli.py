@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edray import __version__
 from edray.errors import RUNTIME_ERROR, EdrayError
+from edray.logs import configure_logging
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -339,6 +341,7 @@ def _add_shared(p: argparse.ArgumentParser, cmd: Command) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edray", description="Tune Education Distillation recipes at cluster scale.")
+    parser.add_argument("--version", action="version", version=f"edray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for cmd in COMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help)
@@ -366,6 +369,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(quiet=args.quiet, debug=args.debug)
     try:
         return _run(args)
     except EdrayError as err:
