@@ -1,0 +1,151 @@
+"""The trained student as an MLflow model: logged, registered, and the ``champion`` alias.
+
+A sweep's product is a student and the recipe that made it. The student is logged with
+``mlflow.pytorch.log_model`` in the ``pt2`` format (``torch.export``): the graph and the
+weights, so ``mlflow.pytorch.load_model`` and ``mlflow.pyfunc.load_model`` load it in a
+process that has only mlflow and torch, without edray's classes or pickle.
+
+What the model takes: **normalised float32 images**, ``(batch, channels, size, size)`` at
+the training size, as edray's evaluation feeds them (the per-channel statistics are in the
+model's metadata as ``normalisation``); what it returns: one logit per class, in the order
+of the metadata's ``class_names`` (the dataset's class ids, not ED's group order).
+
+Registration: the model is registered under ``<experiment>-<method>`` (``digits-ed``),
+each version tagged with its test accuracy, the test protocol that accuracy was measured
+on, and the sweep's parent run. The alias ``champion`` moves to a new version only when
+it beats the current champion on the same protocol (same data, split and test set).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CHAMPION",
+    "Registration",
+    "StudentModel",
+    "log_student_model",
+    "register_student",
+    "registered_model_name",
+]
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+TAG_TEST_ACC = "edray.test_acc"
+TAG_PROTOCOL = "edray.test_protocol"
+TAG_SWEEP_RUN = "edray.sweep_run_id"
+
+
+@dataclass(frozen=True)
+class StudentModel:
+    """A finished student and what a user needs to call it.
+
+    Attributes:
+        model: the exported plain student (outputs: the dataset's class ids).
+        example: a few normalised input images, ``(n, channels, size, size)`` float32: they
+            fix the signature and the input example, and trace the export.
+        class_names: one per output logit, in order.
+        normalisation: ``mean=..;std=..`` the inputs are normalised with.
+    """
+
+    model: nn.Module
+    example: torch.Tensor
+    class_names: list[str]
+    normalisation: str
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registered version and whether it is now the champion (``reason`` says why or why not)."""
+
+    name: str
+    version: str
+    model_uri: str
+    champion: bool
+    reason: str
+
+    @property
+    def champion_uri(self) -> str:
+        return f"models:/{self.name}@{CHAMPION}"
+
+
+def registered_model_name(experiment: str, method: str) -> str:
+    """``digits`` + ``ed`` -> ``digits-ed``: baselines swept by ``--compare`` register apart."""
+    return f"{experiment}-{method}"
+
+
+def _pip_requirements() -> list[str]:
+    # The pt2 graph needs torch only (no torchvision, no edray); mlflow adds itself.
+    return [f"torch=={torch.__version__.split('+')[0]}"]
+
+
+def log_student_model(tracking_uri: str, run_id: str, student: StudentModel, *, name: str = "student") -> str:
+    """Log ``student`` to run ``run_id`` as an MLflow model; returns its ``models:/`` URI."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    model = student.model.eval().cpu()
+    example = student.example[:2].detach().float().cpu().contiguous()
+    with torch.no_grad():
+        outputs = model(example)
+    inputs = example.numpy()
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model,
+            name=name,
+            signature=infer_signature(inputs, outputs.numpy()),
+            input_example=inputs,
+            serialization_format="pt2",
+            pip_requirements=_pip_requirements(),
+            metadata={
+                "class_names": list(student.class_names),
+                "input": "normalised float32 images (batch, channels, size, size)",
+                "normalisation": student.normalisation,
+            },
+        )
+    return info.model_uri
+
+
+def _current_champion(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no alias yet (or no such model)
+        return None
+
+
+def register_student(tracking_uri: str, model_uri: str, name: str, *, test_acc: float, protocol: str,
+                     sweep_run_id: str) -> Registration:
+    """Register ``model_uri`` as a new version of ``name`` and move ``champion`` to it if it wins.
+
+    It wins when there is no champion yet, or when the champion was tested on the same
+    ``protocol`` and this version's ``test_acc`` is higher.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    tags = {TAG_TEST_ACC: repr(float(test_acc)), TAG_PROTOCOL: protocol, TAG_SWEEP_RUN: sweep_run_id}
+    version = mlflow.register_model(model_uri, name, tags=tags).version
+    current = _current_champion(client, name)
+    if current is None:
+        champion, reason = True, "the first champion"
+    elif current.tags.get(TAG_PROTOCOL) != protocol:
+        champion, reason = False, f"champion v{current.version} was tested on another test set; move the alias by hand"
+    else:
+        best = float(current.tags.get(TAG_TEST_ACC, "nan"))
+        champion = float(test_acc) > best
+        reason = (f"test_acc {test_acc:.4f} {'beats' if champion else 'does not beat'} "
+                  f"champion v{current.version}'s {best:.4f}")
+    if champion:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    log.info("registered %s v%s: %s", name, version, reason)
+    return Registration(name=name, version=str(version), model_uri=model_uri, champion=champion, reason=reason)
