@@ -128,3 +128,37 @@ def test_unknown_compare_method_is_one_line_and_exit_2(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --compare: unknown method 'dk'; fix: use some of kd, mtkd, ce (ED is always run)"]
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+@pytest.mark.slow
+def test_optuna_dashboard_serves_the_studies_with_the_states_edray_told(compared, tmp_path):
+    """optuna-dashboard (the ``dashboard`` extra) on loopback against the sweep's storage:
+    its HTTP API lists each method's study, and each trial in the state edray told Optuna."""
+    pytest.importorskip("optuna_dashboard", reason="pip install 'edray[dashboard]'")
+    import urllib.request
+
+    from tests.cluster_fixture import _http_ok, _spawn, _wait, free_port, stop_group
+
+    _, _, _, storage = compared
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    proc = _spawn([str(Path(sys.executable).parent / "optuna-dashboard"), storage, "--host", "127.0.0.1",
+                   "--port", str(port)], dict(os.environ), log)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str) -> dict:
+        with urllib.request.urlopen(base + path, timeout=30) as r:
+            return json.load(r)
+
+    try:
+        _wait(lambda: _http_ok(f"{base}/api/meta"), "optuna-dashboard", 120, proc, log)
+        served = {s["study_name"]: s["study_id"] for s in get("/api/studies")["studies"]}
+        assert set(served) == {"digits", "digits-kd", "digits-ce"}
+        for name, study_id in served.items():
+            told = optuna.load_study(study_name=name, storage=storage).trials
+            detail = get(f"/api/studies/{study_id}")
+            assert [(t["number"], t["state"].upper()) for t in detail["trials"]] == [
+                (t.number, t.state.name) for t in told]
+            assert {t["state"] for t in detail["trials"]} == {"Complete", "Pruned"}
+    finally:
+        stop_group(proc)
