@@ -152,7 +152,7 @@ def test_optuna_dashboard_serves_the_studies_with_the_states_edray_told(compared
 
     try:
         _wait(lambda: _http_ok(f"{base}/api/meta"), "optuna-dashboard", 120, proc, log)
-        served = {s["study_name"]: s["study_id"] for s in get("/api/studies")["studies"]}
+        served = {s["study_name"]: s["study_id"] for s in get("/api/studies")["study_summaries"]}
         assert set(served) == {"digits", "digits-kd", "digits-ce"}
         for name, study_id in served.items():
             told = optuna.load_study(study_name=name, storage=storage).trials
