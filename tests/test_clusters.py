@@ -377,14 +377,14 @@ def test_ray_kuberay_conversion_runs_too(tmp_path):
 def test_duplicate_key_names_its_line(tmp_path):
     path = tmp_path / "dup.yaml"
     path.write_text("cluster_name: a\nprovider: {type: aws, region: us-west-2}\ncluster_name: b\n")
-    err = _rejects(path, "line 3", "given twice")
+    err = _rejects(path, "line 3", "invalid YAML (duplicate key")
     assert "cluster_name" in err.problem
 
 
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("cluster_name: [a\n", "not valid YAML"),
+        ("cluster_name: [a\n", "invalid YAML"),
         ("", "empty"),
         ("name: digits\nseed: 0\n", "not a Ray cluster file"),
         ("a: &x [*x]\ncluster_name: c\nprovider: {type: aws}\n", "alias contains itself"),
@@ -398,7 +398,7 @@ def test_unreadable_or_foreign_files(tmp_path, text, problem):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(EdrayError, match="no such file"):
+    with pytest.raises(EdrayError, match="no such cluster file"):
         validate_cluster_file(tmp_path / "nope.yaml")
 
 

@@ -40,6 +40,7 @@ import yaml
 
 from edray.clusters import ray_private
 from edray.errors import EdrayError
+from edray.yaml_file import load_yaml_file
 
 __all__ = ["ClusterKind", "is_cluster_file", "validate_cluster_file"]
 
@@ -124,42 +125,8 @@ def _validate_documents(docs: list[Any], text: str, src: str) -> ClusterKind:
 # ----------------------------------------------------------------------------- loading
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, (str, int, float, bool, type(None))):
-            continue  # a complex key: PyYAML itself refuses the unhashable ones
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark
-            )
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def _load_documents(path: Path, src: str) -> tuple[str, list[Any]]:
-    if not path.is_file():
-        raise EdrayError(src, "no such file", "give the path of a cluster file, e.g. clusters/aws.yaml")
-    try:
-        text = path.read_text(encoding="utf-8")
-        docs = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        where = f"{src}: line {mark.line + 1}" if mark is not None else src
-        problem = " ".join(str(getattr(err, "problem", None) or err).split())
-        raise EdrayError(where, f"not valid YAML ({problem})", "fix the YAML syntax at that line") from None
-    except UnicodeDecodeError:
-        raise EdrayError(src, "not a UTF-8 text file", "give a YAML cluster file") from None
+    text, docs = load_yaml_file(path, what="cluster", example="clusters/aws.yaml", documents=True)
     if not docs:
         raise EdrayError(src, "the file is empty", "start from clusters/aws.yaml or clusters/kuberay.yaml")
     return text, docs

@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from edray.errors import EdrayError
 from edray.spec.paths import apply_overrides
 from edray.spec.schema import Spec
+from edray.yaml_file import load_yaml_file
 
 __all__ = ["load_spec", "spec_from_dict"]
 
@@ -62,24 +62,6 @@ def spec_from_dict(data: Any, *, source: str = "spec") -> Spec:
         raise _first_error(err) from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key written twice in one mapping.
-
-    Plain YAML keeps the last value silently, so a spec with ``alpha`` twice runs with
-    whichever came last. Keys brought in by a ``<<`` merge may still be overridden.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        keys = [k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]
-        values = [self.construct_object(k, deep=True) for k in keys]
-        for i, key in enumerate(values):
-            if key in values[:i]:
-                raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark, f"duplicate key {key!r}", keys[i].start_mark
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     """Read a YAML spec file (a whole spec, e.g. ``search_spaces/digits.yaml``), apply
     ``--set`` overrides, validate.
@@ -88,17 +70,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
         EdrayError: a missing or unreadable file, bad YAML, or the first invalid field.
     """
     path = Path(path)
-    if not path.is_file():
-        raise EdrayError(str(path), "no such spec file", "give the path of a YAML spec, e.g. search_spaces/digits.yaml")
-    try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = " ".join(str(getattr(err, "problem", None) or err).split())  # one line, whatever YAML says
-        raise EdrayError(where, f"invalid YAML ({problem})", "fix the YAML syntax") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise EdrayError(str(path), f"cannot read ({err})", "check the file") from None
+    _, data = load_yaml_file(path, what="spec", example="search_spaces/digits.yaml")
     if data is None:
         raise EdrayError(str(path), "is empty", "write a spec; see search_spaces/digits.yaml")
     if overrides:
