@@ -371,6 +371,50 @@ def test_ray_kuberay_conversion_runs_too(tmp_path):
     _rejects(path, "RayCluster/edray.spec", "Ray's KubeRay autoscaler cannot read it")
 
 
+def _worker(docs: list) -> dict:
+    return docs[0]["spec"]["workerGroupSpecs"][0]
+
+
+_WORKER = "RayCluster/edray.spec.workerGroupSpecs[0]"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where", "words"),
+    [
+        (lambda d: _worker(d).update(minReplica=_worker(d).pop("minReplicas")), f"{_WORKER}.minReplica",
+         ["unknown key (KubeRay's RayCluster CRD", "did you mean 'minReplicas'"]),
+        (lambda d: _worker(d).pop("template"), f"{_WORKER}.template",
+         ["missing (required by KubeRay's RayCluster CRD"]),
+        (lambda d: d[0]["spec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}),
+         "RayCluster/edray.spec.headGroupSpec.rayStartParams.num-cpus", ["0 is not a string", 'quote it, e.g. "0"']),
+        (lambda d: _worker_limits(d).update(cpu="lots"), f"{_WORKER}.template.spec.containers[0].resources.limits.cpu",
+         ["'lots' is not a Kubernetes quantity"]),
+        (lambda d: d[0]["spec"]["authOptions"].update(mode="tokens"), "RayCluster/edray.spec.authOptions.mode",
+         ["'tokens' is not allowed", "use one of: disabled, token"]),
+        (lambda d: d[1]["spec"].update(entrypointNumCPUs=1), "RayJob/edray-sweep-caltech256.spec.entrypointNumCPUs",
+         ["unknown key (KubeRay's RayJob CRD", "did you mean 'entrypointNumCpus'"]),
+    ],
+    ids=["misspelt", "missing", "not-a-string", "not-a-quantity", "not-in-enum", "rayjob-field"],
+)
+def test_kuberay_objects_are_checked_against_kuberays_crd_schema(tmp_path, mutate, where, words):
+    _rejects(_mutated(tmp_path, "kuberay", mutate), where, *words)
+
+
+def test_a_rayservice_cluster_config_is_checked_like_a_raycluster_spec(tmp_path):
+    cluster = _docs("kuberay")[0]
+    service = {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "edray-serve"},
+               "spec": {"rayClusterConfig": cluster["spec"]}}
+    assert validate_cluster_file(_write(tmp_path, [service])) == "kuberay"
+    service["spec"]["rayClusterConfig"]["headGroupSpec"]["serviceTyp"] = "ClusterIP"
+    _rejects(_write(tmp_path, [service]), "RayService/edray-serve.spec.rayClusterConfig.headGroupSpec.serviceTyp",
+             "did you mean 'serviceType'")
+
+
+def test_kuberay_fields_left_null_are_left_out_as_kubectl_does(tmp_path):
+    path = _mutated(tmp_path, "kuberay", lambda d: _worker(d)["template"]["spec"].update(nodeSelector=None))
+    assert validate_cluster_file(path) == "kuberay"
+
+
 # ----------------------------------------------------------------------------- files, YAML, CLI
 
 
