@@ -288,6 +288,46 @@ def test_a_command_in_parentheses_is_rejected(tmp_path, name):
     _rejects(path, f"setup_commands[{n}]", "arithmetic")
 
 
+# Ray's own aws defaults.yaml has the first; bash runs `((stat ...) || true)` as two subshells.
+_RAY_STAT = "(stat $HOME/anaconda3/envs/tensorflow_p36/ &> /dev/null && echo 'export PATH=...' >> ~/.bashrc) || true"
+
+
+@pytest.mark.parametrize("command", [_RAY_STAT, "(echo a) && (echo b)", '(echo ")") || true', "(echo \\)) || true"])
+def test_a_command_whose_first_parenthesis_closes_before_the_end_is_fine(tmp_path, command):
+    path = _mutated(tmp_path, "aws", lambda d: d[0]["setup_commands"].append(command))
+    assert validate_cluster_file(path) == "launcher"
+
+
+@pytest.mark.parametrize("command", ["(cd x && RAY_AUTH_MODE=token ray start --address=$RAY_HEAD_IP:6379)",
+                                     '(echo ")")'])
+def test_a_command_wholly_in_parentheses_is_named_with_the_reason(tmp_path, command):
+    path = _mutated(tmp_path, "aws", lambda d: d[0]["worker_start_ray_commands"].append(command))
+    n = len(_docs("aws")[0]["worker_start_ray_commands"])
+    _rejects(path, f"worker_start_ray_commands[{n}]", "wholly inside '( )'", "'((...))' as arithmetic",
+             "drop the outer parentheses")
+
+
+def _ray_defaults(provider: str) -> dict:
+    """The launcher file Ray ships for ``provider`` (what ``ray up`` merges into every file)."""
+    import ray
+
+    return yaml.safe_load((Path(ray.__file__).parent / "autoscaler" / provider / "defaults.yaml").read_text())
+
+
+@pytest.mark.parametrize("provider", ["aws", "gcp", "azure"])
+def test_rays_own_defaults_validate_once_filled_with_token_auth_and_a_loopback_dashboard(tmp_path, provider):
+    config = _ray_defaults(provider)
+    if provider == "gcp":
+        config["provider"]["project_id"] = "my-project"  # the one blank (null) in Ray's file
+    as_shipped = _write(tmp_path, [config], "as_shipped.yaml")
+    _rejects(as_shipped, "head_start_ray_commands[1]", "dashboard on 0.0.0.0")
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        config[key] = [c.replace("--dashboard-host=0.0.0.0", "--dashboard-host=127.0.0.1")
+                       .replace("ray start", "RAY_AUTH_MODE=token ray start") for c in config[key]]
+    assert any(c.startswith("(") for c in config["setup_commands"])  # Ray's `(...) || true`, accepted
+    assert validate_cluster_file(_write(tmp_path, [config])) == "launcher"
+
+
 def test_ray_launcher_checks_run_too(tmp_path):
     # Only Ray's own validate_docker_config catches a container name without an image.
     path = _mutated(tmp_path, "aws", lambda d: d[0].update(docker={"container_name": "edray"}))

@@ -303,11 +303,34 @@ def _check_token_auth(config: dict, effective: dict, src: str) -> None:
 
 
 def _check_command_shapes(config: dict, src: str) -> None:
-    """Ray runs each command as ``bash -c '... && (CMD)'``: a command that starts with ``(``
-    becomes ``((...`` there, which bash reads as arithmetic, so the step fails on every node."""
+    """Ray runs each command as ``bash -c '... && (CMD)'``. A command wholly inside one pair of
+    parentheses becomes ``((...))`` there, which bash runs as arithmetic, so the step fails on
+    every node. ``(stat DIR && echo ...) || true`` (in Ray's own defaults) is fine: its first
+    ``(`` closes before the end, and bash reads the ``((`` it makes as two subshells."""
     for parts, cmd in _iter_commands(config):
-        if cmd.lstrip().startswith("("):
-            raise error_at(src, parts, "starts with '(' and Ray wraps each command in '( )': bash reads '((' as "
-                           "arithmetic", "drop the outer parentheses, or start the command with something else")
+        if _wholly_in_parentheses(cmd):
+            raise error_at(src, parts, "is wholly inside '( )', and Ray wraps each command in '( )' again: bash "
+                           "runs '((...))' as arithmetic", "drop the outer parentheses (Ray already runs each "
+                           "command in a subshell)")
 
 
+def _wholly_in_parentheses(cmd: str) -> bool:
+    """Whether ``cmd`` opens with ``(`` that closes at its very last character, counted as bash
+    counts: parentheses inside quotes or after a backslash do not count."""
+    if not cmd.startswith("("):
+        return False
+    depth, quote, escaped = 0, "", False
+    for i, char in enumerate(cmd):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "()":
+            depth += 1 if char == "(" else -1
+            if depth == 0:
+                return i == len(cmd) - 1
+    return False  # unbalanced: bash names that itself
