@@ -1,4 +1,5 @@
-"""Cluster files: the shipped ones validate offline; mutated copies fail with the right JSON path."""
+"""Cluster files (clusters/*.yaml, Ray's launcher defaults, KubeRay manifests): the shipped ones validate
+offline; mutated copies fail with the right JSON path. (Multi-node runs are tested elsewhere.)"""
 
 from __future__ import annotations
 
