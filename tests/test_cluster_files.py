@@ -211,12 +211,18 @@ def test_credentials_read_from_the_environment_are_fine(tmp_path):
     assert validate_cluster_file(path) == "launcher"
 
 
-def test_dashboard_on_all_interfaces(tmp_path):
+@pytest.mark.parametrize(
+    ("index", "safe", "open_to_all", "words"),
+    [(1, "--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0", "dashboard on 0.0.0.0"),
+     (2, '--host "$IP"', "--host 0.0.0.0", "MLflow server to 0.0.0.0")],
+    ids=["dashboard", "mlflow"],
+)
+def test_dashboard_or_mlflow_on_all_interfaces(tmp_path, index, safe, open_to_all, words):
     def mutate(docs):
         cmds = docs[0]["head_start_ray_commands"]
-        cmds[1] = cmds[1].replace("--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0")
+        cmds[index] = cmds[index].replace(safe, open_to_all)
 
-    _rejects(_mutated(tmp_path, "aws", mutate), "head_start_ray_commands[1]", "dashboard on 0.0.0.0")
+    _rejects(_mutated(tmp_path, "aws", mutate), f"head_start_ray_commands[{index}]", words)
 
 
 def test_ray_default_head_commands_open_the_dashboard(tmp_path):
@@ -250,14 +256,6 @@ def test_kuberay_without_token_auth(tmp_path, mode):
             docs[0]["spec"]["authOptions"]["mode"] = mode
 
     _rejects(_mutated(tmp_path, "kuberay", mutate), "RayCluster/edray.spec.authOptions", "token authentication is off")
-
-
-def test_mlflow_on_all_interfaces(tmp_path):
-    def mutate(docs):
-        cmds = docs[0]["head_start_ray_commands"]
-        cmds[2] = cmds[2].replace('--host "$IP"', "--host 0.0.0.0")
-
-    _rejects(_mutated(tmp_path, "aws", mutate), "head_start_ray_commands[2]", "MLflow server to 0.0.0.0")
 
 
 def test_gcp_gpu_count_must_match_accelerators(tmp_path):

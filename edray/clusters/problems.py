@@ -109,9 +109,12 @@ def schema_error(
         names = " or ".join(_JSON_TYPES.get(t, t) for t in wanted if t != "null")
         fix = 'quote it, e.g. "0"' if wanted == ["string"] else f"write {names} here"
         return error_at(src, parts, f"{short(repr(given), 60)} is not {names} ({schema})", fix)
-    if "x-kubernetes-int-or-string" in error.schema and error.validator in ("anyOf", "pattern"):
-        return error_at(src, parts, f"{short(repr(given), 60)} is not a Kubernetes quantity",
-                             'write e.g. "4", "500m", "16Gi"')
+    if error.schema.get("x-kubernetes-int-or-string") and error.validator in ("anyOf", "pattern"):
+        if "pattern" in error.schema:  # a resource quantity
+            return error_at(src, parts, f"{short(repr(given), 60)} is not a Kubernetes quantity",
+                            'write e.g. "4", "500m", "16Gi"')
+        return error_at(src, parts, f"{short(repr(given), 60)} is not an integer or a string ({schema})",
+                        "write a number or a name, e.g. 8265 or dashboard")
     if error.validator == "enum":
         choices = ", ".join(map(str, error.validator_value))
         return error_at(src, parts, f"{short(repr(given), 60)} is not allowed ({schema})", f"use one of: {choices}")

@@ -8,47 +8,7 @@
 
 from edray.spec.loading import load_spec, spec_from_dict
 from edray.spec.paths import apply_overrides, get_path, set_path
-from edray.spec.schema import (
-    AugmentSpec,
-    DatasetSpec,
-    EarlyStoppingSpec,
-    EDSpec,
-    FinalEvalSpec,
-    Method,
-    OptimSpec,
-    ScalingSpec,
-    ScheduleSpec,
-    SearchParam,
-    SearchSpec,
-    Spec,
-    StudentSpec,
-    TeacherSpec,
-    TeachersSpec,
-    TrackingSpec,
-    TrainRecipe,
-)
+from edray.spec.schema import *  # noqa: F403 (every model: AugmentSpec, DatasetSpec, ..., Spec)
+from edray.spec.schema import __all__ as _MODELS
 
-__all__ = [
-    "AugmentSpec",
-    "DatasetSpec",
-    "EDSpec",
-    "EarlyStoppingSpec",
-    "FinalEvalSpec",
-    "Method",
-    "OptimSpec",
-    "ScalingSpec",
-    "ScheduleSpec",
-    "SearchParam",
-    "SearchSpec",
-    "Spec",
-    "StudentSpec",
-    "TeacherSpec",
-    "TeachersSpec",
-    "TrackingSpec",
-    "TrainRecipe",
-    "apply_overrides",
-    "get_path",
-    "load_spec",
-    "set_path",
-    "spec_from_dict",
-]
+__all__ = [*_MODELS, "apply_overrides", "get_path", "load_spec", "set_path", "spec_from_dict"]
