@@ -1,18 +1,22 @@
 """Every private Ray symbol edray uses, behind one door.
 
-The offline cluster-file check (:mod:`edray.clusters.validate`) runs what ``ray up`` and
+The offline cluster-file checks (:mod:`edray.clusters.launcher`, :mod:`edray.clusters.kuberay`) runs what ``ray up`` and
 the KubeRay autoscaler run before they touch a cloud; Ray exposes those steps only from
 ``ray.autoscaler._private``, which any Ray release may move. Each symbol is named once
-in :data:`PRIVATE`; tests/test_clusters.py resolves every one, so a Ray upgrade that
+in :data:`PRIVATE`; tests/test_cluster_files.py resolves every one, so a Ray upgrade that
 moves one fails there, naming it, instead of deep inside ``edray validate``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import logging
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["PRIVATE", "RayPrivateMoved", "resolve"]
+__all__ = ["PRIVATE", "RayPrivateMoved", "quiet", "resolve"]
 
 # name used in edray -> (module, attribute) in Ray, as of the ray>=2.51,<3 pyproject.toml pins
 PRIVATE: dict[str, tuple[str, str]] = {
@@ -54,3 +58,16 @@ def resolve(name: str) -> Any:
             f"edray needs {module}.{attr}, which Ray {ray.__version__} does not have ({err}); "
             f"install the Ray version pyproject.toml pins, or update edray/clusters/ray_private.py"
         ) from None
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Ray's launcher and KubeRay code print and log as they prepare a config; a check should not."""
+    logger = logging.getLogger("ray.autoscaler")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)

@@ -1,38 +1,35 @@
-"""The YAML spec: typed models, loading, ``--set`` overrides and one-line errors.
+"""The spec's schema: one pydantic model per section of a spec file.
 
-YAML -> :class:`Spec` is the only place raw dicts exist; every other module reads typed
-fields. Unknown keys are errors, and every error names the field path and what is
-allowed, so that ``edray validate`` can print one line and exit 2.
+Unknown keys are errors (``extra="forbid"``), NaN / inf and booleans given for numbers are
+refused, and cross-field rules (switch epochs before the last epoch, one teacher per grade,
+...) live on the models, so a :class:`Spec` that exists is one that can run.
 """
 
 from __future__ import annotations
 
-import functools
 import types
-from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
-
-from edray.errors import EdrayError
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 __all__ = [
     "AugmentSpec",
     "DatasetSpec",
     "EDSpec",
+    "EarlyStoppingSpec",
+    "FinalEvalSpec",
+    "Method",
     "OptimSpec",
+    "ScalingSpec",
     "ScheduleSpec",
+    "SearchParam",
+    "SearchSpec",
     "Spec",
     "StudentSpec",
     "TeacherSpec",
     "TeachersSpec",
+    "TrackingSpec",
     "TrainRecipe",
-    "apply_overrides",
-    "get_path",
-    "set_path",
-    "load_spec",
-    "spec_from_dict",
 ]
 
 Method = Literal["ed", "kd", "mtkd", "ce"]
@@ -414,196 +411,3 @@ class Spec(_Strict):
                 f"optim.batch_size ({self.optim.batch_size}) must be a multiple of scaling.num_workers ({workers})"
             )
         return self
-
-
-# ---------------------------------------------------------------- loading and errors
-
-
-def _format_loc(loc: tuple) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif isinstance(item, str) and not item.startswith(("function-", "literal[", "list[", "union[")):
-            # A key with a newline or no characters would break the one-line error: quote it.
-            parts.append(("." if parts else "") + (item if item.isprintable() and item.strip() else repr(item)))
-    return "".join(parts)
-
-
-def _first_error(err: ValidationError) -> EdrayError:
-    e = err.errors()[0]
-    path = _format_loc(tuple(e["loc"])) or "spec"
-    kind = e["type"]
-    msg = e["msg"].removeprefix("Value error, ")
-    if kind == "extra_forbidden":
-        parent = path.rsplit(".", 1)[0] if "." in path else "the top level"
-        return EdrayError(path, "unknown key", f"remove it or check its spelling under {parent}")
-    if kind == "missing":
-        return EdrayError(path, "is required", "add it to the spec")
-    given = e.get("input")
-    shown = "" if isinstance(given, dict | list) or given is None else f", got {given!r}"
-    return EdrayError(path, f"{msg}{shown}" if kind != "value_error" else msg, "see README.md 'Spec reference'")
-
-
-def spec_from_dict(data: Any, *, source: str = "spec") -> Spec:
-    """Validate a mapping into a :class:`Spec`.
-
-    Raises:
-        EdrayError: naming the first bad field.
-    """
-    if not isinstance(data, dict):
-        raise EdrayError(source, f"must be a YAML mapping, got {type(data).__name__}", "write key: value pairs")
-    try:
-        return Spec.model_validate(data)
-    except ValidationError as err:
-        raise _first_error(err) from None
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``path.to.key=value`` overrides (YAML-typed values) to a raw spec mapping.
-
-    ``ed.temperatures[1]=2`` sets one list item. The key must already exist in the
-    spec or its defaults, so a misspelt override fails instead of doing nothing.
-    """
-    for item in overrides:
-        if "=" not in item:
-            raise EdrayError(f"--set {item}", "expected path.to.key=value", "write e.g. --set ed.alpha=0.5")
-        path, value = item.split("=", 1)
-        set_path(data, path.strip(), _parse_value(value), where=f"--set {path.strip()}")
-    return data
-
-
-def set_path(data: dict, path: str, value: Any, *, where: str | None = None) -> None:
-    """Set ``value`` at a dotted spec ``path`` (``a.b[1].c``) inside a raw mapping.
-
-    Raises:
-        EdrayError: a key the schema does not know, or an index out of range.
-    """
-    where = where or path
-    keys = _split_path(path, where)
-    node: Any = data
-    default_node: Any = _defaults_tree()
-    for i, key in enumerate(keys):
-        last = i == len(keys) - 1
-        if isinstance(key, int):
-            if not isinstance(node, list) or key >= len(node):
-                raise EdrayError(where, f"index {key} is out of range", "set the whole list instead")
-            if last:
-                node[key] = value
-            else:
-                node = node[key]
-            continue
-        if not isinstance(node, dict):
-            raise EdrayError(where, f"{key!r} is not inside a mapping", "check the path")
-        known = isinstance(default_node, dict) and key in default_node
-        if key not in node and not known:
-            raise EdrayError(where, f"unknown key {key!r}", "check the spelling against the spec")
-        if last:
-            node[key] = value
-        else:
-            if key not in node or node[key] is None:
-                node[key] = {}
-            node = node[key]
-            default_node = default_node.get(key) if isinstance(default_node, dict) else None
-
-
-def get_path(data: dict, path: str, *, where: str | None = None) -> Any:
-    """The value at a dotted spec ``path`` in a raw mapping (KeyError/IndexError if absent).
-
-    Raises:
-        EdrayError: a malformed index (``a[x]``), located at ``where`` (default: ``path``).
-    """
-    node: Any = data
-    for key in _split_path(path, where or path):
-        node = node[key]
-    return node
-
-
-def _split_path(path: str, where: str) -> list[str | int]:
-    """``a.b[1].c`` -> ``["a", "b", 1, "c"]``; a bad index is blamed on ``where``, the place
-    the path came from (``--set ...``, ``search.params[2].path``)."""
-    keys: list[str | int] = []
-    for part in path.split("."):
-        while "[" in part and part.endswith("]"):
-            head, _, idx = part.partition("[")
-            if head:
-                keys.append(head)
-            for piece in idx.rstrip("]").split("]["):
-                if not piece.isdigit():
-                    named = "" if path in where else f" in {path}"
-                    raise EdrayError(where, f"bad index [{piece}]{named}", "use a non-negative integer")
-                keys.append(int(piece))
-            part = ""
-        if part:
-            keys.append(part)
-    return keys
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key written twice in one mapping.
-
-    Plain YAML keeps the last value silently, so a spec with ``alpha`` twice runs with
-    whichever came last. Keys brought in by a ``<<`` merge may still be overridden.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        keys = [k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]
-        values = [self.construct_object(k, deep=True) for k in keys]
-        for i, key in enumerate(values):
-            if key in values[:i]:
-                raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark, f"duplicate key {key!r}", keys[i].start_mark
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
-@functools.cache
-def _defaults_tree() -> dict:
-    """Every known key of the schema, as a nested dict, for override checking."""
-
-    def tree(model: type[BaseModel]) -> dict:
-        out: dict = {}
-        for name, field in model.model_fields.items():
-            ann = field.annotation
-            args = getattr(ann, "__args__", (ann,))
-            sub = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                sub = ann
-            out[name] = tree(sub) if sub is not None else None
-        return out
-
-    return tree(Spec)
-
-
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
-    """Read a YAML spec file, apply ``--set`` overrides, validate.
-
-    Raises:
-        EdrayError: a missing or unreadable file, bad YAML, or the first invalid field.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise EdrayError(str(path), "no such spec file", "give the path of a YAML spec, e.g. search_spaces/digits.yaml")
-    try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = " ".join(str(getattr(err, "problem", None) or err).split())  # one line, whatever YAML says
-        raise EdrayError(where, f"invalid YAML ({problem})", "fix the YAML syntax") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise EdrayError(str(path), f"cannot read ({err})", "check the file") from None
-    if data is None:
-        raise EdrayError(str(path), "is empty", "write a spec; see search_spaces/digits.yaml")
-    if overrides:
-        if not isinstance(data, dict):
-            raise EdrayError(str(path), "must be a YAML mapping", "write key: value pairs")
-        data = apply_overrides(data, overrides)
-    return spec_from_dict(data, source=str(path))

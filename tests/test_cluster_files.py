@@ -1,4 +1,5 @@
-"""Cluster files: the shipped ones validate offline; mutated copies fail with the right JSON path."""
+"""Cluster files (clusters/*.yaml, Ray's launcher defaults, KubeRay manifests): the shipped ones validate
+offline; mutated copies fail with the right JSON path. (Multi-node runs are tested elsewhere.)"""
 
 from __future__ import annotations
 
@@ -210,12 +211,18 @@ def test_credentials_read_from_the_environment_are_fine(tmp_path):
     assert validate_cluster_file(path) == "launcher"
 
 
-def test_dashboard_on_all_interfaces(tmp_path):
+@pytest.mark.parametrize(
+    ("index", "safe", "open_to_all", "words"),
+    [(1, "--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0", "dashboard on 0.0.0.0"),
+     (2, '--host "$IP"', "--host 0.0.0.0", "MLflow server to 0.0.0.0")],
+    ids=["dashboard", "mlflow"],
+)
+def test_dashboard_or_mlflow_on_all_interfaces(tmp_path, index, safe, open_to_all, words):
     def mutate(docs):
         cmds = docs[0]["head_start_ray_commands"]
-        cmds[1] = cmds[1].replace("--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0")
+        cmds[index] = cmds[index].replace(safe, open_to_all)
 
-    _rejects(_mutated(tmp_path, "aws", mutate), "head_start_ray_commands[1]", "dashboard on 0.0.0.0")
+    _rejects(_mutated(tmp_path, "aws", mutate), f"head_start_ray_commands[{index}]", words)
 
 
 def test_ray_default_head_commands_open_the_dashboard(tmp_path):
@@ -251,14 +258,6 @@ def test_kuberay_without_token_auth(tmp_path, mode):
     _rejects(_mutated(tmp_path, "kuberay", mutate), "RayCluster/edray.spec.authOptions", "token authentication is off")
 
 
-def test_mlflow_on_all_interfaces(tmp_path):
-    def mutate(docs):
-        cmds = docs[0]["head_start_ray_commands"]
-        cmds[2] = cmds[2].replace('--host "$IP"', "--host 0.0.0.0")
-
-    _rejects(_mutated(tmp_path, "aws", mutate), "head_start_ray_commands[2]", "MLflow server to 0.0.0.0")
-
-
 def test_gcp_gpu_count_must_match_accelerators(tmp_path):
     path = _mutated(tmp_path, "gcp", lambda d: _nodes(d)["gpu_spot"]["resources"].update(GPU=2))
     _rejects(path, "available_node_types.gpu_spot.resources.GPU", "guestAccelerators attaches 1")
@@ -286,6 +285,46 @@ def test_a_command_in_parentheses_is_rejected(tmp_path, name):
     path = _mutated(tmp_path, name, lambda d: d[0]["setup_commands"].append("(true || echo x)"))
     n = len(_docs(name)[0]["setup_commands"])
     _rejects(path, f"setup_commands[{n}]", "arithmetic")
+
+
+# Ray's own aws defaults.yaml has the first; bash runs `((stat ...) || true)` as two subshells.
+_RAY_STAT = "(stat $HOME/anaconda3/envs/tensorflow_p36/ &> /dev/null && echo 'export PATH=...' >> ~/.bashrc) || true"
+
+
+@pytest.mark.parametrize("command", [_RAY_STAT, "(echo a) && (echo b)", '(echo ")") || true', "(echo \\)) || true"])
+def test_a_command_whose_first_parenthesis_closes_before_the_end_is_fine(tmp_path, command):
+    path = _mutated(tmp_path, "aws", lambda d: d[0]["setup_commands"].append(command))
+    assert validate_cluster_file(path) == "launcher"
+
+
+@pytest.mark.parametrize("command", ["(cd x && RAY_AUTH_MODE=token ray start --address=$RAY_HEAD_IP:6379)",
+                                     '(echo ")")'])
+def test_a_command_wholly_in_parentheses_is_named_with_the_reason(tmp_path, command):
+    path = _mutated(tmp_path, "aws", lambda d: d[0]["worker_start_ray_commands"].append(command))
+    n = len(_docs("aws")[0]["worker_start_ray_commands"])
+    _rejects(path, f"worker_start_ray_commands[{n}]", "wholly inside '( )'", "'((...))' as arithmetic",
+             "drop the outer parentheses")
+
+
+def _ray_defaults(provider: str) -> dict:
+    """The launcher file Ray ships for ``provider`` (what ``ray up`` merges into every file)."""
+    import ray
+
+    return yaml.safe_load((Path(ray.__file__).parent / "autoscaler" / provider / "defaults.yaml").read_text())
+
+
+@pytest.mark.parametrize("provider", ["aws", "gcp", "azure"])
+def test_rays_own_defaults_validate_once_filled_with_token_auth_and_a_loopback_dashboard(tmp_path, provider):
+    config = _ray_defaults(provider)
+    if provider == "gcp":
+        config["provider"]["project_id"] = "my-project"  # the one blank (null) in Ray's file
+    as_shipped = _write(tmp_path, [config], "as_shipped.yaml")
+    _rejects(as_shipped, "head_start_ray_commands[1]", "dashboard on 0.0.0.0")
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        config[key] = [c.replace("--dashboard-host=0.0.0.0", "--dashboard-host=127.0.0.1")
+                       .replace("ray start", "RAY_AUTH_MODE=token ray start") for c in config[key]]
+    assert any(c.startswith("(") for c in config["setup_commands"])  # Ray's `(...) || true`, accepted
+    assert validate_cluster_file(_write(tmp_path, [config])) == "launcher"
 
 
 def test_ray_launcher_checks_run_too(tmp_path):
@@ -371,20 +410,64 @@ def test_ray_kuberay_conversion_runs_too(tmp_path):
     _rejects(path, "RayCluster/edray.spec", "Ray's KubeRay autoscaler cannot read it")
 
 
+def _worker(docs: list) -> dict:
+    return docs[0]["spec"]["workerGroupSpecs"][0]
+
+
+_WORKER = "RayCluster/edray.spec.workerGroupSpecs[0]"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where", "words"),
+    [
+        (lambda d: _worker(d).update(minReplica=_worker(d).pop("minReplicas")), f"{_WORKER}.minReplica",
+         ["unknown key (KubeRay's RayCluster CRD", "did you mean 'minReplicas'"]),
+        (lambda d: _worker(d).pop("template"), f"{_WORKER}.template",
+         ["missing (required by KubeRay's RayCluster CRD"]),
+        (lambda d: d[0]["spec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}),
+         "RayCluster/edray.spec.headGroupSpec.rayStartParams.num-cpus", ["0 is not a string", 'quote it, e.g. "0"']),
+        (lambda d: _worker_limits(d).update(cpu="lots"), f"{_WORKER}.template.spec.containers[0].resources.limits.cpu",
+         ["'lots' is not a Kubernetes quantity"]),
+        (lambda d: d[0]["spec"]["authOptions"].update(mode="tokens"), "RayCluster/edray.spec.authOptions.mode",
+         ["'tokens' is not allowed", "use one of: disabled, token"]),
+        (lambda d: d[1]["spec"].update(entrypointNumCPUs=1), "RayJob/edray-sweep-caltech256.spec.entrypointNumCPUs",
+         ["unknown key (KubeRay's RayJob CRD", "did you mean 'entrypointNumCpus'"]),
+    ],
+    ids=["misspelt", "missing", "not-a-string", "not-a-quantity", "not-in-enum", "rayjob-field"],
+)
+def test_kuberay_objects_are_checked_against_kuberays_crd_schema(tmp_path, mutate, where, words):
+    _rejects(_mutated(tmp_path, "kuberay", mutate), where, *words)
+
+
+def test_a_rayservice_cluster_config_is_checked_like_a_raycluster_spec(tmp_path):
+    cluster = _docs("kuberay")[0]
+    service = {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "edray-serve"},
+               "spec": {"rayClusterConfig": cluster["spec"]}}
+    assert validate_cluster_file(_write(tmp_path, [service])) == "kuberay"
+    service["spec"]["rayClusterConfig"]["headGroupSpec"]["serviceTyp"] = "ClusterIP"
+    _rejects(_write(tmp_path, [service]), "RayService/edray-serve.spec.rayClusterConfig.headGroupSpec.serviceTyp",
+             "did you mean 'serviceType'")
+
+
+def test_kuberay_fields_left_null_are_left_out_as_kubectl_does(tmp_path):
+    path = _mutated(tmp_path, "kuberay", lambda d: _worker(d)["template"]["spec"].update(nodeSelector=None))
+    assert validate_cluster_file(path) == "kuberay"
+
+
 # ----------------------------------------------------------------------------- files, YAML, CLI
 
 
 def test_duplicate_key_names_its_line(tmp_path):
     path = tmp_path / "dup.yaml"
     path.write_text("cluster_name: a\nprovider: {type: aws, region: us-west-2}\ncluster_name: b\n")
-    err = _rejects(path, "line 3", "given twice")
+    err = _rejects(path, "line 3", "invalid YAML (duplicate key")
     assert "cluster_name" in err.problem
 
 
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("cluster_name: [a\n", "not valid YAML"),
+        ("cluster_name: [a\n", "invalid YAML"),
         ("", "empty"),
         ("name: digits\nseed: 0\n", "not a Ray cluster file"),
         ("a: &x [*x]\ncluster_name: c\nprovider: {type: aws}\n", "alias contains itself"),
@@ -398,7 +481,7 @@ def test_unreadable_or_foreign_files(tmp_path, text, problem):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(EdrayError, match="no such file"):
+    with pytest.raises(EdrayError, match="no such cluster file"):
         validate_cluster_file(tmp_path / "nope.yaml")
 
 
