@@ -33,7 +33,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edray.logits.fs import is_uri, join, local_path
+from edray.storage import is_uri, join, local_path
 
 __all__ = ["SHARED_ENV", "CACHE_ENV", "Layout"]
 

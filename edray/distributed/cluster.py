@@ -35,8 +35,8 @@ from edray.cache import node_name, unreachable
 from edray.data import DataSplits
 from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.layout import Layout
-from edray.logits.fs import exists, is_uri, join, list_files, ray_storage, read_bytes, write_bytes
 from edray.spec import Spec
+from edray.storage import exists, is_uri, join, list_files, ray_storage, read_bytes, write_bytes
 from edray.workdir import images_dir
 
 __all__ = ["build_stores", "final_eval", "probe_nodes", "require_shared", "train_teachers", "worker_nodes"]
@@ -164,7 +164,7 @@ def _probe(probe: str, token: str, dataset_root: str | None) -> str:
 
 
 def _delete(location: str) -> None:
-    from edray.logits.fs import resolve
+    from edray.storage import resolve
 
     try:
         fs, inner = resolve(location)

@@ -26,8 +26,8 @@ from edray.distributed.space import compile_space, default_point, resolve_config
 from edray.distributed.tune_restore import repair_missing_checkpoints
 from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.layout import Layout
-from edray.logits.fs import is_uri, ray_storage, resolve
 from edray.spec import Spec
+from edray.storage import is_uri, ray_storage, resolve
 from edray.trial_status import TrialStatus, trial_status
 
 __all__ = [

@@ -35,9 +35,9 @@ from edray.distill.loop import DistContext, run_ed
 from edray.distill.plan import make_plan
 from edray.distributed.space import resolve_config
 from edray.layout import Layout
-from edray.logits.fs import join, ray_storage, write_bytes
 from edray.pipeline import local_dataset, make_teacher_logits
 from edray.spec import DatasetSpec, Spec
+from edray.storage import join, ray_storage, write_bytes
 from edray.workdir import images_dir
 
 __all__ = ["TrialContext", "TrialReportFn", "run_trial", "train_trial", "uses_torch_trainer"]

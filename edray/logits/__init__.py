@@ -1,10 +1,10 @@
 """Precomputed teacher logits in Arrow: key, atomic resumable writer, memory-mapped reader (DESIGN §3)."""
 
-from edray.logits.fs import is_uri, resolve
 from edray.logits.key import FORMAT_VERSION, StoreKey, file_sha256, fingerprint
 from edray.logits.manifest import Manifest, ShardInfo
 from edray.logits.reader import LogitStore, VerifyReport, open_store, verify_store
 from edray.logits.writer import write_store
+from edray.storage import is_uri, resolve
 
 __all__ = [
     "FORMAT_VERSION",

@@ -44,10 +44,10 @@ import torch
 from edray import atomic
 from edray.atomic import DEFAULT_FIX, exclusive_lock, fsync_dir
 from edray.errors import EdrayError
-from edray.logits.fs import is_uri, join, list_files, local_path, read_bytes, resolve, write_bytes
 from edray.logits.key import StoreKey
 from edray.logits.manifest import MANIFEST_NAME, Manifest, ShardInfo, num_shards, shard_name, shard_rows, shard_schema
 from edray.logits.reader import open_store
+from edray.storage import is_uri, join, list_files, local_path, read_bytes, resolve, write_bytes
 
 __all__ = ["StorePlan", "building", "default_rows_per_shard", "finish_store", "write_shard", "write_store"]
 

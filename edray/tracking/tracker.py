@@ -37,7 +37,7 @@ from mlflow.tracking import MlflowClient
 from pyarrow import ArrowException
 
 from edray.errors import EdrayError
-from edray.logits.fs import is_uri, read_bytes
+from edray.storage import is_uri, read_bytes
 from edray.tracking.secrets import redact
 from edray.tracking.uri import artifacts_are_local
 
