@@ -2,7 +2,7 @@
 
 One Optuna trial per config; one Tune trial per config per rung it reaches (a promoted
 config is trained again, from scratch, at the next budget: see
-:mod:`edray.distributed.schedulers`). Optuna hears the copy's value as an intermediate
+:mod:`edray.distributed.halving`). Optuna hears the copy's value as an intermediate
 value at step = its epochs, then PRUNED if the rung does not promote the config, or
 COMPLETE with the full run's value. The scheduler stays FIFO: nothing is stopped inside
 a run, configs are stopped between rungs.
@@ -16,7 +16,7 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from edray.distributed.schedulers import BUDGET_KEY, SuccessiveHalving
+from edray.distributed.halving import BUDGET_KEY, SuccessiveHalving
 from edray.trial_status import TrialStatus, trial_status
 
 __all__ = ["HalvingOptunaSearch"]

@@ -173,7 +173,7 @@ def make_scheduler(spec: Spec):
 
 def _halving(spec: Spec, num_samples: int):
     """The rungs of successive halving for this sweep, or None when it stops trials otherwise."""
-    from edray.distributed.schedulers import SuccessiveHalving, rung_epochs
+    from edray.distributed.halving import SuccessiveHalving, rung_epochs
 
     es = spec.search.early_stopping
     if es.kind != "halving":

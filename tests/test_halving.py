@@ -1,4 +1,4 @@
-"""Budget-scaled successive halving (distributed/schedulers.py) on hand-made learning curves,
+"""Budget-scaled successive halving (distributed/halving.py) on hand-made learning curves,
 and its Tune searcher telling Optuna what happened to each config (real Optuna study)."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ import optuna
 import pytest
 from ray.tune.search import Searcher
 
-from edray.distributed.halving_search import HalvingOptunaSearch
-from edray.distributed.schedulers import (
+from edray.distributed.halving import (
     BUDGET_KEY,
     SuccessiveHalving,
     fidelity_spec,
     halving_plan,
     rung_epochs,
 )
+from edray.distributed.halving_search import HalvingOptunaSearch
 from edray.distributed.space import compile_space, resolve_config
 from edray.errors import EdrayError
 from edray.trial_status import TrialStatus, trial_status
