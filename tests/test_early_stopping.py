@@ -19,7 +19,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from edray.distributed import sweep, trial
-from edray.distributed.searcher import GradeAwareOptunaSearch
+from edray.distributed.searcher import PruneStoppedOptunaSearch
 from edray.distributed.space import resolve_config
 from edray.trial_status import was_stopped_early
 
@@ -148,7 +148,7 @@ def test_searcher_tells_pruned_where_plain_optuna_search_tells_complete(results)
     assert was_stopped_early(partial) and not was_stopped_early(full)
 
     ours, _ = sweep.make_searcher(spec, 2)
-    assert isinstance(ours, GradeAwareOptunaSearch)
+    assert isinstance(ours, PruneStoppedOptunaSearch)
     plain = OptunaSearch(space=ours._space, metric="val_acc", mode="max", sampler=optuna.samplers.RandomSampler(seed=0))
     for search in (ours, plain):
         search.suggest("a")

@@ -12,10 +12,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from edray.trial_status import TrialStatus, trial_status
 
-__all__ = ["GradeAwareOptunaSearch"]
+__all__ = ["PruneStoppedOptunaSearch"]
 
 
-class GradeAwareOptunaSearch(OptunaSearch):
+class PruneStoppedOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that reports early-stopped trials as pruned."""
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

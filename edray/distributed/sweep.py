@@ -213,7 +213,7 @@ def make_searcher(spec: Spec, max_concurrent: int, num_samples: int | None = Non
     from ray.tune.search import ConcurrencyLimiter
 
     from edray.distributed.halving_search import HalvingOptunaSearch
-    from edray.distributed.searcher import GradeAwareOptunaSearch
+    from edray.distributed.searcher import PruneStoppedOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = spec.search
@@ -230,7 +230,7 @@ def make_searcher(spec: Spec, max_concurrent: int, num_samples: int | None = Non
     kwargs = dict(space=compile_space(spec), metric=METRIC, mode="max", points_to_evaluate=points, sampler=sampler,
                   storage=storage, study_name=spec.name if storage else None)
     halving = _halving(spec, num_samples or search.num_samples)
-    searcher = GradeAwareOptunaSearch(**kwargs) if halving is None else HalvingOptunaSearch(halving=halving, **kwargs)
+    searcher = PruneStoppedOptunaSearch(**kwargs) if halving is None else HalvingOptunaSearch(halving=halving, **kwargs)
     return searcher, ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 
