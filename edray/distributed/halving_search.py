@@ -35,7 +35,7 @@ class HalvingOptunaSearch(OptunaSearch):
         self._halving = halving
         self._full = halving.rungs[-1].epochs
         self._configs: dict[int, dict[str, Any]] = {}  # Optuna trial number -> its drawn config
-        self._studies: dict[int, Any] = {}  # Optuna trial number -> its Optuna trial
+        self._optuna_trial_of: dict[int, Any] = {}  # Optuna trial number -> its Optuna trial
         self._runs: dict[str, tuple[int, int]] = {}  # Tune trial id -> (config, epochs)
         self._queue: list[tuple[int, int]] = []  # promoted (config, epochs) not started yet
         self._started = [0] * len(halving.rungs)
@@ -51,13 +51,13 @@ class HalvingOptunaSearch(OptunaSearch):
         rungs = self._halving.rungs
         if self._queue:
             key, epochs = self._queue.pop(0)
-            self._ot_trials[trial_id] = self._studies[key]
+            self._ot_trials[trial_id] = self._optuna_trial_of[key]
         elif self._started[0] < rungs[0].expected:
             config = super().suggest(trial_id)
             if config is None:
                 return None
             key, epochs = self._ot_trials[trial_id].number, rungs[0].epochs
-            self._configs[key], self._studies[key] = config, self._ot_trials[trial_id]
+            self._configs[key], self._optuna_trial_of[key] = config, self._ot_trials[trial_id]
         else:
             last = len(rungs) - 1
             decided = all(i in self._halving.decided for i in range(last))
@@ -77,7 +77,7 @@ class HalvingOptunaSearch(OptunaSearch):
             return
         self._completed_trials.add(trial_id)
         key, epochs = self._runs[trial_id]
-        ot_trial = self._studies[key]
+        ot_trial = self._optuna_trial_of[key]
         status = trial_status(result, error)
         value = (result or {}).get(self.metric)
         if epochs == self._full:  # the config's own run: the one rule says how it ended
@@ -105,4 +105,4 @@ class HalvingOptunaSearch(OptunaSearch):
         next_epochs = self._halving.rungs[self._halving.rung_of(epochs) + 1].epochs
         self._queue.extend((key, next_epochs) for key in promoted)
         for key in pruned:
-            self._ot_study.tell(self._studies[key], None, state=optuna.trial.TrialState.PRUNED)
+            self._ot_study.tell(self._optuna_trial_of[key], None, state=optuna.trial.TrialState.PRUNED)
