@@ -33,6 +33,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edray.names import MLFLOW_ARTIFACTS
 from edray.storage import is_uri, join, local_path
 
 __all__ = ["SHARED_ENV", "CACHE_ENV", "Layout"]
@@ -112,7 +113,7 @@ class Layout:
 
     @property
     def mlflow_artifacts(self) -> str:
-        return self.shared_path("mlflow-artifacts")
+        return self.shared_path(MLFLOW_ARTIFACTS)
 
     # -- the driver's own folders --------------------------------------------------------
     def sweep_dir(self, sweep: str) -> Path:

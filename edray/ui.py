@@ -30,8 +30,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from edray.errors import RUNTIME_ERROR, EdrayError
+from edray.names import MLFLOW_ARTIFACTS
 from edray.tracking.secrets import redact_text
-from edray.tracking.uri import ARTIFACT_DIR, sqlite_path
+from edray.tracking.uri import sqlite_path
 
 __all__ = ["experiment_urls", "serve_ui", "ui_command", "ui_tracking_uri"]
 
@@ -99,7 +100,7 @@ def serve_ui(workdir: Path, *, port: int = 5000, host: str = "127.0.0.1", tracki
              "delete every run; bind 127.0.0.1 (the default) and use an SSH tunnel instead")
     _check_port_free(addresses, host, port)
     url = _url(host, port)
-    cmd, extra = ui_command(uri, workdir / ARTIFACT_DIR, host=host, port=port)
+    cmd, extra = ui_command(uri, workdir / MLFLOW_ARTIFACTS, host=host, port=port)
     env = {**os.environ, **extra}
     with _stop_signals():
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -35,13 +35,13 @@ from edray.cache import node_name, unreachable
 from edray.data import DataSplits
 from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.layout import Layout
+from edray.names import SHA256_SUFFIX
 from edray.spec import Spec
 from edray.storage import exists, is_uri, join, list_files, ray_storage, read_bytes, write_bytes
 from edray.workdir import images_dir
 
 __all__ = ["build_stores", "final_eval", "probe_nodes", "require_shared", "train_teachers", "worker_nodes"]
 
-_SHA = ".sha256"
 _RECORD = ".json"  # beside a teacher checkpoint: the node that trained it, its val_acc
 
 
@@ -187,7 +187,7 @@ def train_teachers(spec: Spec, layout: Layout, data: DataSplits, log: Callable[[
     Ray Train jobs running at the same time. Returns teacher index -> node that trained it.
     """
     missing = [i for i, t in enumerate(spec.teachers.models)
-               if t.checkpoint is None and not exists(_teacher_location(layout, spec, i, data) + _SHA)]
+               if t.checkpoint is None and not exists(_teacher_location(layout, spec, i, data) + SHA256_SUFFIX)]
     if not missing:
         return {}
     log(f"training teachers {missing} on worker nodes (Ray Train)")
@@ -245,8 +245,8 @@ def _teacher_worker(config: dict[str, Any]) -> None:
     write_bytes(location, blob)
     record = {"node": node_name(), "val_acc": teacher.val_acc, "sha256": sha}
     write_bytes(location + _RECORD, json.dumps(record).encode())
-    write_bytes(location + _SHA, f"{sha}\n".encode())  # last: it is what says "trained"
-    teacher.path.with_name(teacher.path.name + _SHA).write_text(f"{sha}\n")  # this node's cache has it too
+    write_bytes(location + SHA256_SUFFIX, f"{sha}\n".encode())  # last: it is what says "trained"
+    teacher.path.with_name(teacher.path.name + SHA256_SUFFIX).write_text(f"{sha}\n")  # this node's cache has it too
     train.report({"val_acc": teacher.val_acc, "node": node_name()})
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edray.errors import EdrayError
+from edray.names import BASELINES
 from edray.spec import Spec, spec_from_dict
 from edray.stats import paired_difference
 
@@ -29,7 +30,6 @@ __all__ = [
     "run_compare",
 ]
 
-BASELINES = ("kd", "mtkd", "ce")
 _DEFAULT_BOUNDS = {"temperature": (1.0, 8.0, True), "alpha": (0.1, 0.9, False)}
 
 

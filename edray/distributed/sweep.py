@@ -26,6 +26,7 @@ from edray.distributed.space import compile_space, default_point, resolve_config
 from edray.distributed.tune_restore import repair_missing_checkpoints
 from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.layout import Layout
+from edray.names import METRIC, MLFLOW_ARTIFACTS
 from edray.spec import Spec
 from edray.storage import is_uri, ray_storage, resolve
 from edray.trial_status import TrialStatus, trial_status
@@ -35,7 +36,6 @@ __all__ = [
     "run_sweep",
 ]
 
-METRIC = "val_acc"
 T = TypeVar("T")
 
 
@@ -257,7 +257,7 @@ def _tracker(spec: Spec, workdir: Path):
 
     uri = resolve_tracking_uri(spec, workdir)
     check_tracking(uri)
-    return SweepTracker(uri, spec.tracking.experiment or spec.name, artifact_root=workdir / "mlflow-artifacts")
+    return SweepTracker(uri, spec.tracking.experiment or spec.name, artifact_root=workdir / MLFLOW_ARTIFACTS)
 
 
 def _load_data(spec: Spec, workdir: Path):

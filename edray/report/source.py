@@ -22,17 +22,16 @@ from typing import Any
 import yaml
 
 from edray.errors import EdrayError
+from edray.names import BASELINES, METRIC
 from edray.spec import SearchParam
 from edray.tracking.secrets import redact_text
 from edray.tracking.uri import sqlite_path
 from edray.tracking.values import finite
 
-__all__ = ["BASELINES", "MethodResult", "SweepRecord", "TrialRow", "load_sweep", "report_tracking_uri"]
+__all__ = ["MethodResult", "SweepRecord", "TrialRow", "load_sweep", "report_tracking_uri"]
 
 log = logging.getLogger(__name__)
 
-METRIC = "val_acc"
-BASELINES = ("kd", "mtkd", "ce")
 _HISTORY_KEYS = (METRIC, f"{METRIC}_seen", "grade")  # what the learning curves draw
 _SWEEP = "tags.`edray.kind` = 'sweep'"
 
