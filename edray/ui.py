@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.names import MLFLOW_ARTIFACTS
 from edray.tracking.secrets import redact_text
+from edray.tracking.sweeps import require_store
 from edray.tracking.uri import sqlite_path
 
 __all__ = ["experiment_urls", "serve_ui", "ui_command", "ui_tracking_uri"]
@@ -159,9 +160,7 @@ def _check_store(uri: str) -> None:
     if path is None:
         raise EdrayError("--tracking-uri", f"{shown} is an in-memory store: nothing to show",
                          "pass the store of a sweep, e.g. sqlite:///WORKDIR/mlflow.db")
-    if not path.expanduser().is_file():
-        raise EdrayError(str(path), "no MLflow store here",
-                         "run `edray sweep` first, or pass the --workdir (or --tracking-uri) of a sweep")
+    require_store(uri)
 
 
 def _resolve(host: str, port: int) -> list:
