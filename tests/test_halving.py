@@ -151,3 +151,19 @@ def test_searcher_fails_a_copy_that_errored_and_promotes_from_the_rest():
     search.on_trial_complete("b", result={"epoch": 8, "total_epochs": 40, "grade": 3, "val_acc": 0.5})
     assert BUDGET_KEY not in search.suggest("c")
     assert search.study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_optuna_search_private_state_is_where_ray_private_reads_it():
+    """edray's searchers reach OptunaSearch's private state only through ray_private; a Ray
+    upgrade that renames it fails here, by name, not inside a sweep."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from edray.clusters.ray_private import optuna_completed_trials, optuna_study, optuna_trials
+
+    search = OptunaSearch(space=compile_space(fast_spec()), metric="val_acc", mode="max",
+                          sampler=optuna.samplers.RandomSampler(seed=0))
+    search.suggest("t0")
+    assert isinstance(optuna_study(search), optuna.Study)
+    assert list(optuna_trials(search)) == ["t0"] and isinstance(optuna_trials(search)["t0"], optuna.Trial)
+    search.on_trial_complete("t0", result={"val_acc": 0.5})
+    assert optuna_completed_trials(search) == {"t0"}
