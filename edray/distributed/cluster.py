@@ -37,7 +37,7 @@ from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.layout import Layout
 from edray.names import SHA256_SUFFIX
 from edray.spec import Spec
-from edray.storage import exists, is_uri, join, list_files, ray_storage, read_bytes, write_bytes
+from edray.storage import discard, exists, is_uri, join, list_files, ray_storage, read_bytes, write_bytes
 from edray.workdir import images_dir
 
 __all__ = ["build_stores", "final_eval", "probe_nodes", "require_shared", "train_teachers", "worker_nodes"]
@@ -133,7 +133,7 @@ def probe_nodes(spec: Spec, layout: Layout) -> list[str]:
     try:
         checked = _get_all(refs, "probe", skip_lost_nodes=True)
     finally:
-        _delete(probe)  # only once every node has read it
+        discard(probe)  # only once every node has read it
     if not checked:
         raise EdrayError("--address", "every worker node left the Ray cluster while it was being checked",
                          "start worker nodes (ray up / ray start --address ...) and run again", exit_code=RUNTIME_ERROR)
@@ -161,16 +161,6 @@ def _probe(probe: str, token: str, dataset_root: str | None) -> str:
                          "copy it to that path on every node (the cluster files' setup commands do), or put it "
                          "under EDRAY_SHARED and give dataset.root as its URI")
     return node_name()
-
-
-def _delete(location: str) -> None:
-    from edray.storage import resolve
-
-    try:
-        fs, inner = resolve(location)
-        fs.delete_file(inner)
-    except Exception:
-        pass  # a probe file left behind costs a few bytes
 
 
 # ------------------------------------------------------------------------------ teachers
