@@ -23,13 +23,14 @@ import yaml
 
 from edray.atomic import write_text
 from edray.distributed.space import compile_space, default_point, resolve_config
+from edray.distributed.trial_rows import RESULT_COLUMNS, trial_rows
 from edray.distributed.tune_restore import repair_missing_checkpoints
 from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.layout import Layout
 from edray.names import METRIC, MLFLOW_ARTIFACTS
 from edray.spec import Spec
 from edray.storage import is_uri, ray_storage, resolve
-from edray.trial_status import TrialStatus, trial_status
+from edray.trial_status import TrialStatus
 
 __all__ = [
     "SweepOptions", "SweepResult", "best_spec_dict", "make_scheduler", "make_searcher", "plan_line", "planned_epochs",
@@ -539,16 +540,8 @@ def _reporter():
 
 
 def _collect(spec: Spec, grid, tracker, parent_id: str, tic: float) -> SweepResult:
-    rows = []
-    epochs = 0
-    for r in grid:
-        metrics = r.metrics or {}
-        status = trial_status(metrics, r.error).value
-        config = {k: v for k, v in (r.config or {}).items()}
-        epochs += int(metrics.get("epoch", 0))
-        rows.append({"status": status, "config": config, METRIC: metrics.get(METRIC),
-                     "model_path": metrics.get("model_path"), "trial_id": metrics.get("trial_id"),
-                     "node": metrics.get("node")})
+    rows = trial_rows(grid)
+    epochs = sum(row["epoch"] for row in rows)
     done = [row for row in rows if row["status"] == TrialStatus.COMPLETED and row[METRIC] is not None]
     best = max(done, key=lambda row: row[METRIC]) if done else None
     return SweepResult(
@@ -564,7 +557,7 @@ def _collect(spec: Spec, grid, tracker, parent_id: str, tic: float) -> SweepResu
         best_val_acc=best[METRIC] if best else None,
         wall_s=time.monotonic() - tic,
         epochs_trained=epochs,
-        placement={"trials": {row["trial_id"]: row["node"] for row in rows if row["trial_id"]}},
+        placement={"trials": {row["trial_id"]: row["node"] for row in rows if row["node"]}},  # those that reported
     )
 
 
@@ -586,13 +579,10 @@ def _finish_tracking(spec: Spec, tracker, grid, result: SweepResult, best_text: 
     from edray.tracking import render_figures
 
     results, history = [], {}
-    for r in grid:
-        trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
-        status = trial_status(r.metrics, r.error).value
-        results.append({"trial_id": trial_id, "status": status, "config": r.config or {},
-                        METRIC: (r.metrics or {}).get(METRIC)})
+    for r, row in zip(grid, trial_rows(grid), strict=True):
+        results.append({key: row[key] for key in RESULT_COLUMNS})
         df = r.metrics_dataframe
-        history[trial_id] = df.to_dict("records") if df is not None else []
+        history[row["trial_id"]] = df.to_dict("records") if df is not None else []
     figures = render_figures(results, history, spec.search.params, sweep_dir / "figures", metric=METRIC)
     summary = {k: v for k, v in result.summary().items() if isinstance(v, int | float) and v is not None}
     tracker.finish_sweep(
