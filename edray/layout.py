@@ -2,7 +2,7 @@
 
 On one machine the work directory plays both parts. On a cluster, nodes share nothing
 but ``EDRAY_SHARED`` (an ``s3://`` or ``gs://`` prefix, or a path mounted on every node):
-anything more than one node needs lives there (DESIGN §6)::
+anything more than one node needs lives there (docs/design.md#clusters)::
 
     <shared>/teachers/         teacher checkpoints (+ a .sha256 beside each)
     <shared>/logits/           logit stores (manifest.json + shards)
@@ -15,9 +15,6 @@ anything more than one node needs lives there (DESIGN §6)::
 and each node keeps its own copy of what trials read, fetched once:
 
     <cache>/logits/  <cache>/teachers/  <cache>/datasets/
-
-(DESIGN §6 calls the datasets folder ``images/``; the cluster files and README already
-said ``datasets/``, so that name stayed.)
 
 The driver's work directory keeps what only the driver needs: the sweep's resume state,
 ``best.yaml``, figures and the embedded MLflow store.

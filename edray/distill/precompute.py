@@ -41,7 +41,7 @@ class StoreInfo:
 
 
 def store_key(spec: Spec, teacher: TeacherCheckpoint, data: DataSplits, split: str, *, views: int) -> StoreKey:
-    """Everything the stored logits depend on (DESIGN §3)."""
+    """Everything the stored logits depend on (docs/design.md#the-logit-store)."""
     images: ImageSet = getattr(data, split)
     aug = spec.dataset.augmentation
     return StoreKey(

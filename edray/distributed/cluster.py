@@ -1,4 +1,4 @@
-"""The heavy steps around the search, as Ray work on worker nodes (DESIGN §6).
+"""The heavy steps around the search, as Ray work on worker nodes (docs/design.md#clusters).
 
 On a cluster the sweep driver only plans, waits and records. Here is what it waits on:
 

@@ -93,7 +93,7 @@ def _extra_metrics(spec: Spec, metrics: dict[str, Any], num_classes: int, total_
     plan = make_plan(spec, num_classes)
     last_start = plan.grades[-1].start_epoch
     # Grade-aware early stopping counts epochs facing all classes: a trial still in an
-    # early grade sits at 0 and never meets a rung (DESIGN §4). ``total_epochs`` is the
+    # early grade sits at 0 and never meets a rung (docs/design.md#the-sweep). ``total_epochs`` is the
     # config's own budget: a short copy of it (successive halving) ends before it, so by
     # the one rule (edray.trial_status) the copy is a stopped trial, pruned.
     return {**metrics, "final_grade_epochs": max(0, metrics["epoch"] - last_start), "total_epochs": total_epochs,

@@ -1,4 +1,7 @@
-"""Precomputed teacher logits in Arrow: key, atomic resumable writer, memory-mapped reader (DESIGN §3)."""
+"""Precomputed teacher logits in Arrow: key, atomic resumable writer, memory-mapped reader.
+
+See docs/design.md#the-logit-store.
+"""
 
 from edray.logits.key import FORMAT_VERSION, StoreKey, file_sha256, fingerprint
 from edray.logits.manifest import Manifest, ShardInfo
