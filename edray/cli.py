@@ -7,7 +7,8 @@ at run time. The traceback is shown only with ``--debug``.
 the shared options it takes (a spec, an experiment, ``--json``, ``--tracking-uri``) and
 its own flags. Handlers call library functions (:mod:`edray.pipeline`,
 :mod:`edray.distributed.sweep`, ...) and print; the one file a handler writes itself is
-``train --save-model``'s. A handler returns an exit code, or a summary dict (exit 0) that ``--json`` prints as the last line.
+``train --save-model``'s. A handler returns an exit code, or a summary dict (exit 0) that
+``--json`` prints as the last line.
 """
 
 from __future__ import annotations
