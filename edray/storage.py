@@ -1,6 +1,7 @@
-"""Where a store lives: a local path or a remote URI, resolved through ``pyarrow.fs``.
+"""Files anywhere edray keeps them: a local path or a remote URI, resolved through ``pyarrow.fs``.
 
-Local paths are memory-mapped by the reader. Remote stores (``s3://bucket/prefix``,
+Logit stores, teacher checkpoints, trained students, the node cache's sources and probe
+files all go through here. Local paths are memory-mapped by the logit store's reader. Remote stores (``s3://bucket/prefix``,
 ``gs://bucket/prefix``, ``hdfs://...``) are opened with
 ``pyarrow.fs.FileSystem.from_uri`` and read with ``open_input_file``; credentials come
 from the usual places (``AWS_*`` variables or ``~/.aws``, ``GOOGLE_APPLICATION_CREDENTIALS``
