@@ -28,7 +28,7 @@ from edray.tracking.secrets import redact_text
 from edray.tracking.sweeps import finished_sweeps, latest_sweep, open_experiment
 from edray.tracking.values import finite
 
-__all__ = ["MethodResult", "SweepRecord", "TrialRow", "load_sweep", "report_tracking_uri"]
+__all__ = ["MethodResult", "SweepRecord", "TrialRow", "load_sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,6 @@ class SweepRecord:
     @property
     def baselines(self) -> list[MethodResult]:
         return self.methods[1:]
-
-
-def report_tracking_uri(workdir: Path, tracking_uri: str | None = None) -> str:
-    """The store to read: the same rule as every command."""
-    from edray.tracking.uri import workdir_tracking_uri
-
-    return workdir_tracking_uri(workdir, tracking_uri)
 
 
 def load_sweep(experiment: str, uri: str, *, run_id: str | None = None) -> SweepRecord:
