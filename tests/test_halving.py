@@ -160,7 +160,7 @@ def test_optuna_search_private_state_is_where_ray_private_reads_it():
 
     from edray.clusters.ray_private import optuna_completed_trials, optuna_study, optuna_trials
 
-    search = OptunaSearch(space=compile_space(fast_spec()), metric="val_acc", mode="max",
+    search = OptunaSearch(space=compile_space(fast_spec(*HALVING)), metric="val_acc", mode="max",
                           sampler=optuna.samplers.RandomSampler(seed=0))
     search.suggest("t0")
     assert isinstance(optuna_study(search), optuna.Study)
