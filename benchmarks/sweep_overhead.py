@@ -192,7 +192,7 @@ def early_stopping(args) -> dict[str, Any]:
     out: dict[str, Any] = {"mode": "early_stopping", "trials": n, "epochs": spec.optim.epochs, "runs": {}}
     mc = args.max_concurrent[0]
     # "asha" keeps its key: it is the early stopping the sweep ships (successive halving, see
-    # distributed/schedulers.py); "early_stopped" names it. The old final-grade ASHA is "asha_final_grade".
+    # distributed/halving.py); "early_stopped" names it. The old final-grade ASHA is "asha_final_grade".
     kinds = {"none": ["search.early_stopping.kind=none"],
              "asha": ["search.early_stopping={kind: halving, budgets: [0.2], reduction_factor: 4}"]}
     if args.with_final_grade_asha:

@@ -28,14 +28,14 @@ import pyarrow as pa
 
 from edray.atomic import exclusive_lock
 from edray.errors import EdrayError
-from edray.logits.fs import join, list_files, read_bytes, resolve
 from edray.logits.key import StoreKey
 from edray.logits.manifest import MANIFEST_NAME, Manifest
 from edray.logits.reader import LogitStore, open_store
+from edray.names import SHA256_SUFFIX
+from edray.storage import join, list_files, read_bytes, resolve
 
 __all__ = ["SHA256_SUFFIX", "cached_file", "cached_store", "cached_tree", "node_name", "unreachable"]
 
-SHA256_SUFFIX = ".sha256"
 _COMPLETE = ".edray-complete"
 _BLOCK = 4 << 20
 

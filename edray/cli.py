@@ -6,8 +6,9 @@ at run time. The traceback is shown only with ``--debug``.
 :data:`COMMANDS` is the one table of subcommands: each row names its handler, which of
 the shared options it takes (a spec, an experiment, ``--json``, ``--tracking-uri``) and
 its own flags. Handlers call library functions (:mod:`edray.pipeline`,
-:mod:`edray.distributed.sweep`, ...) and print; they write no files themselves. A handler
-returns an exit code, or a summary dict (exit 0) that ``--json`` prints as the last line.
+:mod:`edray.distributed.sweep`, ...) and print; the one file a handler writes itself is
+``train --save-model``'s. A handler returns an exit code, or a summary dict (exit 0) that
+``--json`` prints as the last line.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 On one machine the work directory plays both parts. On a cluster, nodes share nothing
 but ``EDRAY_SHARED`` (an ``s3://`` or ``gs://`` prefix, or a path mounted on every node):
-anything more than one node needs lives there (DESIGN §6)::
+anything more than one node needs lives there (docs/design.md#clusters)::
 
     <shared>/teachers/         teacher checkpoints (+ a .sha256 beside each)
     <shared>/logits/           logit stores (manifest.json + shards)
@@ -15,9 +15,6 @@ anything more than one node needs lives there (DESIGN §6)::
 and each node keeps its own copy of what trials read, fetched once:
 
     <cache>/logits/  <cache>/teachers/  <cache>/datasets/
-
-(DESIGN §6 calls the datasets folder ``images/``; the cluster files and README already
-said ``datasets/``, so that name stayed.)
 
 The driver's work directory keeps what only the driver needs: the sweep's resume state,
 ``best.yaml``, figures and the embedded MLflow store.
@@ -33,7 +30,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edray.logits.fs import is_uri, join, local_path
+from edray.names import MLFLOW_ARTIFACTS
+from edray.storage import is_uri, join, local_path
 
 __all__ = ["SHARED_ENV", "CACHE_ENV", "Layout"]
 
@@ -112,7 +110,7 @@ class Layout:
 
     @property
     def mlflow_artifacts(self) -> str:
-        return self.shared_path("mlflow-artifacts")
+        return self.shared_path(MLFLOW_ARTIFACTS)
 
     # -- the driver's own folders --------------------------------------------------------
     def sweep_dir(self, sweep: str) -> Path:

@@ -22,8 +22,8 @@ from edray.distill.teachers import (
 )
 from edray.errors import EdrayError
 from edray.layout import Layout
-from edray.logits.fs import is_uri
 from edray.spec import DatasetSpec, Spec
+from edray.storage import is_uri
 from edray.workdir import images_dir
 
 __all__ = ["ensure_teachers", "local_dataset", "local_teachers", "make_teacher_logits", "teach", "train"]
@@ -89,7 +89,7 @@ def local_teachers(spec: Spec, data: DataSplits, workdir: Path, layout: Layout |
     if layout is None or not layout.needs_fetch(layout.teachers):
         return workdir
     from edray.cache import cached_file
-    from edray.logits.fs import join
+    from edray.storage import join
 
     cache = layout.cache()
     for i in range(len(spec.teachers.models)) if indices is None else indices:

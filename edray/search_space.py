@@ -109,7 +109,7 @@ def resolve_config(base: Spec | dict, config: dict[str, Any]) -> Spec:
         if path != BUDGET_KEY:
             set_path(raw, path, value, where=f"search {path}")
     spec = spec_from_dict(raw)
-    # A rung of successive halving trains a short copy of the config (see distributed/schedulers.py).
+    # A rung of successive halving trains a short copy of the config (see distributed/halving.py).
     return fidelity_spec(spec, int(budget)) if budget is not None else spec
 
 

@@ -19,6 +19,11 @@ class TrialStatus(str, enum.Enum):
     PRUNED = "pruned"
     ERRORED = "errored"
 
+    @property
+    def mlflow_run_status(self) -> str:
+        """How the trial's MLflow run is closed: a pruned trial ran as told, so it FINISHED too."""
+        return "FAILED" if self is TrialStatus.ERRORED else "FINISHED"
+
 
 def was_stopped_early(result: Mapping[str, Any] | None, total_epochs: int | None = None) -> bool:
     """A trial whose last result is before its final epoch did not finish.

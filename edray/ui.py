@@ -30,10 +30,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from edray.errors import RUNTIME_ERROR, EdrayError
+from edray.names import MLFLOW_ARTIFACTS
 from edray.tracking.secrets import redact_text
-from edray.tracking.uri import ARTIFACT_DIR, sqlite_path
+from edray.tracking.sweeps import require_store
+from edray.tracking.uri import sqlite_path, workdir_tracking_uri
 
-__all__ = ["experiment_urls", "serve_ui", "ui_command", "ui_tracking_uri"]
+__all__ = ["experiment_urls", "serve_ui", "ui_command"]
 
 _READY_TIMEOUT_S = 120.0
 _POLL_S = 0.25
@@ -43,13 +45,6 @@ _TAIL = 20
 
 class _Stop(Exception):
     """SIGTERM or SIGHUP reached edray: stop the server as for Ctrl-C."""
-
-
-def ui_tracking_uri(workdir: Path, tracking_uri: str | None = None) -> str:
-    """The store to serve: the same rule as every command (the store ``edray sweep`` writes)."""
-    from edray.tracking.uri import workdir_tracking_uri
-
-    return workdir_tracking_uri(workdir, tracking_uri)
 
 
 def ui_command(uri: str, artifacts: Path, *, host: str, port: int) -> tuple[list[str], dict[str, str]]:
@@ -89,7 +84,7 @@ def serve_ui(workdir: Path, *, port: int = 5000, host: str = "127.0.0.1", tracki
             server that fails to start or dies (exit 1).
     """
     workdir = Path(workdir).expanduser().resolve()
-    uri = ui_tracking_uri(workdir, tracking_uri)
+    uri = workdir_tracking_uri(workdir, tracking_uri)  # the same rule as every command
     _check_store(uri)
     if not 1 <= int(port) <= 65535:
         raise EdrayError("--port", f"must be in 1..65535, got {port}", "pass a free port, e.g. --port 5000")
@@ -99,7 +94,7 @@ def serve_ui(workdir: Path, *, port: int = 5000, host: str = "127.0.0.1", tracki
              "delete every run; bind 127.0.0.1 (the default) and use an SSH tunnel instead")
     _check_port_free(addresses, host, port)
     url = _url(host, port)
-    cmd, extra = ui_command(uri, workdir / ARTIFACT_DIR, host=host, port=port)
+    cmd, extra = ui_command(uri, workdir / MLFLOW_ARTIFACTS, host=host, port=port)
     env = {**os.environ, **extra}
     with _stop_signals():
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -158,9 +153,7 @@ def _check_store(uri: str) -> None:
     if path is None:
         raise EdrayError("--tracking-uri", f"{shown} is an in-memory store: nothing to show",
                          "pass the store of a sweep, e.g. sqlite:///WORKDIR/mlflow.db")
-    if not path.expanduser().is_file():
-        raise EdrayError(str(path), "no MLflow store here",
-                         "run `edray sweep` first, or pass the --workdir (or --tracking-uri) of a sweep")
+    require_store(uri)
 
 
 def _resolve(host: str, port: int) -> list:

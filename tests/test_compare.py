@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from edray.cli import main
@@ -99,6 +100,21 @@ def test_compare_runs_one_study_and_one_parent_per_method_and_a_table_matching_t
     ed_parent = client.get_run(rows["ed"]["parent_run_id"])
     assert ed_parent.data.metrics["compare.kd.test_acc_mean"] == pytest.approx(rows["kd"]["test_acc_mean"])
     assert ed_parent.data.metrics["compare.ce.epochs"] == rows["ce"]["epochs"]
+
+
+@pytest.mark.slow
+def test_best_after_compare_is_eds_config_not_the_newest_baselines(compared, tmp_path):
+    workdir, summary, _, _ = compared
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    exp = client.get_experiment_by_name("digits")
+    newest = client.search_runs([exp.experiment_id], filter_string="tags.`edray.kind` = 'sweep'",
+                                order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert newest.data.params["method"] != "ed"  # the baselines ran after ED: newest-of-any would pick one
+    out = tmp_path / "best.yaml"
+    assert main(["best", "digits", "--workdir", str(workdir), "-o", str(out)]) == 0
+    ed_parent = next(r["parent_run_id"] for r in summary["compare"] if r["method"] == "ed")
+    eds = Path(client.download_artifacts(ed_parent, "best.yaml", str(tmp_path))).read_text()
+    assert out.read_text() == eds and yaml.safe_load(eds)["method"] == "ed"
 
 
 @pytest.mark.slow

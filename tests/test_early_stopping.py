@@ -18,8 +18,9 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from edray.clusters.ray_private import optuna_study
 from edray.distributed import sweep, trial
-from edray.distributed.searcher import GradeAwareOptunaSearch
+from edray.distributed.searcher import PruneStoppedOptunaSearch
 from edray.distributed.space import resolve_config
 from edray.trial_status import was_stopped_early
 
@@ -148,15 +149,15 @@ def test_searcher_tells_pruned_where_plain_optuna_search_tells_complete(results)
     assert was_stopped_early(partial) and not was_stopped_early(full)
 
     ours, _ = sweep.make_searcher(spec, 2)
-    assert isinstance(ours, GradeAwareOptunaSearch)
+    assert isinstance(ours, PruneStoppedOptunaSearch)
     plain = OptunaSearch(space=ours._space, metric="val_acc", mode="max", sampler=optuna.samplers.RandomSampler(seed=0))
     for search in (ours, plain):
         search.suggest("a")
         search.suggest("b")
         search.on_trial_complete("a", result=full)
         search.on_trial_complete("b", result=partial)
-    assert [t.state for t in ours._ot_study.trials] == [optuna.trial.TrialState.COMPLETE,
-                                                        optuna.trial.TrialState.PRUNED]
+    assert [t.state for t in ours.study.trials] == [optuna.trial.TrialState.COMPLETE,
+                                                    optuna.trial.TrialState.PRUNED]
     # What the searcher fixes: Ray's own OptunaSearch passes the partial score off as final.
-    assert [t.state for t in plain._ot_study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
-    assert plain._ot_study.trials[1].value == partial["val_acc"]
+    assert [t.state for t in optuna_study(plain).trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert optuna_study(plain).trials[1].value == partial["val_acc"]

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "edray"
 
 # Lowest first. A module may import its own layer and those below it.
 LAYERS: list[set[str]] = [
-    {"errors", "atomic", "registry", "spec", "workdir", "trial_status", "search_space", "stats"},
+    {"errors", "atomic", "registry", "spec", "workdir", "trial_status", "search_space", "stats", "storage", "names"},
     {"data", "models", "logits", "layout", "cache"},
     {"distill"},
     {"preflight", "pipeline"},
@@ -26,10 +26,10 @@ LAYERS: list[set[str]] = [
 # The ED loop and everything below it run where there is no Ray and no MLflow (a GPU box,
 # a notebook); Optuna belongs to the search.
 FORBIDDEN = {
-    "ray": {"errors", "atomic", "registry", "spec", "workdir", "trial_status", "search_space", "stats", "data",
-            "models", "logits", "layout", "cache", "distill", "preflight", "pipeline"},
-    "mlflow": {"errors", "atomic", "registry", "spec", "workdir", "trial_status", "search_space", "data", "models",
-               "logits", "layout", "cache", "distill", "preflight", "pipeline"},
+    "ray": {"errors", "atomic", "registry", "spec", "workdir", "trial_status", "search_space", "stats", "storage",
+            "data", "models", "logits", "layout", "cache", "distill", "preflight", "pipeline"},
+    "mlflow": {"errors", "atomic", "registry", "spec", "workdir", "trial_status", "search_space", "storage", "data",
+               "models", "logits", "layout", "cache", "distill", "preflight", "pipeline"},
     "optuna": {"search_space", "data", "models", "logits", "distill", "preflight", "pipeline", "spec"},
 }
 

@@ -1,4 +1,4 @@
-"""Teacher logits precomputed into Arrow (DESIGN §3), end to end on real digits and synthetic data.
+"""Teacher logits precomputed into Arrow (docs/design.md#the-logit-store), end to end on real digits and synthetic data.
 
 What is proven here, on real teachers and real store files: the store gives the loss the
 live teachers give on the pixels the student sees; one shared store serves every split

@@ -184,6 +184,10 @@ def test_baselines_are_compared_when_run(sweep, store_copy, tmp_path):
     # The newer kd sweep does not take the ED sweep's place as the subject of the report.
     ed_sweep = sweep_run(MlflowClient(f"sqlite:///{sweep / 'mlflow.db'}"))
     assert "method <b>ed</b>" in page and ed_sweep.info.run_id in page
+    # `edray best` picks the same sweep by the same rule: ED's config, not the newer kd sweep's.
+    from edray.tracking.best import best_spec_yaml
+
+    assert best_spec_yaml(EXPERIMENT, tmp_path, tracking_uri=uri) == best_spec_yaml(EXPERIMENT, sweep) != "method: kd\n"
 
 
 def test_unknown_experiment_and_missing_store_are_one_line_errors(sweep, tmp_path, capsys):

@@ -130,7 +130,7 @@ def test_parent_and_children_are_nested_with_flat_params_metrics_statuses(store,
 
 
 def test_experiment_is_tagged_as_model_training_so_the_ui_opens_on_runs(store):
-    from edray.tracking.tracker import EXPERIMENT_KIND_TAG
+    from edray.tracking.tags import EXPERIMENT_KIND as EXPERIMENT_KIND_TAG
 
     tracker = _tracker(store)
     client = MlflowClient(tracking_uri=tracker.uri)

@@ -1,10 +1,14 @@
 """Every private Ray symbol edray uses, behind one door.
 
-The offline cluster-file checks (:mod:`edray.clusters.launcher`, :mod:`edray.clusters.kuberay`) runs what ``ray up`` and
+The offline cluster-file checks (:mod:`edray.clusters.launcher`, :mod:`edray.clusters.kuberay`) run what ``ray up`` and
 the KubeRay autoscaler run before they touch a cloud; Ray exposes those steps only from
 ``ray.autoscaler._private``, which any Ray release may move. Each symbol is named once
 in :data:`PRIVATE`; tests/test_cluster_files.py resolves every one, so a Ray upgrade that
 moves one fails there, naming it, instead of deep inside ``edray validate``.
+
+edray's searchers subclass Ray Tune's ``OptunaSearch`` and tell Optuna themselves how a
+trial ended; the state they need has no public accessor, so the three functions at the
+end read it (tests/test_halving.py calls each on a real ``OptunaSearch``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["PRIVATE", "RayPrivateMoved", "quiet", "resolve"]
+__all__ = [
+    "PRIVATE", "RayPrivateMoved", "optuna_completed_trials", "optuna_study", "optuna_trials", "quiet", "resolve",
+]
 
 # name used in edray -> (module, attribute) in Ray, as of the ray>=2.51,<3 pyproject.toml pins
 PRIVATE: dict[str, tuple[str, str]] = {
@@ -71,3 +77,21 @@ def quiet() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(level)
+
+
+# ---- Ray Tune's OptunaSearch: private state its subclasses must reach (ray>=2.51,<3)
+
+
+def optuna_study(search: Any) -> Any:
+    """The ``optuna.Study`` an ``OptunaSearch`` asks and tells."""
+    return search._ot_study
+
+
+def optuna_trials(search: Any) -> dict[str, Any]:
+    """An ``OptunaSearch``'s Tune trial id -> the ``optuna.Trial`` it drew that config from (writable)."""
+    return search._ot_trials
+
+
+def optuna_completed_trials(search: Any) -> set[str]:
+    """The Tune trial ids an ``OptunaSearch`` has already told Optuna about (writable)."""
+    return search._completed_trials

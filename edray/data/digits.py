@@ -1,4 +1,4 @@
-"""scikit-learn's handwritten digits: the embedded default dataset (DESIGN §7).
+"""scikit-learn's handwritten digits: the embedded default dataset (docs/design.md#data).
 
 1797 real 8x8 greyscale digits (values 0..16) that ship inside scikit-learn, so the
 whole pipeline runs offline on a laptop CPU in minutes. There is no official test

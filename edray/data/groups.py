@@ -1,4 +1,4 @@
-"""Class groups: the label set split into grades by split ratios (DESIGN §1).
+"""Class groups: the label set split into grades by split ratios (docs/design.md#the-method).
 
 Internally the ED loop works in *ordered* class space: group 1's classes come first,
 then group 2's, and so on, so that "the classes seen at grade g" is a prefix

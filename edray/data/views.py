@@ -1,4 +1,4 @@
-"""Replayable augmentation views (DESIGN §3).
+"""Replayable augmentation views (docs/design.md#the-logit-store).
 
 A view's crop offset and flip are a pure function of ``(seed, sample id, view)``, computed
 with a counter-based hash (splitmix64) instead of a random generator. A teacher's logits

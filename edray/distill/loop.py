@@ -67,7 +67,7 @@ class EpochMetrics:
     val_acc: float  # over all classes (a class not yet seen counts as wrong)
     val_acc_seen: float  # over the classes seen so far
     seen_classes: int
-    epochs_in_grade: int  # epochs completed since the grade began (for grade-aware early stopping)
+    epochs_in_grade: int  # epochs completed since the grade began (logged; early stopping counts final-grade epochs)
     epoch_s: float
 
 

@@ -1,4 +1,4 @@
-"""The sliced distillation loss of ED (DESIGN §1).
+"""The sliced distillation loss of ED (docs/design.md#the-method).
 
 For a sample x of group k at grade g, with student logits z over the classes seen so
 far and teacher logits t_k(x) over group k's classes::

@@ -41,7 +41,7 @@ class StoreInfo:
 
 
 def store_key(spec: Spec, teacher: TeacherCheckpoint, data: DataSplits, split: str, *, views: int) -> StoreKey:
-    """Everything the stored logits depend on (DESIGN §3)."""
+    """Everything the stored logits depend on (docs/design.md#the-logit-store)."""
     images: ImageSet = getattr(data, split)
     aug = spec.dataset.augmentation
     return StoreKey(
@@ -105,14 +105,14 @@ def precompute_stores(
             images: ImageSet = getattr(data, split)
             key = store_key(spec, teacher, data, split, views=v)
 
-            def shard_progress(done: int, total: int, i=i, split=split) -> None:
+            def rows_progress(rows_done: int, rows: int, i=i, split=split) -> None:
                 if progress:
-                    progress(f"teacher {i} {split}: shard {done}/{total}")
+                    progress(f"teacher {i} {split}: {rows_done}/{rows} rows")
 
             path = write_store(
                 store_root(spec, workdir), key, rows=len(images), views=v, outputs=len(teacher.classes),
                 sample_ids=torch.arange(len(images)), compute_shard=teacher_logits(spec, teacher, images, v, device),
-                progress=shard_progress,
+                progress=rows_progress,
             )
             store = open_store(path, key)
             out.append(StoreInfo(i, split, path, store.rows, store.views, store.nbytes))

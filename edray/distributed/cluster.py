@@ -1,4 +1,4 @@
-"""The heavy steps around the search, as Ray work on worker nodes (DESIGN §6).
+"""The heavy steps around the search, as Ray work on worker nodes (docs/design.md#clusters).
 
 On a cluster the sweep driver only plans, waits and records. Here is what it waits on:
 
@@ -35,13 +35,13 @@ from edray.cache import node_name, unreachable
 from edray.data import DataSplits
 from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.layout import Layout
-from edray.logits.fs import exists, is_uri, join, list_files, ray_storage, read_bytes, write_bytes
+from edray.names import SHA256_SUFFIX
 from edray.spec import Spec
+from edray.storage import discard, exists, is_uri, join, list_files, ray_storage, read_bytes, write_bytes
 from edray.workdir import images_dir
 
 __all__ = ["build_stores", "final_eval", "probe_nodes", "require_shared", "train_teachers", "worker_nodes"]
 
-_SHA = ".sha256"
 _RECORD = ".json"  # beside a teacher checkpoint: the node that trained it, its val_acc
 
 
@@ -133,7 +133,7 @@ def probe_nodes(spec: Spec, layout: Layout) -> list[str]:
     try:
         checked = _get_all(refs, "probe", skip_lost_nodes=True)
     finally:
-        _delete(probe)  # only once every node has read it
+        discard(probe)  # only once every node has read it
     if not checked:
         raise EdrayError("--address", "every worker node left the Ray cluster while it was being checked",
                          "start worker nodes (ray up / ray start --address ...) and run again", exit_code=RUNTIME_ERROR)
@@ -163,16 +163,6 @@ def _probe(probe: str, token: str, dataset_root: str | None) -> str:
     return node_name()
 
 
-def _delete(location: str) -> None:
-    from edray.logits.fs import resolve
-
-    try:
-        fs, inner = resolve(location)
-        fs.delete_file(inner)
-    except Exception:
-        pass  # a probe file left behind costs a few bytes
-
-
 # ------------------------------------------------------------------------------ teachers
 
 
@@ -187,7 +177,7 @@ def train_teachers(spec: Spec, layout: Layout, data: DataSplits, log: Callable[[
     Ray Train jobs running at the same time. Returns teacher index -> node that trained it.
     """
     missing = [i for i, t in enumerate(spec.teachers.models)
-               if t.checkpoint is None and not exists(_teacher_location(layout, spec, i, data) + _SHA)]
+               if t.checkpoint is None and not exists(_teacher_location(layout, spec, i, data) + SHA256_SUFFIX)]
     if not missing:
         return {}
     log(f"training teachers {missing} on worker nodes (Ray Train)")
@@ -245,8 +235,8 @@ def _teacher_worker(config: dict[str, Any]) -> None:
     write_bytes(location, blob)
     record = {"node": node_name(), "val_acc": teacher.val_acc, "sha256": sha}
     write_bytes(location + _RECORD, json.dumps(record).encode())
-    write_bytes(location + _SHA, f"{sha}\n".encode())  # last: it is what says "trained"
-    teacher.path.with_name(teacher.path.name + _SHA).write_text(f"{sha}\n")  # this node's cache has it too
+    write_bytes(location + SHA256_SUFFIX, f"{sha}\n".encode())  # last: it is what says "trained"
+    teacher.path.with_name(teacher.path.name + SHA256_SUFFIX).write_text(f"{sha}\n")  # this node's cache has it too
     train.report({"val_acc": teacher.val_acc, "node": node_name()})
 
 

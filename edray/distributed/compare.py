@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edray.errors import EdrayError
+from edray.names import BASELINES
 from edray.spec import Spec, spec_from_dict
 from edray.stats import paired_difference
 
@@ -29,7 +30,6 @@ __all__ = [
     "run_compare",
 ]
 
-BASELINES = ("kd", "mtkd", "ce")
 _DEFAULT_BOUNDS = {"temperature": (1.0, 8.0, True), "alpha": (0.1, 0.9, False)}
 
 
@@ -192,6 +192,8 @@ def _log_table(ed_result, rows: list[CompareRow]) -> None:
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
+    from edray.tracking import tags
+
     client = MlflowClient(tracking_uri=ed_result.tracking_uri)
     run_id = ed_result.parent_run_id
     client.log_text(run_id, json.dumps([asdict(r) for r in rows], indent=2), "compare.json")
@@ -203,4 +205,4 @@ def _log_table(ed_result, rows: list[CompareRow]) -> None:
                 values[f"compare.{r.method}.{key}"] = float(value)
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
-    client.set_tag(run_id, "edray.compare", ",".join(r.method for r in rows))
+    client.set_tag(run_id, tags.COMPARE, ",".join(r.method for r in rows))

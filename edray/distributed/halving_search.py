@@ -2,7 +2,7 @@
 
 One Optuna trial per config; one Tune trial per config per rung it reaches (a promoted
 config is trained again, from scratch, at the next budget: see
-:mod:`edray.distributed.schedulers`). Optuna hears the copy's value as an intermediate
+:mod:`edray.distributed.halving`). Optuna hears the copy's value as an intermediate
 value at step = its epochs, then PRUNED if the rung does not promote the config, or
 COMPLETE with the full run's value. The scheduler stays FIFO: nothing is stopped inside
 a run, configs are stopped between rungs.
@@ -16,7 +16,8 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from edray.distributed.schedulers import BUDGET_KEY, SuccessiveHalving
+from edray.clusters.ray_private import optuna_completed_trials, optuna_study, optuna_trials
+from edray.distributed.halving import BUDGET_KEY, SuccessiveHalving
 from edray.trial_status import TrialStatus, trial_status
 
 __all__ = ["HalvingOptunaSearch"]
@@ -35,14 +36,14 @@ class HalvingOptunaSearch(OptunaSearch):
         self._halving = halving
         self._full = halving.rungs[-1].epochs
         self._configs: dict[int, dict[str, Any]] = {}  # Optuna trial number -> its drawn config
-        self._studies: dict[int, Any] = {}  # Optuna trial number -> its Optuna trial
+        self._optuna_trial_of: dict[int, Any] = {}  # Optuna trial number -> its Optuna trial
         self._runs: dict[str, tuple[int, int]] = {}  # Tune trial id -> (config, epochs)
         self._queue: list[tuple[int, int]] = []  # promoted (config, epochs) not started yet
         self._started = [0] * len(halving.rungs)
 
     @property
     def study(self) -> optuna.Study:
-        return self._ot_study
+        return optuna_study(self)
 
     def _budgeted(self, config: dict[str, Any], epochs: int) -> dict[str, Any]:
         return {**config, BUDGET_KEY: epochs} if epochs < self._full else dict(config)
@@ -51,13 +52,13 @@ class HalvingOptunaSearch(OptunaSearch):
         rungs = self._halving.rungs
         if self._queue:
             key, epochs = self._queue.pop(0)
-            self._ot_trials[trial_id] = self._studies[key]
+            optuna_trials(self)[trial_id] = self._optuna_trial_of[key]
         elif self._started[0] < rungs[0].expected:
             config = super().suggest(trial_id)
             if config is None:
                 return None
-            key, epochs = self._ot_trials[trial_id].number, rungs[0].epochs
-            self._configs[key], self._studies[key] = config, self._ot_trials[trial_id]
+            key, epochs = optuna_trials(self)[trial_id].number, rungs[0].epochs
+            self._configs[key], self._optuna_trial_of[key] = config, optuna_trials(self)[trial_id]
         else:
             last = len(rungs) - 1
             decided = all(i in self._halving.decided for i in range(last))
@@ -73,17 +74,18 @@ class HalvingOptunaSearch(OptunaSearch):
         return
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._runs:
+        told = optuna_completed_trials(self)
+        if trial_id in told or trial_id not in self._runs:
             return
-        self._completed_trials.add(trial_id)
+        told.add(trial_id)
         key, epochs = self._runs[trial_id]
-        ot_trial = self._studies[key]
+        ot_trial = self._optuna_trial_of[key]
         status = trial_status(result, error)
         value = (result or {}).get(self.metric)
         if epochs == self._full:  # the config's own run: the one rule says how it ended
             state = {TrialStatus.COMPLETED: optuna.trial.TrialState.COMPLETE,
                      TrialStatus.PRUNED: optuna.trial.TrialState.PRUNED}.get(status, optuna.trial.TrialState.FAIL)
-            self._ot_study.tell(ot_trial, value if state is optuna.trial.TrialState.COMPLETE else None, state=state)
+            self.study.tell(ot_trial, value if state is optuna.trial.TrialState.COMPLETE else None, state=state)
             return
         try:
             if status is TrialStatus.ERRORED or value is None:
@@ -91,7 +93,7 @@ class HalvingOptunaSearch(OptunaSearch):
             self._halving.record(key, epochs, value, grade=int(result["grade"]), epoch=int(result["epoch"]))
         except (ValueError, KeyError):  # failed, or ended before the end of its copy: out of the rung
             self._halving.fail(key, epochs)
-            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
+            self.study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
         else:
             ot_trial.report(float(value), step=epochs)
         self._settle(epochs)
@@ -105,4 +107,4 @@ class HalvingOptunaSearch(OptunaSearch):
         next_epochs = self._halving.rungs[self._halving.rung_of(epochs) + 1].epochs
         self._queue.extend((key, next_epochs) for key in promoted)
         for key in pruned:
-            self._ot_study.tell(self._studies[key], None, state=optuna.trial.TrialState.PRUNED)
+            self.study.tell(self._optuna_trial_of[key], None, state=optuna.trial.TrialState.PRUNED)

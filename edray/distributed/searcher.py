@@ -10,22 +10,23 @@ from __future__ import annotations
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from edray.clusters.ray_private import optuna_completed_trials, optuna_study, optuna_trials
 from edray.trial_status import TrialStatus, trial_status
 
-__all__ = ["GradeAwareOptunaSearch"]
+__all__ = ["PruneStoppedOptunaSearch"]
 
 
-class GradeAwareOptunaSearch(OptunaSearch):
+class PruneStoppedOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that reports early-stopped trials as pruned."""
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_status(result, error) is TrialStatus.PRUNED and trial_id not in self._completed_trials:
-            ot_trial = self._ot_trials[trial_id]
-            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
+        told = optuna_completed_trials(self)
+        if trial_status(result, error) is TrialStatus.PRUNED and trial_id not in told:
+            self.study.tell(optuna_trials(self)[trial_id], None, state=optuna.trial.TrialState.PRUNED)
+            told.add(trial_id)
             return
         super().on_trial_complete(trial_id, result, error)
 
     @property
     def study(self) -> optuna.Study:
-        return self._ot_study
+        return optuna_study(self)

@@ -23,19 +23,20 @@ import yaml
 
 from edray.atomic import write_text
 from edray.distributed.space import compile_space, default_point, resolve_config
+from edray.distributed.trial_rows import RESULT_COLUMNS, trial_rows
 from edray.distributed.tune_restore import repair_missing_checkpoints
 from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.layout import Layout
-from edray.logits.fs import is_uri, ray_storage, resolve
+from edray.names import METRIC, MLFLOW_ARTIFACTS
 from edray.spec import Spec
-from edray.trial_status import TrialStatus, trial_status
+from edray.storage import is_uri, ray_storage, resolve
+from edray.trial_status import TrialStatus
 
 __all__ = [
     "SweepOptions", "SweepResult", "best_spec_dict", "make_scheduler", "make_searcher", "plan_line", "planned_epochs",
     "run_sweep",
 ]
 
-METRIC = "val_acc"
 T = TypeVar("T")
 
 
@@ -173,7 +174,7 @@ def make_scheduler(spec: Spec):
 
 def _halving(spec: Spec, num_samples: int):
     """The rungs of successive halving for this sweep, or None when it stops trials otherwise."""
-    from edray.distributed.schedulers import SuccessiveHalving, rung_epochs
+    from edray.distributed.halving import SuccessiveHalving, rung_epochs
 
     es = spec.search.early_stopping
     if es.kind != "halving":
@@ -213,7 +214,7 @@ def make_searcher(spec: Spec, max_concurrent: int, num_samples: int | None = Non
     from ray.tune.search import ConcurrencyLimiter
 
     from edray.distributed.halving_search import HalvingOptunaSearch
-    from edray.distributed.searcher import GradeAwareOptunaSearch
+    from edray.distributed.searcher import PruneStoppedOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = spec.search
@@ -230,7 +231,7 @@ def make_searcher(spec: Spec, max_concurrent: int, num_samples: int | None = Non
     kwargs = dict(space=compile_space(spec), metric=METRIC, mode="max", points_to_evaluate=points, sampler=sampler,
                   storage=storage, study_name=spec.name if storage else None)
     halving = _halving(spec, num_samples or search.num_samples)
-    searcher = GradeAwareOptunaSearch(**kwargs) if halving is None else HalvingOptunaSearch(halving=halving, **kwargs)
+    searcher = PruneStoppedOptunaSearch(**kwargs) if halving is None else HalvingOptunaSearch(halving=halving, **kwargs)
     return searcher, ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 
@@ -257,7 +258,7 @@ def _tracker(spec: Spec, workdir: Path):
 
     uri = resolve_tracking_uri(spec, workdir)
     check_tracking(uri)
-    return SweepTracker(uri, spec.tracking.experiment or spec.name, artifact_root=workdir / "mlflow-artifacts")
+    return SweepTracker(uri, spec.tracking.experiment or spec.name, artifact_root=workdir / MLFLOW_ARTIFACTS)
 
 
 def _load_data(spec: Spec, workdir: Path):
@@ -539,16 +540,8 @@ def _reporter():
 
 
 def _collect(spec: Spec, grid, tracker, parent_id: str, tic: float) -> SweepResult:
-    rows = []
-    epochs = 0
-    for r in grid:
-        metrics = r.metrics or {}
-        status = trial_status(metrics, r.error).value
-        config = {k: v for k, v in (r.config or {}).items()}
-        epochs += int(metrics.get("epoch", 0))
-        rows.append({"status": status, "config": config, METRIC: metrics.get(METRIC),
-                     "model_path": metrics.get("model_path"), "trial_id": metrics.get("trial_id"),
-                     "node": metrics.get("node")})
+    rows = trial_rows(grid)
+    epochs = sum(row["epoch"] for row in rows)
     done = [row for row in rows if row["status"] == TrialStatus.COMPLETED and row[METRIC] is not None]
     best = max(done, key=lambda row: row[METRIC]) if done else None
     return SweepResult(
@@ -564,7 +557,7 @@ def _collect(spec: Spec, grid, tracker, parent_id: str, tic: float) -> SweepResu
         best_val_acc=best[METRIC] if best else None,
         wall_s=time.monotonic() - tic,
         epochs_trained=epochs,
-        placement={"trials": {row["trial_id"]: row["node"] for row in rows if row["trial_id"]}},
+        placement={"trials": {row["trial_id"]: row["node"] for row in rows if row["node"]}},  # those that reported
     )
 
 
@@ -586,13 +579,10 @@ def _finish_tracking(spec: Spec, tracker, grid, result: SweepResult, best_text: 
     from edray.tracking import render_figures
 
     results, history = [], {}
-    for r in grid:
-        trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
-        status = trial_status(r.metrics, r.error).value
-        results.append({"trial_id": trial_id, "status": status, "config": r.config or {},
-                        METRIC: (r.metrics or {}).get(METRIC)})
+    for r, row in zip(grid, trial_rows(grid), strict=True):
+        results.append({key: row[key] for key in RESULT_COLUMNS})
         df = r.metrics_dataframe
-        history[trial_id] = df.to_dict("records") if df is not None else []
+        history[row["trial_id"]] = df.to_dict("records") if df is not None else []
     figures = render_figures(results, history, spec.search.params, sweep_dir / "figures", metric=METRIC)
     summary = {k: v for k, v in result.summary().items() if isinstance(v, int | float) and v is not None}
     tracker.finish_sweep(

@@ -35,9 +35,9 @@ from edray.distill.loop import DistContext, run_ed
 from edray.distill.plan import make_plan
 from edray.distributed.space import resolve_config
 from edray.layout import Layout
-from edray.logits.fs import join, ray_storage, write_bytes
 from edray.pipeline import local_dataset, make_teacher_logits
 from edray.spec import DatasetSpec, Spec
+from edray.storage import join, ray_storage, write_bytes
 from edray.workdir import images_dir
 
 __all__ = ["TrialContext", "TrialReportFn", "run_trial", "train_trial", "uses_torch_trainer"]
@@ -93,7 +93,7 @@ def _extra_metrics(spec: Spec, metrics: dict[str, Any], num_classes: int, total_
     plan = make_plan(spec, num_classes)
     last_start = plan.grades[-1].start_epoch
     # Grade-aware early stopping counts epochs facing all classes: a trial still in an
-    # early grade sits at 0 and never meets a rung (DESIGN §4). ``total_epochs`` is the
+    # early grade sits at 0 and never meets a rung (docs/design.md#the-sweep). ``total_epochs`` is the
     # config's own budget: a short copy of it (successive halving) ends before it, so by
     # the one rule (edray.trial_status) the copy is a stopped trial, pruned.
     return {**metrics, "final_grade_epochs": max(0, metrics["epoch"] - last_start), "total_epochs": total_epochs,

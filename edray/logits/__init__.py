@@ -1,10 +1,13 @@
-"""Precomputed teacher logits in Arrow: key, atomic resumable writer, memory-mapped reader (DESIGN §3)."""
+"""Precomputed teacher logits in Arrow: key, atomic resumable writer, memory-mapped reader.
 
-from edray.logits.fs import is_uri, resolve
+See docs/design.md#the-logit-store.
+"""
+
 from edray.logits.key import FORMAT_VERSION, StoreKey, file_sha256, fingerprint
 from edray.logits.manifest import Manifest, ShardInfo
 from edray.logits.reader import LogitStore, VerifyReport, open_store, verify_store
 from edray.logits.writer import write_store
+from edray.storage import is_uri, resolve
 
 __all__ = [
     "FORMAT_VERSION",

@@ -1,7 +1,7 @@
 """The identity of a logit store: everything that, if changed, makes stored logits wrong.
 
 Two runs may share a store only when the teacher, the data, the transform and views,
-the seed and the store format are all the same (DESIGN §3). :class:`StoreKey` holds those
+the seed and the store format are all the same (docs/design.md#the-logit-store). :class:`StoreKey` holds those
 fields; its digest names the store directory, and the manifest keeps the fields
 themselves so a mismatch can say *which* one differs.
 """

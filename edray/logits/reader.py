@@ -22,9 +22,9 @@ import pyarrow.fs as pafs
 import torch
 
 from edray.errors import EdrayError
-from edray.logits.fs import join, local_path, resolve
 from edray.logits.key import StoreKey, digest_of
 from edray.logits.manifest import MANIFEST_NAME, Manifest, shard_schema
+from edray.storage import join, local_path, resolve
 
 __all__ = ["LogitStore", "VerifyReport", "open_store", "verify_store"]
 

@@ -41,13 +41,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from edray import atomic
 from edray.atomic import DEFAULT_FIX, exclusive_lock, fsync_dir
 from edray.errors import EdrayError
-from edray.logits.fs import is_uri, join, list_files, local_path, read_bytes, resolve, write_bytes
 from edray.logits.key import StoreKey
 from edray.logits.manifest import MANIFEST_NAME, Manifest, ShardInfo, num_shards, shard_name, shard_rows, shard_schema
 from edray.logits.reader import open_store
+from edray.storage import discard, is_uri, join, list_files, local_path, read_bytes, resolve, write_bytes
 
 __all__ = ["StorePlan", "building", "default_rows_per_shard", "finish_store", "write_shard", "write_store"]
 
@@ -244,7 +243,7 @@ def finish_store(plan: StorePlan, done: dict[int, ShardInfo] | None = None) -> P
         plan.key_fields, plan.digest, rows=plan.rows, views=plan.views, outputs=plan.outputs,
         rows_per_shard=plan.rows_per_shard, shards=[plan.done[i] for i in range(total)],
     )
-    _put(join(plan.staging, MANIFEST_NAME), manifest.to_json().encode())
+    write_bytes(join(plan.staging, MANIFEST_NAME), manifest.to_json().encode())
     local = local_path(plan.root)
     if local is not None:
         final = local / plan.name
@@ -324,12 +323,12 @@ def _prepare_staging(staging: str, layout: dict[str, Any]) -> dict[int, ShardInf
         files = {}
     if not files:
         _make_dir(staging)
-        _put(join(staging, _LAYOUT), json.dumps(layout).encode())
+        write_bytes(join(staging, _LAYOUT), json.dumps(layout).encode())
         return {}
     done: dict[int, ShardInfo] = {}
     for name in files:
         if name.endswith(_TMP):  # a write that was killed mid-way (edray.atomic's temp file)
-            _delete(join(staging, name))
+            discard(join(staging, name))
         elif name.endswith(_DONE):
             record = _read_json(join(staging, name))
             try:
@@ -354,21 +353,9 @@ def _write_shard(staging: str, name: str, ids: np.ndarray, block: np.ndarray, sc
         writer.write_batch(batch)
     data = sink.getvalue()
     info = ShardInfo(name, n, data.size, hashlib.sha256(data).hexdigest(), node)
-    _put(join(staging, name), data)
-    _put(join(staging, f"{name}{_DONE}"), json.dumps(dataclasses.asdict(info)).encode())
+    write_bytes(join(staging, name), data)
+    write_bytes(join(staging, f"{name}{_DONE}"), json.dumps(dataclasses.asdict(info)).encode())
     return info
-
-
-def _put(location: str, data: bytes | pa.Buffer) -> None:
-    """A whole file at ``location``: temp + fsync + rename on a path, one PUT on object storage."""
-    local = local_path(location)
-    if local is not None:
-        atomic.write_bytes(local, memoryview(data))
-        return
-    try:
-        write_bytes(location, memoryview(data))
-    except (OSError, pa.ArrowException) as e:
-        raise EdrayError(location, f"cannot write ({e})", "check the store location and its credentials") from e
 
 
 def _listing(folder: str) -> dict[str, int]:
@@ -395,14 +382,6 @@ def _clear(folder: str) -> None:
     fs.delete_dir_contents(inner, missing_dir_ok=True)
 
 
-def _delete(location: str) -> None:
-    fs, inner = resolve(location)
-    try:
-        fs.delete_file(inner)
-    except (OSError, pa.ArrowException):
-        pass
-
-
 def _remove_bookkeeping(final: str) -> None:
     """Drop layout.json and .done records from a finished store (best effort: readers ignore them)."""
     try:
@@ -411,7 +390,7 @@ def _remove_bookkeeping(final: str) -> None:
         return
     for name in names:
         if name == _LAYOUT or name.endswith(_DONE):
-            _delete(join(final, name))
+            discard(join(final, name))
 
 
 def _read_json(location: str) -> Any:

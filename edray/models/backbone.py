@@ -1,6 +1,6 @@
 """The segmentable classifier every edray model is, and the registry that builds one by name.
 
-ED cuts a student into consecutive segments and grows it grade by grade (DESIGN §1), so
+ED cuts a student into consecutive segments and grows it grade by grade (docs/design.md#the-method), so
 each architecture is declared as an ordered list of *feature units* with their output
 widths. A segment is a run of whole units, and a teaching-reference head reads a unit's
 output, so the widths must be the true channel counts (``tests/test_models.py`` checks

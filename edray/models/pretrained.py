@@ -5,7 +5,7 @@ torchvision weights enum (``ResNet50_Weights.IMAGENET1K_V2``). torchvision keeps
 downloaded weights under ``$TORCH_HOME/hub/checkpoints/<file name of the URL>``; edray
 loads them from there through the weights API (:meth:`WeightsEnum.get_state_dict`,
 which reads a cached file without touching the network). edray never downloads at run
-time (a sweep on a cluster must not depend on the internet, DESIGN §7): a missing file
+time (a sweep on a cluster must not depend on the internet, docs/design.md#data): a missing file
 is a one-line error that names the weights, the exact file, and how to put it there.
 """
 

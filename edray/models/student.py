@@ -1,7 +1,7 @@
 """The growing ED student: a backbone cut into G segments plus a teaching-reference head per grade.
 
 Grade g runs segments 1..g and then TR head g, which maps segment g's features to
-logits over the classes of groups 1..g (DESIGN §1). The last grade's head is the
+logits over the classes of groups 1..g (docs/design.md#the-method). The last grade's head is the
 backbone's own classifier, so the finished student *is* the plain target model.
 
 The student holds the whole backbone from the start and merely skips the segments a

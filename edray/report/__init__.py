@@ -12,7 +12,8 @@ from pathlib import Path
 
 from edray.atomic import write_text
 from edray.report.html import render_html
-from edray.report.source import SweepRecord, load_sweep, report_tracking_uri
+from edray.report.source import SweepRecord, load_sweep
+from edray.tracking.uri import workdir_tracking_uri
 
 __all__ = ["SweepRecord", "load_sweep", "render_html", "write_report"]
 
@@ -30,7 +31,7 @@ def write_report(experiment: str, workdir: Path, out: Path, *, tracking_uri: str
     """
     from edray.tracking.figures import render_figures
 
-    record = load_sweep(experiment, report_tracking_uri(workdir, tracking_uri), run_id=run_id)
+    record = load_sweep(experiment, workdir_tracking_uri(workdir, tracking_uri), run_id=run_id)
     with tempfile.TemporaryDirectory(prefix="edray-report-") as tmp:
         paths = render_figures(record.results, record.history, record.space, Path(tmp), metric=record.metric)
         figures = {name: Path(path).read_bytes() for name, path in paths.items()}

@@ -15,7 +15,8 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from edray.report.source import BASELINES, MethodResult, SweepRecord, TrialRow
+from edray.names import BASELINES
+from edray.report.source import MethodResult, SweepRecord, TrialRow
 
 __all__ = ["FIGURE_TEXT", "render_html"]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,19 +21,18 @@ from typing import Any
 import yaml
 
 from edray.errors import EdrayError
+from edray.names import BASELINES, METRIC
 from edray.spec import SearchParam
+from edray.tracking import tags
 from edray.tracking.secrets import redact_text
-from edray.tracking.uri import sqlite_path
+from edray.tracking.sweeps import finished_sweeps, latest_sweep, open_experiment
 from edray.tracking.values import finite
 
-__all__ = ["BASELINES", "MethodResult", "SweepRecord", "TrialRow", "load_sweep", "report_tracking_uri"]
+__all__ = ["MethodResult", "SweepRecord", "TrialRow", "load_sweep"]
 
 log = logging.getLogger(__name__)
 
-METRIC = "val_acc"
-BASELINES = ("kd", "mtkd", "ce")
 _HISTORY_KEYS = (METRIC, f"{METRIC}_seen", "grade")  # what the learning curves draw
-_SWEEP = "tags.`edray.kind` = 'sweep'"
 
 
 @dataclass(frozen=True)
@@ -90,13 +88,6 @@ class SweepRecord:
         return self.methods[1:]
 
 
-def report_tracking_uri(workdir: Path, tracking_uri: str | None = None) -> str:
-    """The store to read: the same rule as every command."""
-    from edray.tracking.uri import workdir_tracking_uri
-
-    return workdir_tracking_uri(workdir, tracking_uri)
-
-
 def load_sweep(experiment: str, uri: str, *, run_id: str | None = None) -> SweepRecord:
     """The newest finished ED sweep of ``experiment`` (or the sweep ``run_id``), read back.
 
@@ -107,27 +98,14 @@ def load_sweep(experiment: str, uri: str, *, run_id: str | None = None) -> Sweep
         EdrayError: no store, no such experiment (names the ones there are), no finished
             sweep (names the sweeps there are and their state).
     """
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mlflow.tracking import MlflowClient
-
-    shown = redact_text(uri)
-    path = sqlite_path(uri)
-    if path is not None and not path.expanduser().is_file():
-        raise EdrayError(str(path), "no MLflow store here",
-                         "run `edray sweep` first, or pass the --workdir (or --tracking-uri) of a sweep")
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None or exp.lifecycle_stage != "active":
-        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
-        fix = f"use one of: {', '.join(names)}" if names else "run `edray sweep` first: this store has no experiment"
-        raise EdrayError("EXPERIMENT", f"no experiment {experiment!r} in {shown}", fix)
-    parent = _pick_sweep(client, exp, run_id)
+    client, exp = open_experiment(uri, experiment)
+    parent = _named_sweep(client, exp, run_id) if run_id else latest_sweep(client, exp)
     with tempfile.TemporaryDirectory(prefix="edray-report-") as tmp:
         results = json.loads(_artifact(client, parent, "results.json", tmp) or "[]")
         spec = yaml.safe_load(_artifact(client, parent, "spec.yaml", tmp) or "{}") or {}
         best_yaml = _artifact(client, parent, "best.yaml", tmp) or ""
         comparison = (json.loads(_artifact(client, parent, "compare.json", tmp) or "[]")
-                      if parent.data.tags.get("edray.compare") else [])
+                      if parent.data.tags.get(tags.COMPARE) else [])
     children = _children(client, exp.experiment_id, parent.info.run_id)
     history = {tid: _history(client, run.info.run_id) for tid, run in children.items()}
     trials = [_trial_row(row, children.get(str(row.get("trial_id"))), history) for row in results]
@@ -137,9 +115,9 @@ def load_sweep(experiment: str, uri: str, *, run_id: str | None = None) -> Sweep
                        test_acc_mean=_metric(parent, "final_test_acc_mean"),
                        test_acc_std=_metric(parent, "final_test_acc_std"))
     methods = [own, *(_baselines(client, exp.experiment_id, skip=method))]
-    older = _finished_sweeps(client, exp.experiment_id)
+    older = finished_sweeps(client, exp.experiment_id)
     return SweepRecord(
-        experiment=experiment, tracking_uri=shown, run_id=parent.info.run_id, run_name=parent.info.run_name,
+        experiment=experiment, tracking_uri=redact_text(uri), run_id=parent.info.run_id, run_name=parent.info.run_name,
         method=method, status=parent.info.status, start=_time(parent.info.start_time), end=_time(parent.info.end_time),
         spec=spec, summary=dict(parent.data.metrics), results=results, history=history, space=_space(spec),
         best_yaml=best_yaml, trials=trials, methods=methods,
@@ -151,37 +129,17 @@ def load_sweep(experiment: str, uri: str, *, run_id: str | None = None) -> Sweep
 # ---------------------------------------------------------------------- which sweep
 
 
-def _pick_sweep(client, exp, run_id: str | None):
-    if run_id:
-        from mlflow.exceptions import MlflowException
+def _named_sweep(client, exp, run_id: str):
+    from mlflow.exceptions import MlflowException
 
-        try:
-            run = client.get_run(run_id)
-        except MlflowException:
-            run = None
-        if run is None or run.info.experiment_id != exp.experiment_id or run.data.tags.get("edray.kind") != "sweep":
-            raise EdrayError("run_id", f"{run_id} is not a sweep of experiment {exp.name!r}",
-                             "pass the parent run id that `edray sweep` printed")
-        return run
-    finished = _finished_sweeps(client, exp.experiment_id)
-    for run in finished:
-        if run.data.params.get("method", "ed") == "ed":
-            return run
-    if finished:
-        return finished[0]
-    sweeps = client.search_runs([exp.experiment_id], filter_string=_SWEEP, order_by=["attributes.start_time DESC"],
-                                max_results=20)
-    if sweeps:
-        seen = ", ".join(f"{r.info.run_name} ({r.info.status.lower()})" for r in sweeps)
-        problem = f"experiment {exp.name!r} has no finished sweep, only: {seen}"
-    else:
-        problem = f"experiment {exp.name!r} has no sweep run"
-    raise EdrayError("EXPERIMENT", problem, "run `edray sweep SPEC` to the end (or continue one with --resume)")
-
-
-def _finished_sweeps(client, experiment_id: str) -> list:
-    return list(client.search_runs([experiment_id], filter_string=f"{_SWEEP} and attributes.status = 'FINISHED'",
-                                   order_by=["attributes.start_time DESC"], max_results=1000))
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        run = None
+    if run is None or run.info.experiment_id != exp.experiment_id or run.data.tags.get(tags.KIND) != tags.KIND_SWEEP:
+        raise EdrayError("run_id", f"{run_id} is not a sweep of experiment {exp.name!r}",
+                         "pass the parent run id that `edray sweep` printed")
+    return run
 
 
 # ---------------------------------------------------------------------- the sweep's own records
@@ -200,10 +158,10 @@ def _children(client, experiment_id: str, parent_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     token = None
     while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        page = client.search_runs([experiment_id], filter_string=tags.tag_filter(tags.PARENT_RUN, parent_id),
                                   max_results=1000, page_token=token)
         for run in page:
-            trial_id = run.data.tags.get("edray.trial_id")
+            trial_id = run.data.tags.get(tags.TRIAL_ID)
             if trial_id:
                 out.setdefault(trial_id, run)
         token = page.token
@@ -253,16 +211,16 @@ def _baselines(client, experiment_id: str, *, skip: str) -> list[MethodResult]:
             continue
         runs = client.search_runs([experiment_id], filter_string=f"params.method = '{method}'", max_results=1000)
         sweeps = {r.info.run_id for r in runs
-                  if r.data.tags.get("edray.kind") == "sweep" and r.info.status == "FINISHED"}
+                  if r.data.tags.get(tags.KIND) == tags.KIND_SWEEP and r.info.status == "FINISHED"}
         candidates = []  # (val acc, (test mean, test std), run name)
         for run in runs:
             if run.info.run_id in sweeps:
                 candidates.append((_metric(run, "best_val_acc"),
                                    (_metric(run, "final_test_acc_mean"), _metric(run, "final_test_acc_std")),
                                    run.info.run_name))
-            elif (run.data.tags.get("edray.kind") != "sweep" and run.info.status == "FINISHED"
-                  and run.data.tags.get("edray.status", "completed") == "completed"
-                  and run.data.tags.get("mlflow.parentRunId") not in sweeps):  # a finished sweep speaks for its trials
+            elif (run.data.tags.get(tags.KIND) != tags.KIND_SWEEP and run.info.status == "FINISHED"
+                  and run.data.tags.get(tags.STATUS, "completed") == "completed"
+                  and run.data.tags.get(tags.PARENT_RUN) not in sweeps):  # a finished sweep speaks for its trials
                 candidates.append((_metric(run, METRIC), (_metric(run, "test_acc"), None), run.info.run_name))
         if not candidates:
             continue

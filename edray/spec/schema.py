@@ -128,7 +128,7 @@ class TeacherSpec(_Strict):
 
 
 class TeachersSpec(_Strict):
-    """The teachers and how they relate to the class groups (DESIGN §1).
+    """The teachers and how they relate to the class groups (docs/design.md#the-method).
 
     ``per_group``: teacher k is trained on group k only (one teacher per grade).
     ``shared``: every teacher is trained on all classes; group k reads its slice. With
@@ -154,7 +154,7 @@ class StudentSpec(_Strict):
 
 
 class EDSpec(_Strict):
-    """The Education Distillation recipe (DESIGN §1)."""
+    """The Education Distillation recipe (docs/design.md#the-method)."""
 
     grades: int = Field(3, ge=1, description="number of grades (class groups and student segments)")
     split_ratios: list[float] = Field(default_factory=lambda: [0.33, 0.33, 0.34])

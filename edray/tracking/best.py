@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -13,36 +12,29 @@ __all__ = ["best_spec_yaml", "write_best_spec"]
 
 
 def best_spec_yaml(experiment: str, workdir: Path, *, tracking_uri: str | None = None) -> str:
-    """The ``best.yaml`` artifact of the newest finished sweep run of ``experiment``.
+    """The ``best.yaml`` artifact of ``experiment``'s latest sweep (see :mod:`edray.tracking.sweeps`:
+    ED's newest finished sweep first, so a ``--compare`` baseline never stands in for it).
 
     Raises:
-        EdrayError: no such experiment, or no sweep of it has finished.
+        EdrayError: no store, no such experiment, or no finished sweep with a best config.
     """
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mlflow.tracking import MlflowClient
-
+    from edray.tracking.sweeps import open_experiment, raise_no_finished_sweep, sweep_method, sweeps_by_preference
     from edray.tracking.uri import workdir_tracking_uri
 
-    uri = workdir_tracking_uri(workdir, tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise EdrayError("--workdir", f"no MLflow store at {uri.removeprefix('sqlite:///')}",
-                         "pass the --workdir of the sweep, or --tracking-uri")
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise EdrayError("EXPERIMENT", f"no experiment {experiment!r} in {uri}", f"use one of {names}")
-    runs = client.search_runs(
-        [exp.experiment_id], filter_string="tags.`edray.kind` = 'sweep'", order_by=["attributes.start_time DESC"]
-    )
-    for run in runs:
+    client, exp = open_experiment(workdir_tracking_uri(workdir, tracking_uri), experiment)
+    ranked = sweeps_by_preference(client, exp.experiment_id)
+    if not ranked:
+        raise_no_finished_sweep(client, exp)
+    method = sweep_method(ranked[0])
+    for run in (r for r in ranked if sweep_method(r) == method):  # never another method's config
         with tempfile.TemporaryDirectory() as d:
             try:
                 path = client.download_artifacts(run.info.run_id, "best.yaml", d)
-            except Exception:  # this sweep has not finished: try the one before
+            except Exception:  # no trial of this sweep completed: it has no best config
                 continue
             return Path(path).read_text()
-    raise EdrayError("EXPERIMENT", f"no finished sweep of {experiment!r} has a best config", "run `edray sweep` first")
+    raise EdrayError("EXPERIMENT", f"no finished sweep of {experiment!r} has a best config",
+                     "run `edray sweep` until a trial completes")
 
 
 def write_best_spec(experiment: str, workdir: Path, out: Path, *, tracking_uri: str | None = None) -> Path:

@@ -8,12 +8,14 @@ saves it in the experiment state), and after a restore its tracker finds the run
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ray.tune import Callback
 
+from edray.distill.loop import EpochMetrics
 from edray.tracking.tracker import SweepTracker
 from edray.trial_status import TrialStatus, trial_status
 
@@ -21,7 +23,8 @@ __all__ = ["EPOCH_METRICS", "TrackingCallback"]
 
 log = logging.getLogger(__name__)
 
-EPOCH_METRICS = ("val_acc", "val_acc_seen", "train_loss", "lr", "grade", "seen_classes", "epochs_in_grade", "epoch_s")
+# Every field the ED loop reports per epoch, but the epoch itself: it is the MLflow step.
+EPOCH_METRICS = tuple(f.name for f in dataclasses.fields(EpochMetrics) if f.name != "epoch")
 
 
 class TrackingCallback(Callback):
@@ -66,14 +69,13 @@ class TrackingCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
-        status = trial_status(result, total_epochs=result.get("total_epochs", self.total_epochs)).value
+        status = trial_status(result, total_epochs=result.get("total_epochs", self.total_epochs))
         model = result.get("model_path") if self.log_models == "all" else None
         self._safely(trial, "complete", lambda: self.tracker.end_trial(
             trial.trial_id, status, model_path=str(model) if model else None))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        status = TrialStatus.ERRORED.value
-        self._safely(trial, "error", lambda: self.tracker.end_trial(trial.trial_id, status))
+        self._safely(trial, "error", lambda: self.tracker.end_trial(trial.trial_id, TrialStatus.ERRORED))
 
     @staticmethod
     def _safely(trial, event: str, call: Callable[[], Any]) -> None:

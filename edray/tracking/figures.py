@@ -26,6 +26,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from edray.atomic import atomic_path
+from edray.names import METRIC
 from edray.spec import SearchParam
 from edray.tracking.values import finite
 from edray.trial_status import TrialStatus
@@ -44,7 +45,7 @@ _COLORS = {TrialStatus.COMPLETED: "tab:blue", TrialStatus.PRUNED: "tab:orange", 
 
 
 def render_figures(results: list[dict], history: dict[str, list[dict]], space: list[SearchParam], out_dir: Path,
-                   *, metric: str = "val_acc") -> dict[str, Path]:
+                   *, metric: str = METRIC) -> dict[str, Path]:
     """Draw the four figures of a sweep as PNGs in ``out_dir`` and return ``{name: path}``.
 
     Args:
@@ -83,7 +84,7 @@ def render_figures(results: list[dict], history: dict[str, list[dict]], space: l
 # ---------------------------------------------------------------------- the Optuna study
 
 
-def build_study(results: list[dict], space: list[SearchParam], *, metric: str = "val_acc",
+def build_study(results: list[dict], space: list[SearchParam], *, metric: str = METRIC,
                 history: dict[str, list[dict]] | None = None) -> optuna.Study:
     """The trials of ``results`` as an in-memory Optuna study (maximising ``metric``).
 

@@ -37,20 +37,16 @@ from mlflow.tracking import MlflowClient
 from pyarrow import ArrowException
 
 from edray.errors import EdrayError
-from edray.logits.fs import is_uri, read_bytes
+from edray.storage import is_uri, read_bytes
+from edray.tracking import tags
 from edray.tracking.secrets import redact
 from edray.tracking.uri import artifacts_are_local
+from edray.trial_status import TrialStatus
 
-__all__ = ["EXPERIMENT_KIND_TAG", "MODEL_TRAINING", "TRIAL_STATUSES", "SweepTracker", "flatten", "mlflow_key"]
+__all__ = ["SweepTracker", "flatten", "mlflow_key"]
 
 log = logging.getLogger(__name__)
 
-TRIAL_STATUSES = {"completed": "FINISHED", "pruned": "FINISHED", "errored": "FAILED"}
-# MLflow 3's UI opens an experiment on its GenAI overview ("No data available") unless it is
-# tagged as model training; then it opens on the runs table. Values: ExperimentKind in
-# mlflow/server/js/src/experiment-tracking/constants.ts.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-MODEL_TRAINING = "custom_model_development"
 _MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value
 _MAX_TAG_VALUE = 8000
 _MAX_KEY = 250
@@ -185,16 +181,16 @@ class SweepTracker:
                 raise EdrayError("tracking.experiment", f"experiment {name!r} was deleted in {self.uri}",
                                  f"restore it (mlflow experiments restore --experiment-id {exp.experiment_id}) "
                                  "or choose another tracking.experiment")
-            if EXPERIMENT_KIND_TAG not in exp.tags:  # a kind chosen in the UI is the user's: left alone
-                self._retry(lambda: self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG,
-                                                                   MODEL_TRAINING))
+            if tags.EXPERIMENT_KIND not in exp.tags:  # a kind chosen in the UI is the user's: left alone
+                self._retry(lambda: self.client.set_experiment_tag(exp.experiment_id, tags.EXPERIMENT_KIND,
+                                                                   tags.MODEL_TRAINING))
             return exp.experiment_id
         location = None
         if artifact_root is not None and artifacts_are_local(self.uri):
             location = (Path(artifact_root).expanduser().resolve() / mlflow_key(name).replace("/", "_")).as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=location,
-                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+                                                 tags={tags.EXPERIMENT_KIND: tags.MODEL_TRAINING})
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -215,12 +211,12 @@ class SweepTracker:
                                  f"of {self.uri}", "resume with the same tracking.uri, or start without --resume")
             self.parent_run_id = resume_run_id
             self._retry(lambda: self.client.update_run(resume_run_id, status="RUNNING"))
-            self._retry(lambda: self.client.set_tag(resume_run_id, "edray.status", "running"))
+            self._retry(lambda: self.client.set_tag(resume_run_id, tags.STATUS, "running"))
             self._seed_children()
             return resume_run_id
         clean = redact(spec_dict)
-        tags = {"edray.kind": "sweep", "edray.status": "running", "edray.spec_name": str(spec_dict.get("name", ""))}
-        run = self._retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags))
+        marks = {tags.KIND: tags.KIND_SWEEP, tags.STATUS: "running", tags.SPEC_NAME: str(spec_dict.get("name", ""))}
+        run = self._retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=marks))
         self.parent_run_id = run.info.run_id
         self._log_params(self.parent_run_id, flatten(clean))
         self._retry(lambda: self.client.log_text(self.parent_run_id, _yaml(clean), "spec.yaml"))
@@ -236,14 +232,14 @@ class SweepTracker:
 
     def _seed_children(self) -> None:
         for run in self._children():
-            trial_id = run.data.tags.get("edray.trial_id")
+            trial_id = run.data.tags.get(tags.TRIAL_ID)
             if trial_id and trial_id not in self._runs:
                 self._runs[trial_id] = run.info.run_id
 
     def _children(self, trial_id: str | None = None) -> list:
-        query = f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"
+        query = tags.tag_filter(tags.PARENT_RUN, self.parent_run_id)
         if trial_id is not None:
-            query += f" and tags.`edray.trial_id` = '{_quote(trial_id)}'"
+            query += " and " + tags.tag_filter(tags.TRIAL_ID, trial_id)
         runs, token = [], None
         while True:
             page = self._retry(lambda: self.client.search_runs(
@@ -273,12 +269,13 @@ class SweepTracker:
             self._runs[trial_id] = run_id
             self._seed_last_step(run_id)
             self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))
-            self._retry(lambda: self.client.set_tag(run_id, "edray.status", "running"))
+            self._retry(lambda: self.client.set_tag(run_id, tags.STATUS, "running"))
             return run_id
         columns, numbers = self._columns(resolved_spec)
-        tags = {"mlflow.parentRunId": self.parent_run_id, "edray.kind": "trial", "edray.trial_id": trial_id,
-                "edray.status": "running", **columns}
-        run = self._retry(lambda: self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}", tags=tags))
+        marks = {tags.PARENT_RUN: self.parent_run_id, tags.KIND: tags.KIND_TRIAL, tags.TRIAL_ID: trial_id,
+                 tags.STATUS: "running", **columns}
+        run = self._retry(lambda: self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}",
+                                                         tags=marks))
         run_id = run.info.run_id
         self._runs[trial_id] = run_id
         self._last_step[run_id] = -1
@@ -295,13 +292,13 @@ class SweepTracker:
         """What a user sorts the runs table by, as columns that sort right: the method as a tag,
         the switch epochs and the epochs trained as numbers (a param "[8, 16]" sorts as text)."""
         method = resolved_spec.get("method")
-        tags = {"edray.method": str(method)} if method else {}
+        marks = {tags.METHOD: str(method)} if method else {}
         switches = (resolved_spec.get("ed") or {}).get("switch_epochs") or []
         values = {f"switch_epoch_{i + 1}": float(e) for i, e in enumerate(switches)} if method == "ed" else {}
         epochs = (resolved_spec.get("optim") or {}).get("epochs")
         if epochs:
             values["budget_epochs"] = float(epochs)
-        return tags, values
+        return marks, values
 
     def _run_for(self, trial_id: str) -> str:
         """The child run of a trial seen first through a result (e.g. a tracker made after a crash)."""
@@ -336,15 +333,16 @@ class SweepTracker:
         if batch:
             self._send(run_id, batch)
 
-    def end_trial(self, trial_id: str, status: str, *, model_path: str | Path | None = None,
+    def end_trial(self, trial_id: str, status: TrialStatus | str, *, model_path: str | Path | None = None,
                   final_metrics: dict | None = None) -> None:
         """Close a trial's run: ``completed`` / ``pruned`` -> FINISHED, ``errored`` -> FAILED.
 
         ``model_path`` is logged as ``model/student.pt``; ``final_metrics`` (numbers) at
         the trial's last step.
         """
-        if status not in TRIAL_STATUSES:
-            raise ValueError(f"status must be one of {sorted(TRIAL_STATUSES)}, got {status!r}")
+        if status not in set(TrialStatus):
+            raise ValueError(f"status must be one of {[s.value for s in TrialStatus]}, got {status!r}")
+        status = TrialStatus(status)
         run_id = self._run_for(trial_id)
         self._flush()
         if final_metrics:
@@ -353,8 +351,8 @@ class SweepTracker:
                 self._send(run_id, batch)
         if model_path is not None:
             self._log_file(run_id, model_path, "model", "student.pt")
-        self._retry(lambda: self.client.set_tag(run_id, "edray.status", status))
-        self._retry(lambda: self.client.set_terminated(run_id, TRIAL_STATUSES[status]))
+        self._retry(lambda: self.client.set_tag(run_id, tags.STATUS, status.value))
+        self._retry(lambda: self.client.set_terminated(run_id, status.mlflow_run_status))
 
     # ------------------------------------------------------------------ the end of the sweep
 
@@ -390,9 +388,9 @@ class SweepTracker:
         numeric = {k: v for k, v in _numeric(summary).items() if math.isfinite(v)}
         if numeric:
             self._send(run_id, _metrics(numeric, 0))
-        others = {f"edray.summary.{mlflow_key(k)}": _text(v) for k, v in redact(summary).items()
+        others = {f"{tags.SUMMARY_PREFIX}{mlflow_key(k)}": _text(v) for k, v in redact(summary).items()
                   if mlflow_key(k) not in numeric and v is not None}
-        self._log_tags(run_id, {**others, "edray.status": "finished" if status == "FINISHED" else status.lower()})
+        self._log_tags(run_id, {**others, tags.STATUS: "finished" if status == "FINISHED" else status.lower()})
         self._retry(lambda: self.client.set_terminated(run_id, status))
 
     # ------------------------------------------------------------------ helpers
@@ -410,9 +408,9 @@ class SweepTracker:
             self._retry(lambda c=chunk, m=extra: self.client.log_batch(run_id, params=c, metrics=m))
 
     def _log_tags(self, run_id: str, values: dict[str, str]) -> None:
-        tags = [RunTag(k, _clip(v, _MAX_TAG_VALUE)) for k, v in values.items()]
-        for i in range(0, len(tags), _BATCH):
-            chunk = tags[i:i + _BATCH]
+        run_tags = [RunTag(k, _clip(v, _MAX_TAG_VALUE)) for k, v in values.items()]
+        for i in range(0, len(run_tags), _BATCH):
+            chunk = run_tags[i:i + _BATCH]
             self._retry(lambda c=chunk: self.client.log_batch(run_id, tags=c))
 
     def _log_file(self, run_id: str, path: str | Path, folder: str, name: str) -> None:
@@ -468,10 +466,6 @@ class SweepTracker:
                     raise
                 self._sleep(_BACKOFF_S * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
-
-
-def _quote(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _yaml(tree: dict) -> str:

@@ -18,10 +18,9 @@ from edray.errors import EdrayError
 from edray.spec import Spec
 from edray.tracking.secrets import redact_text
 
-__all__ = ["ARTIFACT_DIR", "artifacts_are_local", "check_tracking", "resolve_tracking_uri",
+__all__ = ["artifacts_are_local", "check_tracking", "resolve_tracking_uri",
     "workdir_tracking_uri", "sqlite_path"]
 
-ARTIFACT_DIR = "mlflow-artifacts"
 _FIELD = "tracking.uri"
 _FIX_SERVER = "start the server, or fix tracking.uri / MLFLOW_TRACKING_URI"
 

@@ -1,4 +1,4 @@
-"""Budget-scaled successive halving (distributed/schedulers.py) on hand-made learning curves,
+"""Budget-scaled successive halving (distributed/halving.py) on hand-made learning curves,
 and its Tune searcher telling Optuna what happened to each config (real Optuna study)."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ import optuna
 import pytest
 from ray.tune.search import Searcher
 
-from edray.distributed.halving_search import HalvingOptunaSearch
-from edray.distributed.schedulers import (
+from edray.distributed.halving import (
     BUDGET_KEY,
     SuccessiveHalving,
     fidelity_spec,
     halving_plan,
     rung_epochs,
 )
+from edray.distributed.halving_search import HalvingOptunaSearch
 from edray.distributed.space import compile_space, resolve_config
 from edray.errors import EdrayError
 from edray.trial_status import TrialStatus, trial_status
@@ -151,3 +151,19 @@ def test_searcher_fails_a_copy_that_errored_and_promotes_from_the_rest():
     search.on_trial_complete("b", result={"epoch": 8, "total_epochs": 40, "grade": 3, "val_acc": 0.5})
     assert BUDGET_KEY not in search.suggest("c")
     assert search.study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_optuna_search_private_state_is_where_ray_private_reads_it():
+    """edray's searchers reach OptunaSearch's private state only through ray_private; a Ray
+    upgrade that renames it fails here, by name, not inside a sweep."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from edray.clusters.ray_private import optuna_completed_trials, optuna_study, optuna_trials
+
+    search = OptunaSearch(space=compile_space(fast_spec(*HALVING)), metric="val_acc", mode="max",
+                          sampler=optuna.samplers.RandomSampler(seed=0))
+    search.suggest("t0")
+    assert isinstance(optuna_study(search), optuna.Study)
+    assert list(optuna_trials(search)) == ["t0"] and isinstance(optuna_trials(search)["t0"], optuna.Trial)
+    search.on_trial_complete("t0", result={"val_acc": 0.5})
+    assert optuna_completed_trials(search) == {"t0"}

@@ -1,6 +1,7 @@
-"""Where a store lives: a local path or a remote URI, resolved through ``pyarrow.fs``.
+"""Files anywhere edray keeps them: a local path or a remote URI, resolved through ``pyarrow.fs``.
 
-Local paths are memory-mapped by the reader. Remote stores (``s3://bucket/prefix``,
+Logit stores, teacher checkpoints, trained students, the node cache's sources and probe
+files all go through here. Local paths are memory-mapped by the logit store's reader. Remote stores (``s3://bucket/prefix``,
 ``gs://bucket/prefix``, ``hdfs://...``) are opened with
 ``pyarrow.fs.FileSystem.from_uri`` and read with ``open_input_file``; credentials come
 from the usual places (``AWS_*`` variables or ``~/.aws``, ``GOOGLE_APPLICATION_CREDENTIALS``
@@ -26,7 +27,8 @@ import pyarrow.fs as pafs
 from edray.errors import EdrayError
 
 __all__ = [
-    "exists", "is_uri", "join", "list_files", "local_path", "ray_storage", "read_bytes", "resolve", "write_bytes",
+    "discard", "exists", "is_uri", "join", "list_files", "local_path", "ray_storage", "read_bytes", "resolve",
+    "write_bytes",
 ]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
@@ -95,20 +97,37 @@ def read_bytes(location: str) -> bytes:
         return f.read()
 
 
-def write_bytes(location: str, data: bytes | memoryview) -> None:
+def write_bytes(location: str, data: bytes | memoryview | pa.Buffer) -> None:
     """Write a whole file at ``location``: atomically on a path (temp file + rename, see
-    :mod:`edray.atomic`); on object storage one PUT, which readers see whole or not at all."""
+    :mod:`edray.atomic`); on object storage one PUT, which readers see whole or not at all.
+
+    Raises:
+        EdrayError: the file cannot be written (full disk, read-only folder, no credentials).
+    """
     path = local_path(location)
     if path is not None:
         from edray import atomic
 
-        atomic.write_bytes(path, data)
+        atomic.write_bytes(path, memoryview(data))
         return
     fs, inner = resolve(location)
-    if isinstance(fs, pafs.LocalFileSystem):  # file://; object stores have no folders to make
-        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(inner) as f:
-        f.write(data)
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):  # file://; object stores have no folders to make
+            fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(inner) as f:
+            f.write(memoryview(data))
+    except (OSError, pa.ArrowException) as e:
+        raise EdrayError(location, f"cannot write ({e})", "check the location and its credentials") from e
+
+
+def discard(location: str) -> None:
+    """Delete the file at ``location`` if it can be: a file left behind costs only bytes
+    (probe files, a finished store's bookkeeping), never a failed command."""
+    try:
+        fs, inner = resolve(location)
+        fs.delete_file(inner)
+    except (EdrayError, OSError, pa.ArrowException):
+        pass
 
 
 def list_files(location: str) -> dict[str, int]:

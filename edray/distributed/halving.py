@@ -16,7 +16,7 @@ rung value. The best ``ceil(n / eta)`` configs of a rung are promoted: trained a
 from scratch, at the next budget; the last budget is the spec's own. The others are
 pruned. On the same 16 digits configs, a copy at 20 % of the epochs ranked them with
 Spearman 0.90 against their full runs, and keeping the best quarter kept the best config
-at 2.2x fewer epochs (numbers: README "The sweep").
+at 2.2x fewer epochs (numbers: docs/benchmarks.md#early-stopping).
 
 Rules this module keeps: a rung holds only results of runs that finished their copy in
 the final grade (it refuses anything else, so trials in different grades are never
