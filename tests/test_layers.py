@@ -16,12 +16,13 @@ ROOT = Path(__file__).resolve().parents[1] / "edray"
 
 # Lowest first. A module may import its own layer and those below it.
 LAYERS: list[set[str]] = [
-    {"errors", "atomic", "registry", "spec", "workdir", "trial_status", "search_space", "stats", "storage", "names"},
+    {"errors", "atomic", "registry", "spec", "workdir", "trial_status", "search_space", "stats", "storage", "names",
+     "yaml_file", "logs"},
     {"data", "models", "logits", "layout", "cache"},
     {"distill"},
     {"preflight", "pipeline"},
     {"distributed", "tracking", "report", "clusters", "ui"},
-    {"cli", "__init__"},
+    {"cli", "__init__", "__main__"},
 ]
 # The ED loop and everything below it run where there is no Ray and no MLflow (a GPU box,
 # a notebook); Optuna belongs to the search.
