@@ -57,11 +57,11 @@ class _Timer:
 
 
 @contextmanager
-def _timed(targets: dict[str, tuple[type, list[str]]]) -> Iterator[dict[str, _Timer]]:
-    """Time the listed methods of the listed classes (``label -> (class, method names)``);
-    the methods are put back on exit."""
+def _timed(targets: dict[str, tuple[Any, list[str]]]) -> Iterator[dict[str, _Timer]]:
+    """Time the listed methods of the listed classes, or functions of modules (``label -> (class
+    or module, names)``); they are put back on exit."""
     timers = {label: _Timer() for label in targets}
-    saved: list[tuple[type, str, Any]] = []
+    saved: list[tuple[Any, str, Any]] = []
     for label, (cls, names) in targets.items():
         for name in names:
             fn = cls.__dict__.get(name) or getattr(cls, name)
@@ -97,6 +97,7 @@ def one_size(args) -> dict[str, Any]:
     import ray
     from ray.tune.execution.tune_controller import TuneController
 
+    import edray.report
     from edray.data import load_data
     from edray.distributed.searcher import GradeAwareOptunaSearch
     from edray.distributed.space import sample_configs
@@ -120,7 +121,8 @@ def one_size(args) -> dict[str, Any]:
     ray.shutdown()
     tic = time.monotonic()
     out_html = workdir / f"report-{n}.html"
-    write_report(spec.tracking.experiment or spec.name, workdir, out_html, tracking_uri=args.tracking_uri)
+    with _timed({"report_read": (edray.report, ["load_sweep"])}) as read:  # MLflow reads, of the whole
+        write_report(spec.tracking.experiment or spec.name, workdir, out_html, tracking_uri=args.tracking_uri)
     report_s = time.monotonic() - tic
     # Training alone: a sample of configs of the same space, in this process, one after another.
     data = load_data(spec.dataset)
@@ -140,6 +142,7 @@ def one_size(args) -> dict[str, Any]:
         "state_save_ms_max": max(timers["state_save"].calls_ms, default=None),
         "driver_rss_mb": rss_mb,
         "figures_s": run["phases"].get("final_records_s"), "report_s": report_s,
+        "report_read_s": read["report_read"].total_s,
         "report_bytes": out_html.stat().st_size,
         "phases": run["phases"], "load_average_before": load_before, "load_average_after": os.getloadavg(),
     }
@@ -155,9 +158,11 @@ def _free_port() -> int:
 def mlflow_server(root: Path) -> Iterator[str]:
     """A real ``mlflow server`` on loopback (SQLite, artifacts served by it), in its own process
     group, stopped by that group; yields its URI."""
+    import shutil
     import urllib.request
 
-    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root, ignore_errors=True)  # a fresh database: an earlier run's records would be searched too
+    root.mkdir(parents=True)
     port = _free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = open(root / "server.log", "wb")  # noqa: SIM115  (closed below)
