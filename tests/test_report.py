@@ -230,3 +230,31 @@ def test_page_renders_in_headless_chromium(report, tmp_path):
     # Text, tables and four plots: far from a blank (or error) page.
     assert inked > 0.08, f"only {inked:.1%} of the page is drawn on"
     assert colours > 500, f"only {colours} colours: the figures did not render"
+
+
+def test_report_reads_only_the_learning_curves_histories(tmp_path):
+    """A sweep's report reads the histories of the trials its curves draw, not every trial's
+    (each is a request per metric over HTTP); a results.json without epochs (an older sweep)
+    is read in full, so its table still shows each trial's epochs."""
+    from edray.report.source import _histories
+    from edray.tracking.figures import TOP_CURVES
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "many", artifact_root=tmp_path / "artifacts")
+    tracker.start_sweep(run_name="many", spec_dict={"name": "many"})
+    results = []
+    for i in range(TOP_CURVES + 3):
+        trial = f"t{i}"
+        tracker.trial_run(trial, params={"ed.alpha": i / 10}, resolved_spec={})
+        for epoch in (1, 2):
+            tracker.log_epoch(trial, {"val_acc": i / 10, "grade": epoch}, epoch=epoch)
+        tracker.end_trial(trial, "completed")
+        results.append({"trial_id": trial, "status": "completed", "val_acc": i / 10, "epochs": 2})
+    client = MlflowClient(uri)
+    children = {r.data.tags["edray.trial_id"]: r for r in client.search_runs([tracker.experiment_id])
+                if "edray.trial_id" in r.data.tags}
+    read = _histories(client, children, results)
+    best = [f"t{i}" for i in range(TOP_CURVES + 2, 2, -1)]  # highest val_acc first
+    assert sorted(read) == sorted(best) and all(len(records) == 2 for records in read.values())
+    older = [{k: v for k, v in row.items() if k != "epochs"} for row in results]
+    assert sorted(_histories(client, children, older)) == sorted(children)
