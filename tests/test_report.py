@@ -234,3 +234,31 @@ def test_page_renders_in_headless_chromium(report, tmp_path):
     # Text, tables and four plots: far from a blank (or error) page.
     assert inked > 0.08, f"only {inked:.1%} of the page is drawn on"
     assert colours > 500, f"only {colours} colours: the figures did not render"
+
+
+def test_report_reads_only_the_learning_curves_runs_and_histories(tmp_path):
+    """A sweep's report reads the child runs and histories of the trials its curves draw, not
+    every trial's (both grew with the trials over HTTP); a results.json without epochs (an older
+    sweep) is read in full, so its table still shows each trial's epochs."""
+    from edray.report.source import _trial_runs
+    from edray.tracking.figures import TOP_CURVES
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "many", artifact_root=tmp_path / "artifacts")
+    tracker.start_sweep(run_name="many", spec_dict={"name": "many"})
+    results = []
+    for i in range(TOP_CURVES + 3):
+        trial = f"t{i}"
+        tracker.trial_run(trial, params={"ed.alpha": i / 10}, resolved_spec={})
+        for epoch in (1, 2):
+            tracker.log_epoch(trial, {"val_acc": i / 10, "grade": epoch}, epoch=epoch)
+        tracker.end_trial(trial, "completed")
+        results.append({"trial_id": trial, "status": "completed", "val_acc": i / 10, "epochs": 2})
+    client = MlflowClient(uri)
+    runs, read = _trial_runs(client, tracker.experiment_id, tracker.parent_run_id, results)
+    best = [f"t{i}" for i in range(TOP_CURVES + 2, 2, -1)]  # highest val_acc first
+    assert sorted(read) == sorted(runs) == sorted(best) and all(len(records) == 2 for records in read.values())
+    assert all(runs[t].data.tags["edray.trial_id"] == t for t in best)
+    older = [{k: v for k, v in row.items() if k != "epochs"} for row in results]
+    runs, read = _trial_runs(client, tracker.experiment_id, tracker.parent_run_id, older)
+    assert sorted(runs) == sorted(read) == sorted(r["trial_id"] for r in results)

@@ -43,7 +43,7 @@ class TrialRow:
     status: str  # completed | pruned | errored
     metric: float | None
     config: dict[str, Any]  # searched path -> value
-    run_id: str | None = None
+    run_id: str | None = None  # its child run: read for the trials the learning curves draw (and older sweeps')
     epochs: int | None = None  # last epoch logged
 
 
@@ -106,8 +106,7 @@ def load_sweep(experiment: str, uri: str, *, run_id: str | None = None) -> Sweep
         best_yaml = _artifact(client, parent, "best.yaml", tmp) or ""
         comparison = (json.loads(_artifact(client, parent, "compare.json", tmp) or "[]")
                       if parent.data.tags.get(tags.COMPARE) else [])
-    children = _children(client, exp.experiment_id, parent.info.run_id)
-    history = {tid: _history(client, run.info.run_id) for tid, run in children.items()}
+    children, history = _trial_runs(client, exp.experiment_id, parent.info.run_id, results)
     trials = [_trial_row(row, children.get(str(row.get("trial_id"))), history) for row in results]
     method = str(parent.data.params.get("method") or spec.get("method") or "ed")
     own = MethodResult(method=method, source=parent.info.run_name, runs=1,
@@ -153,20 +152,52 @@ def _artifact(client, run, name: str, tmp: str) -> str | None:
         return None
 
 
-def _children(client, experiment_id: str, parent_id: str) -> dict[str, Any]:
-    """Trial id -> child run, over every page of results."""
+def _children(client, experiment_id: str, parent_id: str, trial_id: str | None = None) -> dict[str, Any]:
+    """Trial id -> child run (of ``trial_id`` only, if given), over every page of results."""
+    query = tags.tag_filter(tags.PARENT_RUN, parent_id)
+    if trial_id is not None:
+        query += " and " + tags.tag_filter(tags.TRIAL_ID, trial_id)
     out: dict[str, Any] = {}
     token = None
     while True:
-        page = client.search_runs([experiment_id], filter_string=tags.tag_filter(tags.PARENT_RUN, parent_id),
-                                  max_results=1000, page_token=token)
+        page = client.search_runs([experiment_id], filter_string=query, max_results=1000, page_token=token)
         for run in page:
-            trial_id = run.data.tags.get(tags.TRIAL_ID)
-            if trial_id:
-                out.setdefault(trial_id, run)
+            found = run.data.tags.get(tags.TRIAL_ID)
+            if found:
+                out.setdefault(found, run)
         token = page.token
         if not token:
             return out
+
+
+def _trial_runs(client, experiment_id: str, parent_id: str,
+                results: list[dict]) -> tuple[dict[str, Any], dict[str, list[dict]]]:
+    """(trial id -> child run, trial id -> per-epoch records) of the trials the learning curves
+    draw: the best ones that have a history, as many as the figure shows.
+
+    Reading every child run and every history grew with the trials: for 400 trials over HTTP,
+    the child runs (one page of full runs) took 14 s and each history is a request per metric
+    (12 s of histories for 120 trials, 4 s for the curves' alone). Only the curves need a run;
+    the results table takes each trial's epochs from ``results.json``. An older sweep's rows
+    carry no epochs: every child and history is read then, as before.
+    """
+    from edray.tracking.figures import TOP_CURVES
+
+    if any("epochs" not in row for row in results):
+        children = _children(client, experiment_id, parent_id)
+        return children, {tid: _history(client, run.info.run_id) for tid, run in children.items()}
+    ranked = sorted((r for r in results if finite(r.get(METRIC)) is not None), key=lambda r: -finite(r.get(METRIC)))
+    children: dict[str, Any] = {}
+    history: dict[str, list[dict]] = {}
+    for row in ranked:
+        trial_id = str(row["trial_id"])
+        found = _children(client, experiment_id, parent_id, trial_id)
+        if found:
+            children[trial_id] = found[trial_id]
+            history[trial_id] = _history(client, found[trial_id].info.run_id)
+        if sum(1 for records in history.values() if records) == TOP_CURVES:
+            break
+    return children, history
 
 
 def _history(client, run_id: str) -> list[dict]:
@@ -184,7 +215,7 @@ def _trial_row(row: dict, run, history: dict[str, list[dict]]) -> TrialRow:
     return TrialRow(
         trial_id=trial_id, status=str(row.get("status", "")), metric=finite(row.get(METRIC)),
         config=dict(row.get("config") or {}), run_id=run.info.run_id if run is not None else None,
-        epochs=max((r["epoch"] for r in records), default=None),
+        epochs=row["epochs"] if "epochs" in row else max((r["epoch"] for r in records), default=None),
     )
 
 

@@ -31,12 +31,12 @@ from edray.spec import SearchParam
 from edray.tracking.values import finite
 from edray.trial_status import TrialStatus
 
-__all__ = ["FIGURES", "build_study", "preload", "render_figures"]
+__all__ = ["FIGURES", "TOP_CURVES", "build_study", "preload", "render_figures"]
 
 log = logging.getLogger(__name__)
 
 FIGURES = ("optimization_history", "param_importances", "parallel_coordinates", "learning_curves")
-_TOP = 5
+TOP_CURVES = 5  # trials the learning curves draw
 _INDEXED = re.compile(r"^(?P<path>.+)\[(?P<i>\d+)\]$")
 _STATES = {TrialStatus.COMPLETED: TrialState.COMPLETE, TrialStatus.PRUNED: TrialState.PRUNED,
            TrialStatus.ERRORED: TrialState.FAIL}
@@ -268,7 +268,7 @@ def _parallel_figure(plt, study: optuna.Study, metric: str):
 def _curves_figure(plt, results: list[dict], history: dict[str, list[dict]], metric: str):
     """``metric`` per epoch of the top trials, one panel per grade, dashed lines at switches."""
     ranked = sorted((r for r in results if finite(r.get(metric)) is not None and history.get(str(r.get("trial_id")))),
-                    key=lambda r: finite(r.get(metric)), reverse=True)[:_TOP]
+                    key=lambda r: finite(r.get(metric)), reverse=True)[:TOP_CURVES]
     curves = {str(r["trial_id"]): _epochs(history[str(r["trial_id"])], metric) for r in ranked}
     curves = {k: v for k, v in curves.items() if v}
     if not curves:
@@ -298,7 +298,7 @@ def _curves_figure(plt, results: list[dict], history: dict[str, list[dict]], met
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{metric} (dotted: on seen classes)")
-    fig.legend(loc="lower center", ncol=min(len(curves), _TOP), fontsize="small", frameon=False)
+    fig.legend(loc="lower center", ncol=min(len(curves), TOP_CURVES), fontsize="small", frameon=False)
     fig.suptitle(f"Learning curves of the top {len(curves)} trials (dashed: grade switch)")
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     return fig

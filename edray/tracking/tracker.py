@@ -153,6 +153,10 @@ class SweepTracker:
         self.experiment_id = self._experiment_id(experiment, artifact_root)
         self.parent_run_id: str = ""
         self._runs: dict[str, str] = {}  # trial id -> child run id
+        # True once _runs holds every child run of the parent (a new sweep has none; a resumed one
+        # is seeded): a trial not in _runs then has no run, and trial_run need not search for one.
+        # (That search was one more request per trial, its cost growing with the experiment's runs.)
+        self._runs_complete = False
         self._last_step: dict[str, int] = {}  # run id -> last epoch logged
         self._pending: list[tuple[str, list[Metric]]] = []  # batches that failed every try
 
@@ -171,6 +175,7 @@ class SweepTracker:
         self._sleep = state["sleep"]
         self.client = MlflowClient(tracking_uri=self.uri)
         self._runs, self._last_step = {}, {}
+        self._runs_complete = False  # a copy from Tune's experiment state: children are searched for
 
     # ------------------------------------------------------------------ experiment and parent
 
@@ -213,11 +218,13 @@ class SweepTracker:
             self._retry(lambda: self.client.update_run(resume_run_id, status="RUNNING"))
             self._retry(lambda: self.client.set_tag(resume_run_id, tags.STATUS, "running"))
             self._seed_children()
+            self._runs_complete = True
             return resume_run_id
         clean = redact(spec_dict)
         marks = {tags.KIND: tags.KIND_SWEEP, tags.STATUS: "running", tags.SPEC_NAME: str(spec_dict.get("name", ""))}
         run = self._retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=marks))
         self.parent_run_id = run.info.run_id
+        self._runs_complete = True  # a new parent run has no children yet
         self._log_params(self.parent_run_id, flatten(clean))
         self._retry(lambda: self.client.log_text(self.parent_run_id, _yaml(clean), "spec.yaml"))
         return self.parent_run_id
@@ -261,7 +268,7 @@ class SweepTracker:
         """
         self._require_parent()
         run_id = self._runs.get(trial_id)
-        if run_id is None:
+        if run_id is None and not self._runs_complete:
             found = self._children(trial_id)
             if found:
                 run_id = found[0].info.run_id
