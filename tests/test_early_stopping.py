@@ -21,6 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 from edray.distributed import sweep, trial
 from edray.distributed.searcher import GradeAwareOptunaSearch
 from edray.distributed.space import resolve_config
+from edray.layout import Layout
 from edray.trial_status import was_stopped_early
 
 from .conftest import fast_spec
@@ -42,8 +43,8 @@ def results(teacher_workdir: Path, tmp_path_factory) -> dict[str, list[dict]]:
     """Per-epoch results of each config, as its Tune trial reports them."""
     base = fast_spec(*ES)
     tmp = tmp_path_factory.mktemp("es")
-    ctx = trial.TrialContext(base_spec=base.model_dump(mode="json"), workdir=str(teacher_workdir),
-                             models_dir=str(tmp / "models"), train_storage=str(tmp / "train"))
+    ctx = trial.TrialContext(base_spec=base.model_dump(mode="json"), layout=Layout.at(teacher_workdir),
+                             models_dir=str(tmp / "models"))
     out: dict[str, list[dict]] = {}
     for name, config in CONFIGS.items():
         reported: list[dict] = []

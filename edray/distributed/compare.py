@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from edray.errors import EdrayError
+from edray.layout import Layout
 from edray.spec import Spec, spec_from_dict
 from edray.stats import paired_difference
 
@@ -155,14 +155,14 @@ def format_compare(rows: list[CompareRow]) -> str:
     return "\n".join(out)
 
 
-def run_compare(spec: Spec, workdir: Path, options, methods: Sequence[str], *,
+def run_compare(spec: Spec, layout: Layout, options, methods: Sequence[str], *,
                 log: Callable[[str], None] = print) -> tuple[Any, list[CompareRow]]:
     """ED's sweep, then one per baseline; returns ED's result and the table.
 
     Every method's spec is built (and checked) before the first trial: a method that
     cannot run fails the command at once, not after ED's sweep.
     """
-    from edray.distributed.sweep import run_sweep
+    from edray.distributed.sweep import run_sweep, state_path
 
     specs = {"ed": spec, **{m: method_spec(spec, m) for m in methods}}
     lines, total = compare_plan(specs, options.num_samples, final_eval=options.final_eval)
@@ -177,9 +177,9 @@ def run_compare(spec: Spec, workdir: Path, options, methods: Sequence[str], *,
         log(f"--compare: sweep of {method}")
         # A resumed comparison resumes each method's sweep; a sweep that never started starts.
         opts = options
-        if options.resume and not (workdir / "sweeps" / s.name / "sweep.json").is_file():
+        if options.resume and not state_path(layout, s.name).is_file():
             opts = replace(options, resume=False)
-        results[method] = run_sweep(s, workdir, opts, log=log)
+        results[method] = run_sweep(s, layout, opts, log=log)
     rows = compare_table(results)
     _log_table(results["ed"], rows)
     return results["ed"], rows

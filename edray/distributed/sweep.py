@@ -26,7 +26,7 @@ from edray.distributed.space import compile_space, default_point, resolve_config
 from edray.distributed.tune_restore import repair_missing_checkpoints
 from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.layout import Layout
-from edray.logits.fs import is_uri, ray_storage, resolve
+from edray.logits.fs import is_uri, join, ray_storage, resolve
 from edray.spec import Spec
 from edray.trial_status import TrialStatus, trial_status
 
@@ -76,10 +76,6 @@ class SweepResult:
         out = asdict(self)
         out["wall_s"] = round(self.wall_s, 3)
         return out
-
-
-def _sweep_dir(spec: Spec, workdir: Path) -> Path:
-    return workdir / "sweeps" / spec.name
 
 
 def best_spec_dict(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
@@ -234,59 +230,38 @@ def make_searcher(spec: Spec, max_concurrent: int, num_samples: int | None = Non
     return searcher, ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 
-def _trial_resources(spec: Spec) -> dict[str, float]:
-    from edray.distributed.trial import uses_torch_trainer
-
-    scaling = spec.scaling
-    if uses_torch_trainer(spec):
-        # The trial driver only waits on its TorchTrainer: it must hold no CPU the
-        # workers need (two trials on 2 CPUs deadlock otherwise).
-        return {"cpu": 0, "memory": 1}
-    res = {k.lower(): v for k, v in scaling.resources_per_worker.items()}
-    if scaling.use_gpu:
-        res.setdefault("gpu", 1)
-    return res
+def state_path(layout: Layout, sweep: str) -> Path:
+    """The resume state of sweep ``sweep`` (its run name, parent run, Tune experiment)."""
+    return layout.sweep_dir(sweep) / "sweep.json"
 
 
-def _state_path(spec: Spec, workdir: Path) -> Path:
-    return _sweep_dir(spec, workdir) / "sweep.json"
-
-
-def _tracker(spec: Spec, workdir: Path):
+def _tracker(spec: Spec, layout: Layout):
     from edray.tracking import SweepTracker, check_tracking, resolve_tracking_uri
 
-    uri = resolve_tracking_uri(spec, workdir)
+    uri = resolve_tracking_uri(spec, layout.workdir)
     check_tracking(uri)
-    return SweepTracker(uri, spec.tracking.experiment or spec.name, artifact_root=workdir / "mlflow-artifacts")
+    return SweepTracker(uri, spec.tracking.experiment or spec.name, artifact_root=layout.mlflow_artifacts)
 
 
-def _load_data(spec: Spec, workdir: Path):
+def _load_data(spec: Spec, layout: Layout):
     """The dataset, file datasets decoded once into their image cache (and a cache found
     from an earlier run checked) before any trial reads it."""
-    from edray.data import load_data
-    from edray.workdir import images_dir
+    from edray.pipeline import load_run_data
 
-    return load_data(spec.dataset, image_cache=images_dir(workdir), verify_cache=True)
+    return load_run_data(spec, layout, verify_cache=True)
 
 
-def _prepare_teachers(spec: Spec, data, workdir: Path, log: Callable[[str], None]) -> None:
-    """Train teachers that have a recipe and no checkpoint; build missing logit stores."""
-    from edray.pipeline import ensure_teachers
+def _prepare_teachers(spec: Spec, data, layout: Layout, runner):
+    """Train teachers that have a recipe and no checkpoint; build missing logit stores (or
+    hash given ones once), with ``runner`` (see :mod:`edray.preparation`)."""
+    from edray.preparation import Prepared, plan_preparation, prepare
 
     if spec.method == "ce" or spec.search is None:
-        return
-    ensure_teachers(spec, data, workdir, progress=log)
-    if spec.teachers.logits == "precomputed":
-        from edray.distill.precompute import precompute_stores
-        from edray.distill.stored_teachers import open_teacher_stores
-
-        if spec.teachers.store_uri is None:
-            precompute_stores(spec, data, workdir, progress=log)  # builds, or hashes what is there
-        else:  # read-only stores built elsewhere: check every byte once, before any trial reads them
-            open_teacher_stores(spec, data, workdir, verify=True)
+        return Prepared()
+    return prepare(plan_preparation(spec, data, layout), spec, data, layout, runner)
 
 
-def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable[[str], None] = print) -> SweepResult:
+def run_sweep(spec: Spec, layout: Layout, options: SweepOptions, *, log: Callable[[str], None] = print) -> SweepResult:
     """Run the whole sweep and return its summary (see ``edray sweep --json``).
 
     With ``EDRAY_SHARED`` set (a cluster), teachers, stores and the final evaluation run
@@ -296,10 +271,9 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     one machine.
     """
     tic = time.monotonic()
-    layout = Layout.from_env(workdir, store_uri=spec.teachers.store_uri)
     _check(spec, layout)
-    state = _load_state(spec, workdir, options.resume)
-    tracker = _tracker(spec, workdir)
+    state = _load_state(spec, layout, options.resume)
+    tracker = _tracker(spec, layout)
     if options.address or layout.on_cluster:
         _init_ray(options.address)
         from edray.distributed.cluster import require_shared
@@ -312,15 +286,17 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     if layout.on_cluster:
         placement = _prepare_on_cluster(spec, layout, log)
         timings = {"prepare_s": round(time.monotonic() - steps, 2)}
-        state = _start_tracking(spec, workdir, tracker, state, layout)
+        state = _start_tracking(spec, tracker, state, layout)
     else:
+        from edray.preparation import LocalRunner
+
         placement, timings = {}, {}
-        data = _load_data(spec, workdir)
+        data = _load_data(spec, layout)
 
         def prepare() -> dict[str, Any]:
-            _prepare_teachers(spec, data, workdir, log)
+            _prepare_teachers(spec, data, layout, LocalRunner(progress=log))
             timings["prepare_s"] = round(time.monotonic() - steps, 2)
-            return _start_tracking(spec, workdir, tracker, state, layout)
+            return _start_tracking(spec, tracker, state, layout)
 
         if all(part.in_memory for part in (data.train, data.val, data.test)):
             # A local Ray takes seconds to start, mostly waiting on its processes: teachers and
@@ -330,7 +306,7 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
             state = prepare()
             _init_ray(options.address)
     steps = time.monotonic()
-    tuner = _build_tuner(spec, workdir, options, tracker, state, layout, log)
+    tuner = _build_tuner(spec, options, tracker, state, layout, log)
     # The driver only waits while trials train: it imports the end-of-sweep figures' stack meanwhile.
     threading.Thread(target=_preload_figures, name="edray-preload-figures", daemon=True).start()
     grid = _fit(tuner, tracker)
@@ -338,7 +314,7 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     result = _collect(spec, grid, tracker, state["parent_run_id"], tic)
     result.placement.update(placement)
     steps = time.monotonic()
-    _finish(spec, workdir, options, tracker, grid, result, log, layout)
+    _finish(spec, options, tracker, grid, result, log, layout)
     timings["finish_s"] = round(time.monotonic() - steps, 2)
     result.placement["timings"] = timings
     result.wall_s = time.monotonic() - tic
@@ -396,49 +372,43 @@ def _prepare_on_cluster(spec: Spec, layout: Layout, log: Callable[[str], None]) 
     tic = time.monotonic()
     placement: dict[str, Any] = {"nodes": cluster.probe_nodes(spec, layout), "steps": {}}
     placement["steps"]["probe_s"] = round(time.monotonic() - tic, 2)
-    if spec.method == "ce" or spec.search is None:
-        return placement
     data = load_data(local_dataset(spec.dataset, layout))  # sizes and fingerprints: what the plan needs
     tic = time.monotonic()
-    placement["teachers"] = cluster.train_teachers(spec, layout, data, log)
-    placement["steps"]["teachers_s"] = round(time.monotonic() - tic, 2)
-    if spec.teachers.logits == "precomputed" and spec.teachers.store_uri is None:
-        tic = time.monotonic()
-        placement["stores"] = cluster.build_stores(spec, layout, data, log)
-        placement["steps"]["stores_s"] = round(time.monotonic() - tic, 2)
+    prepared = _prepare_teachers(spec, data, layout, cluster.RayRunner.for_cluster(log))
+    placement["steps"]["prepare_s"] = round(time.monotonic() - tic, 2)
+    placement["teachers"], placement["stores"] = prepared.teachers, prepared.shards
     return placement
 
 
-def _load_state(spec: Spec, workdir: Path, resume: bool) -> dict[str, Any]:
+def _load_state(spec: Spec, layout: Layout, resume: bool) -> dict[str, Any]:
     """The state of the sweep to resume (its run name, parent run, Tune experiment), or {}."""
     if not resume:
         return {}
-    state_path = _state_path(spec, workdir)
-    if not state_path.is_file():
-        raise EdrayError("--resume", f"no sweep to resume at {state_path}", "start it without --resume")
-    return json.loads(state_path.read_text())
+    path = state_path(layout, spec.name)
+    if not path.is_file():
+        raise EdrayError("--resume", f"no sweep to resume at {path}", "start it without --resume")
+    return json.loads(path.read_text())
 
 
-def _start_tracking(spec: Spec, workdir: Path, tracker, state: dict[str, Any], layout: Layout) -> dict[str, Any]:
+def _start_tracking(spec: Spec, tracker, state: dict[str, Any], layout: Layout) -> dict[str, Any]:
     """Open (or reopen) the MLflow parent run and record the sweep's state for ``--resume``."""
     run_name = state.get("run_name") or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     parent_id = tracker.start_sweep(
         run_name=run_name, spec_dict=spec.model_dump(mode="json"), resume_run_id=state.get("parent_run_id")
     )
-    _sweep_dir(spec, workdir).mkdir(parents=True, exist_ok=True)
-    storage = layout.ray_results
-    state = {"run_name": run_name, "parent_run_id": parent_id, "experiment_path": f"{storage.rstrip('/')}/{run_name}"}
-    _write_json(_state_path(spec, workdir), state)
+    layout.sweep_dir(spec.name).mkdir(parents=True, exist_ok=True)
+    state = {"run_name": run_name, "parent_run_id": parent_id, "experiment_path": join(layout.ray_results, run_name)}
+    _write_json(state_path(layout, spec.name), state)
     return state
 
 
-def _build_tuner(spec: Spec, workdir: Path, options: SweepOptions, tracker, state: dict[str, Any], layout: Layout,
+def _build_tuner(spec: Spec, options: SweepOptions, tracker, state: dict[str, Any], layout: Layout,
                  log: Callable[[str], None]):
     """A new Tuner, or the stopped one restored (``--resume``): finished trials are not re-run."""
     from ray import tune
 
     run_name = state["run_name"]
-    trainable = _trainable(spec, workdir, run_name, layout)
+    trainable = _trainable(spec, run_name, layout)
     num_samples = options.num_samples or spec.search.num_samples
     _, limited = make_searcher(spec, options.max_concurrent or spec.search.max_concurrent, num_samples)
     run_config = _run_config(spec, layout, options, tracker, run_name)
@@ -455,16 +425,15 @@ def _build_tuner(spec: Spec, workdir: Path, options: SweepOptions, tracker, stat
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
-def _trainable(spec: Spec, workdir: Path, run_name: str, layout: Layout):
+def _trainable(spec: Spec, run_name: str, layout: Layout):
     from ray import tune
 
+    from edray.distributed.resources import trial_resources
     from edray.distributed.trial import TrialContext, run_trial  # torch: not needed by --dry-run
 
-    ctx = TrialContext(
-        base_spec=spec.model_dump(mode="json"), workdir=str(workdir), models_dir=layout.models(spec.name, run_name),
-        train_storage=layout.ray_train, layout=layout if layout.on_cluster else None,
-    )
-    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), _trial_resources(spec))
+    ctx = TrialContext(base_spec=spec.model_dump(mode="json"), layout=layout,
+                       models_dir=layout.models(spec.name, run_name))
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(spec))
 
 
 def _run_config(spec: Spec, layout: Layout, options: SweepOptions, tracker, run_name: str):
@@ -499,25 +468,25 @@ def _fit(tuner, tracker):
         raise
 
 
-def _finish(spec: Spec, workdir: Path, options: SweepOptions, tracker, grid, result: SweepResult,
+def _finish(spec: Spec, options: SweepOptions, tracker, grid, result: SweepResult,
             log: Callable[[str], None], layout: Layout) -> None:
     """best.yaml, the final evaluation on the test split, and the parent run's closing records."""
     if result.best_config is None:
         tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="FAILED")
         return
-    best, best_text = _write_best(spec, workdir, result)
+    best, best_text = _write_best(spec, layout, result)
     if options.final_eval and spec.search.final_eval.seeds > 0:
         accs = _final_eval(spec, best, spec.search.final_eval.seeds, layout, result, log)
         result.final_test_accs = accs
         result.final_test_acc_mean = statistics.fmean(accs)
         result.final_test_acc_std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
-    _finish_tracking(spec, tracker, grid, result, best_text, _sweep_dir(spec, workdir))
+    _finish_tracking(spec, tracker, grid, result, best_text, layout.sweep_dir(spec.name))
 
 
-def _write_best(spec: Spec, workdir: Path, result: SweepResult) -> tuple[dict[str, Any], str]:
+def _write_best(spec: Spec, layout: Layout, result: SweepResult) -> tuple[dict[str, Any], str]:
     """The best config as a spec ``edray train`` runs (``best.yaml``); returns it and its text."""
     best = best_spec_dict(spec, result.best_config)
-    best_path = _sweep_dir(spec, workdir) / "best.yaml"
+    best_path = layout.sweep_dir(spec.name) / "best.yaml"
     best_text = yaml.safe_dump(best, sort_keys=False)
     write_text(best_path, best_text)  # atomic: a truncated best.yaml could still parse
     result.best_spec_path = str(best_path)
