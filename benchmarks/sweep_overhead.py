@@ -105,8 +105,8 @@ class _Phases:
 
     # teachers_check_s and tracking_start_s run on a thread alongside ray_init_s (in-memory data).
     STEPS = {"_tracker": "tracking_open_s", "_load_data": "data_s", "_prepare_teachers": "teachers_check_s",
-             "_start_tracking": "tracking_start_s", "_init_ray": "ray_init_s", "_build_tuner": "tuner_build_s",
-             "_fit": "tune_s", "_finish_tracking": "final_records_s"}
+             "start_tracking": "tracking_start_s", "join_ray": "ray_init_s", "build_tuner": "tuner_build_s",
+             "fit": "tune_s", "finish_tracking": "final_records_s"}
 
     def __init__(self, module):
         self.module, self.times, self._saved = module, {}, {}

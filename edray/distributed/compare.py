@@ -102,7 +102,7 @@ def method_spec(spec: Spec, method: str) -> Spec:
 
 def compare_plan(specs: dict[str, Spec], num_samples: int | None, *, final_eval: bool = True) -> tuple[list[str], int]:
     """One line per method (trials, epochs) and the total epochs, final evaluation included."""
-    from edray.distributed.sweep import planned_epochs
+    from edray.distributed.search_setup import planned_epochs
 
     lines, total = [], 0
     for method, s in specs.items():
@@ -162,7 +162,8 @@ def run_compare(spec: Spec, layout: Layout, options, methods: Sequence[str], *,
     Every method's spec is built (and checked) before the first trial: a method that
     cannot run fails the command at once, not after ED's sweep.
     """
-    from edray.distributed.sweep import run_sweep, state_path
+    from edray.distributed.sweep import run_sweep
+    from edray.distributed.sweep_state import state_path
 
     specs = {"ed": spec, **{m: method_spec(spec, m) for m in methods}}
     lines, total = compare_plan(specs, options.num_samples, final_eval=options.final_eval)
