@@ -134,18 +134,21 @@ class Layout:
 
     # -- this node's cache -----------------------------------------------------------------
     def cache(self) -> Path:
-        """This node's cache: ``$EDRAY_CACHE`` on the node, else ``~/.cache/edray`` on a
-        cluster, else the work directory itself (one machine: nothing to copy)."""
+        """This node's cache: on one machine the work directory itself (nothing to copy);
+        on a cluster ``$EDRAY_CACHE`` on the node, else ``~/.cache/edray``."""
+        if not self.on_cluster:
+            return self.workdir
         env = os.environ.get(CACHE_ENV)
-        if env:
-            return Path(env).expanduser().resolve()
-        if self.on_cluster:
-            return Path("~/.cache/edray").expanduser().resolve()
-        return self.workdir
+        return Path(env or "~/.cache/edray").expanduser().resolve()
 
     def node_teachers(self) -> Path:
         """This node's teacher folder (one machine: ``WORKDIR/teachers``, the shared one itself)."""
         return self.cache() / "teachers"
+
+    def teachers_apart(self) -> bool:
+        """Whether teachers are published to a shared folder apart from this node's (then
+        trained into this node's folder, published, and fetched from there by other nodes)."""
+        return self.teachers != str(self.node_teachers())
 
     def images(self) -> Path:
         """This node's decoded-image caches."""

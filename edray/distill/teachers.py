@@ -112,7 +112,7 @@ def teacher_trained(spec: Spec, index: int, data: DataSplits, layout: Layout) ->
     """Whether teacher ``index`` (one with a recipe) is trained where ``layout`` keeps teachers:
     its file on one machine; on a shared root its ``.sha256`` (published last)."""
     location = layout.teacher(teacher_name(spec, index, data))
-    if layout.needs_fetch(layout.teachers):
+    if layout.teachers_apart():
         return exists(location + SHA256_SUFFIX)
     return Path(location).is_file()
 
@@ -129,7 +129,7 @@ def _local_checkpoint(spec: Spec, index: int, data: DataSplits, layout: Layout) 
         if not path.is_file():
             raise EdrayError(field, f"no trained teacher at {path}", "check the path")
         return path
-    if not layout.needs_fetch(layout.teachers):
+    if not layout.teachers_apart():
         if not path.is_file():
             raise EdrayError(field, f"no trained teacher at {path}", "run `edray teach SPEC` first")
         return path
@@ -204,7 +204,7 @@ def train_teacher(
     path = layout.node_teachers() / teacher_name(spec, index, data)
     write_torch(path, {"arch": t.arch, "classes": classes, "state_dict": result.model.state_dict(),
                        "val_acc": result.val_acc, "train_s": time.monotonic() - start})
-    if layout.needs_fetch(layout.teachers):
+    if layout.teachers_apart():
         publish_teacher(path, layout, result.val_acc)
     return TeacherCheckpoint(t.arch, classes, result.model.to(device).eval(), result.val_acc, path)
 
