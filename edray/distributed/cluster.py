@@ -117,11 +117,11 @@ def probe_nodes(spec: Spec, layout: Layout) -> list[str]:
         raise EdrayError("--address", "the Ray cluster has no node that offers CPUs or GPUs",
                          "start worker nodes (ray up / ray start --address ...) and run again", exit_code=RUNTIME_ERROR)
     token = uuid.uuid4().hex
-    probe = join(layout.root, ".edray-probe", token)
+    probe = join(layout.shared, ".edray-probe", token)
     try:
         write_bytes(probe, token.encode())
     except Exception as err:
-        raise EdrayError(layout.root, f"the driver cannot write the shared location ({err})",
+        raise EdrayError(layout.shared, f"the driver cannot write the shared location ({err})",
                          "check EDRAY_SHARED and the driver's credentials") from None
     task = ray.remote(_probe)
     refs = [task.options(num_cpus=0, max_retries=0,
