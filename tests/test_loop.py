@@ -104,7 +104,7 @@ def test_per_group_teachers(tmp_path, digits_data):
 
 def test_missing_teachers_are_a_clear_error(tmp_path, digits_data):
     with pytest.raises(EdrayError, match="edray teach"):
-        train(fast_spec(), tmp_path, data=digits_data)
+        train(fast_spec(), Layout.at(tmp_path), data=digits_data)
 
 
 def test_cli_train_json(teacher_workdir):
