@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from edray.data import load_data
+from edray.layout import Layout
 from edray.pipeline import teach, train
 from edray.spec import Spec, load_spec, spec_from_dict
 from edray.stats import paired_difference
@@ -85,7 +86,7 @@ def _tuned_specs(args, base_overrides: list[str], workdir: Path) -> dict[str, di
 
     spec = load_spec(DIGITS, base_overrides)
     options = SweepOptions(num_samples=args.tuned, progress=False, final_eval=False)
-    _, rows = run_compare(spec, workdir, options, ["kd", "mtkd", "ce"], log=_log)
+    _, rows = run_compare(spec, Layout.at(workdir), options, ["kd", "mtkd", "ce"], log=_log)
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
         name = spec.name if row.method == "ed" else method_spec(spec, row.method).name
@@ -100,7 +101,7 @@ def run_setting(name: str, specs: dict[str, Spec], seeds: int, workdir: Path, da
         accs, grades, tic = [], {}, time.monotonic()
         for seed in range(seeds):
             s = spec_from_dict({**spec.model_dump(mode="json"), "seed": seed})
-            result = train(s, workdir, data=data)
+            result = train(s, Layout.at(workdir), data=data)
             accs.append(result.test_acc)
             for g, acc in result.summary()["val_acc_seen_per_grade"].items():
                 grades.setdefault(g, []).append(acc)
@@ -120,10 +121,10 @@ def _settings(args, workdir: Path) -> list[tuple[str, dict[str, Spec], Any]]:
     """(name, method -> spec, data) for the full and the low-data setting; teachers trained on full data."""
     base = load_spec(DIGITS, _base(args))
     full_data = load_data(base.dataset)
-    checkpoints = teach(base, workdir, data=full_data)
+    checkpoints = teach(base, Layout.at(workdir), data=full_data)
     from edray.distill.teachers import teacher_path
 
-    paths = [str(teacher_path(base, i, full_data, workdir)) for i in range(len(checkpoints))]
+    paths = [str(teacher_path(base, i, full_data, Layout.at(workdir))) for i in range(len(checkpoints))]
     tuned = _tuned_specs(args, _base(args), workdir / "tuning") if args.tuned else {}
     out = []
     for name, fraction in (("full", None), ("low-data", args.low_fraction)):

@@ -36,11 +36,12 @@ import torch
 
 from edray.data import DataSplits, TensorImageSet, load_data
 from edray.distill.loop import run_ed
-from edray.distill.precompute import precompute_stores
+from edray.layout import Layout
 from edray.logits import StoreKey, open_store, write_store
 from edray.models import build_backbone
 from edray.models.flops import count_macs
 from edray.pipeline import make_teacher_logits, teach
+from edray.preparation import precompute_stores
 from edray.spec import Spec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,17 +168,17 @@ def main() -> None:
         student_macs, teacher_macs = _macs_ratio(data)
         log(f"data: {len(data.train)} train images {data.in_channels}x{data.image_size}x{data.image_size}; "
             f"{TEACHER} teacher = {teacher_macs / student_macs:.1f}x the MACs of the {STUDENT} student")
-        teach(spec, workdir, data=data)
+        teach(spec, Layout.at(workdir), data=data)
         t0, c0 = time.monotonic(), time.process_time()
-        infos = precompute_stores(spec, data, workdir)
+        infos = precompute_stores(spec, data, Layout.at(workdir))
         precompute_s, precompute_cpu_s = time.monotonic() - t0, time.process_time() - c0
         train_stores = [i for i in infos if i.split == "train"]
         log(f"precompute: {len(infos)} stores in {precompute_s:.1f}s ({precompute_cpu_s:.1f}s cpu)")
 
         sources = {
             "ce": (_spec(args, "method=ce"), None),
-            "live": (live_spec, make_teacher_logits(live_spec, data, workdir)),
-            "cached": (spec, make_teacher_logits(spec, data, workdir)),
+            "live": (live_spec, make_teacher_logits(live_spec, data, Layout.at(workdir))),
+            "cached": (spec, make_teacher_logits(spec, data, Layout.at(workdir))),
         }
         times: dict[str, list[float]] = {name: [] for name in sources}
         cpu_times: dict[str, list[float]] = {name: [] for name in sources}

@@ -71,14 +71,15 @@ def _prepare(spec, workdir: Path):
     from mlflow.tracking import MlflowClient
 
     from edray.data import load_data
-    from edray.distill.precompute import precompute_stores
+    from edray.layout import Layout
     from edray.pipeline import teach
+    from edray.preparation import precompute_stores
     from edray.tracking import resolve_tracking_uri
 
     data = load_data(spec.dataset)
     tic = time.monotonic()
-    teach(spec, workdir, data=data)
-    precompute_stores(spec, data, workdir)
+    teach(spec, Layout.at(workdir), data=data)
+    precompute_stores(spec, data, Layout.at(workdir))
     teachers_s = time.monotonic() - tic
     tic = time.monotonic()
     MlflowClient(resolve_tracking_uri(spec, workdir)).search_experiments()  # creates the database
@@ -87,12 +88,13 @@ def _prepare(spec, workdir: Path):
 
 def _in_process(spec, configs: list[dict], workdir: Path, data) -> dict[str, Any]:
     from edray.distributed.space import resolve_config
+    from edray.layout import Layout
     from edray.pipeline import train
 
     walls, accs = [], []
     for config in configs:
         tic = time.monotonic()
-        result = train(resolve_config(spec, config), workdir, data=data, evaluate_test=False)
+        result = train(resolve_config(spec, config), Layout.at(workdir), data=data, evaluate_test=False)
         walls.append(time.monotonic() - tic)
         accs.append(result.val_acc)
     return {"wall_s": sum(walls), "per_trial_s": statistics.fmean(walls), "val_accs": accs}
@@ -103,8 +105,8 @@ class _Phases:
 
     # teachers_check_s and tracking_start_s run on a thread alongside ray_init_s (in-memory data).
     STEPS = {"_tracker": "tracking_open_s", "_load_data": "data_s", "_prepare_teachers": "teachers_check_s",
-             "_start_tracking": "tracking_start_s", "_init_ray": "ray_init_s", "_build_tuner": "tuner_build_s",
-             "_fit": "tune_s", "_finish_tracking": "final_records_s"}
+             "start_tracking": "tracking_start_s", "join_ray": "ray_init_s", "build_tuner": "tuner_build_s",
+             "fit": "tune_s", "finish_tracking": "final_records_s"}
 
     def __init__(self, module):
         self.module, self.times, self._saved = module, {}, {}
@@ -132,6 +134,7 @@ def _sweep(spec, workdir: Path, *, num_samples: int, max_concurrent: int) -> dic
     import ray
 
     from edray.distributed import sweep
+    from edray.layout import Layout
 
     if ray.is_initialized():
         ray.shutdown()  # every sweep pays its own ray.init, as `edray sweep` does
@@ -139,7 +142,7 @@ def _sweep(spec, workdir: Path, *, num_samples: int, max_concurrent: int) -> dic
                                  final_eval=False)
     tic = time.monotonic()
     with _Phases(sweep) as phases:
-        result = sweep.run_sweep(spec, workdir, options, log=lambda _m: None)
+        result = sweep.run_sweep(spec, Layout.at(workdir), options, log=lambda _m: None)
     wall = time.monotonic() - tic
     return {"wall_s": wall, "phases": phases.times, "result": result.summary()}
 

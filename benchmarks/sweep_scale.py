@@ -99,7 +99,7 @@ def one_size(args) -> dict[str, Any]:
 
     import edray.report
     from edray.data import load_data
-    from edray.distributed.searcher import GradeAwareOptunaSearch
+    from edray.distributed.searcher import PruneStoppedOptunaSearch
     from edray.distributed.space import sample_configs
     from edray.report import write_report
     from edray.tracking import TrackingCallback
@@ -108,7 +108,7 @@ def one_size(args) -> dict[str, Any]:
     spec = _spec_with([*SCALE, *args.overrides], [f"search.num_samples={n}", f"tracking.uri={args.tracking_uri}"])
     load_before = os.getloadavg()
     targets = {
-        "suggest": (GradeAwareOptunaSearch, ["suggest"]),
+        "suggest": (PruneStoppedOptunaSearch, ["suggest"]),
         "tracking": (TrackingCallback, ["on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error"]),
         "state_save": (TuneController, ["save_to_dir"]),
     }

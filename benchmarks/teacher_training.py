@@ -19,6 +19,7 @@ import torch
 
 import edray
 from edray.data import load_data
+from edray.layout import Layout
 from edray.pipeline import teach
 from edray.spec import load_spec
 
@@ -37,7 +38,7 @@ def main() -> None:
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as workdir:
             tic, cpu = time.perf_counter(), time.process_time()
-            teachers = teach(spec, Path(workdir), data=data, force=True)
+            teachers = teach(spec, Layout.at(workdir), data=data, force=True)
             walls.append(time.perf_counter() - tic)
             cpus.append(time.process_time() - cpu)  # CPU time: fairer than wall time on a shared machine
             accs.append([round(t.val_acc, 4) for t in teachers])

@@ -26,15 +26,15 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from edray.atomic import exclusive_lock
+from edray.atomic import atomic_path, exclusive_lock, fsync_dir, write_text
 from edray.errors import EdrayError
 from edray.logits.key import StoreKey
 from edray.logits.manifest import MANIFEST_NAME, Manifest
 from edray.logits.reader import LogitStore, open_store
 from edray.names import SHA256_SUFFIX
-from edray.storage import join, list_files, read_bytes, resolve
+from edray.storage import exists, join, list_files, read_bytes, resolve
 
-__all__ = ["SHA256_SUFFIX", "cached_file", "cached_store", "cached_tree", "node_name", "unreachable"]
+__all__ = ["cached_file", "cached_store", "cached_tree", "node_name", "unreachable"]
 
 _COMPLETE = ".edray-complete"
 _BLOCK = 4 << 20
@@ -119,7 +119,8 @@ def _fetch_store(location: str, manifest: Manifest, text: bytes, target: Path, f
         (staging / MANIFEST_NAME).write_bytes(text)  # last: a folder without it is not a store
         if target.exists():
             shutil.rmtree(target)
-        os.rename(staging, target)
+        os.rename(staging, target)  # a folder: published whole by one rename, as the store writer does
+        fsync_dir(folder)
     except OSError as e:
         raise EdrayError(str(target), f"node {node_name()} cannot write its cache ({e.strerror or e})",
                          _fix_cache(folder.parent)) from e
@@ -161,21 +162,27 @@ def cached_file(location: str, cache: Path, folder: str) -> Path:
     name = location.rstrip("/").rsplit("/", 1)[-1]
     target = cache / folder / name
     want = _expected_sha(location)
-    with exclusive_lock(cache / folder / f".{name}.lock", what=f"the cached copy of {name}", fix=_fix_cache(cache)):
+    fix = _fix_cache(cache)
+    with exclusive_lock(cache / folder / f".{name}.lock", what=f"the cached copy of {name}", fix=fix):
         mark = target.with_name(target.name + SHA256_SUFFIX)
         if target.is_file() and mark.is_file() and (want is None or mark.read_text().strip() == want):
             return target
-        tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
-        try:
+        if want is None and not _exists(location):
+            raise FileNotFoundError(location)
+        with atomic_path(target, fix=fix) as tmp:
             got = _copy(location, tmp)
             if want is not None and got != want:
                 raise EdrayError(location, f"node {node_name()} fetched bytes whose sha256 differs from "
                                  f"{name}{SHA256_SUFFIX}", "retrain or re-upload the file")
-            os.replace(tmp, target)
-            mark.write_text(got + "\n")
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_text(mark, got + "\n", fix=fix)
     return target
+
+
+def _exists(location: str) -> bool:
+    try:
+        return exists(location)
+    except (OSError, pa.ArrowException) as e:
+        raise unreachable(location, e) from e
 
 
 def _expected_sha(location: str) -> str | None:
@@ -217,11 +224,9 @@ def cached_tree(location: str, cache: Path) -> Path:
             dest = target / rel
             if dest.is_file() and dest.stat().st_size == size:
                 continue  # left by a fetch that was stopped: sizes agree, keep it
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.tmp")
-            _copy(join(base, rel), tmp)
-            os.replace(tmp, dest)
-        marker.write_text(json.dumps(files))
+            with atomic_path(dest, fix=_fix_cache(cache)) as tmp:
+                _copy(join(base, rel), tmp)
+        write_text(marker, json.dumps(files), fix=_fix_cache(cache))
     return target
 
 

@@ -7,8 +7,9 @@ at run time. The traceback is shown only with ``--debug``.
 the shared options it takes (a spec, an experiment, ``--json``, ``--tracking-uri``) and
 its own flags. Handlers call library functions (:mod:`edray.pipeline`,
 :mod:`edray.distributed.sweep`, ...) and print; the one file a handler writes itself is
-``train --save-model``'s. A handler returns an exit code, or a summary dict (exit 0) that
-``--json`` prints as the last line.
+``train --save-model``'s. Each builds the command's one :class:`~edray.layout.Layout`
+(``--workdir`` and ``EDRAY_SHARED``) and passes it down. A handler returns an exit code, or
+a summary dict (exit 0) that ``--json`` prints as the last line.
 """
 
 from __future__ import annotations
@@ -45,12 +46,17 @@ def _workdir(args: argparse.Namespace) -> Path:
     return resolve_workdir(args.workdir)
 
 
-def _device(args: argparse.Namespace) -> str:
-    if args.device:
-        return args.device
-    import torch
+def _layout(args: argparse.Namespace, spec):
+    """The command's one :class:`~edray.layout.Layout`: ``--workdir`` and ``EDRAY_SHARED``."""
+    from edray.layout import Layout
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return Layout.from_env(_workdir(args), store_uri=spec.teachers.store_uri)
+
+
+def _device(args: argparse.Namespace) -> str:
+    from edray.device import choose_device
+
+    return choose_device(args.device)
 
 
 def _positive(flag: str, value: int | None) -> None:
@@ -93,7 +99,7 @@ def _cmd_teach(args: argparse.Namespace) -> Summary:
 
     spec = _load(args)
     tic = time.monotonic()
-    teachers = teach(spec, _workdir(args), force=args.force, device=_device(args),
+    teachers = teach(spec, _layout(args, spec), force=args.force, device=_device(args),
                      progress=_log if _progress_enabled(args) else None)
     for i, t in enumerate(teachers):
         print(f"teacher {i}: {t.arch} over {len(t.classes)} classes, val_acc {t.val_acc:.4f} -> {t.path}")
@@ -104,11 +110,11 @@ def _cmd_teach(args: argparse.Namespace) -> Summary:
     }
 
 
-def _teacher_source(spec) -> str:
+def _teacher_source(spec, layout) -> str:
     if spec.method == "ce":
         return "none"
     if spec.teachers.logits == "precomputed":
-        return "precomputed logits (Arrow stores under WORKDIR/logits)"
+        return f"precomputed logits (Arrow stores under {layout.stores})"
     return "live"
 
 
@@ -117,7 +123,7 @@ def _cmd_train(args: argparse.Namespace) -> Summary:
     from edray.pipeline import train
 
     spec = _load(args)
-    workdir = _workdir(args)
+    layout = _layout(args, spec)
 
     def show(m: EpochMetrics) -> None:
         _log(
@@ -127,8 +133,8 @@ def _cmd_train(args: argparse.Namespace) -> Summary:
 
     if _progress_enabled(args):
         _log(f"training {spec.method} on {spec.dataset.name} ({spec.student.arch}, {spec.optim.epochs} epochs, "
-             f"teachers: {_teacher_source(spec)})")
-    result = train(spec, workdir, device=_device(args), progress=show if _progress_enabled(args) else None)
+             f"teachers: {_teacher_source(spec, layout)})")
+    result = train(spec, layout, device=_device(args), progress=show if _progress_enabled(args) else None)
     if args.save_model and result.model is not None:
         from edray.atomic import write_torch
 
@@ -172,9 +178,9 @@ def _cmd_sweep(args: argparse.Namespace) -> Summary:
     methods = methods or spec.search.compare
     rows = None
     if methods:
-        result, rows = run_compare(spec, _workdir(args), options, methods, log=log)
+        result, rows = run_compare(spec, _layout(args, spec), options, methods, log=log)
     else:
-        result = run_sweep(spec, _workdir(args), options, log=log)
+        result = run_sweep(spec, _layout(args, spec), options, log=log)
     _leave_ray()
     summary = result.summary()
     if rows is not None:
@@ -210,18 +216,18 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
 
 def _cmd_precompute(args: argparse.Namespace) -> Summary:
-    from edray.data import load_data
-    from edray.distill.precompute import precompute_stores
     from edray.logits.reader import verify_store
-    from edray.workdir import images_dir
+    from edray.pipeline import load_run_data
+    from edray.preparation import precompute_stores
 
     if args.views is not None:
         _positive("--views", args.views)
         args.overrides.append(f"teachers.views={args.views}")  # trials must then use the same V
     spec = _load(args)
-    data = load_data(spec.dataset, image_cache=images_dir(_workdir(args)))
+    layout = _layout(args, spec)
+    data = load_run_data(spec, layout)
     tic = time.monotonic()
-    infos = precompute_stores(spec, data, _workdir(args), device=_device(args),
+    infos = precompute_stores(spec, data, layout, device=_device(args),
                               progress=_log if _progress_enabled(args) else None)
     rows = []
     for info in infos:

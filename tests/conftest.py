@@ -49,10 +49,11 @@ def digits_data():
 @pytest.fixture(scope="session")
 def teacher_workdir(tmp_path_factory, digits_data) -> Path:
     """A work directory holding the trained shared teachers of the fast spec."""
+    from edray.layout import Layout
     from edray.pipeline import teach
 
     workdir = tmp_path_factory.mktemp("teachers")
-    teach(fast_spec(), workdir, data=digits_data)
+    teach(fast_spec(), Layout.at(workdir), data=digits_data)
     return workdir
 
 

@@ -43,20 +43,33 @@ def _shared_store(tmp_path: Path) -> str:
 
 def test_layout_puts_shared_things_under_edray_shared_and_the_rest_in_the_workdir(tmp_path, monkeypatch):
     monkeypatch.delenv("EDRAY_SHARED", raising=False)
-    monkeypatch.delenv("EDRAY_CACHE", raising=False)
-    local = Layout.from_env(tmp_path / "w")
-    assert not local.on_cluster and local.teachers == str(tmp_path / "w" / "teachers")
-    assert local.cache() == tmp_path / "w" and not local.needs_fetch(local.logits)
-    assert local.models("digits", "run1") == str(tmp_path / "w" / "sweeps" / "digits" / "models" / "run1")
+    monkeypatch.setenv("EDRAY_CACHE", str(tmp_path / "node-cache"))  # a cluster's setting: one machine has none
+    local = Layout.from_env(tmp_path / "w")  # one machine: the work directory is the shared root and the cache
+    work = tmp_path / "w"
+    assert local == Layout.at(work) and not local.on_cluster and local.shared == str(work)
+    assert local.teachers == str(work / "teachers") == str(local.node_teachers())
+    assert local.stores == str(work / "logits") and local.images() == work / "images" and local.cache() == work
+    assert not local.needs_fetch(local.stores) and not local.needs_fetch(local.teachers)
+    assert not local.teachers_apart()
+    monkeypatch.delenv("EDRAY_CACHE")
+    assert local.models("digits", "run1") == str(work / "sweeps" / "digits" / "models" / "run1")
+    assert local.sweep_dir("digits") == work / "sweeps" / "digits"
+    assert local.mlflow_artifacts == work / "mlflow-artifacts"
     monkeypatch.setenv("EDRAY_SHARED", "s3://bucket/edray/")
     shared = Layout.from_env(tmp_path / "w", store_uri="s3://other/stores/")
-    assert shared.on_cluster and shared.logits == "s3://bucket/edray/logits" and shared.stores == "s3://other/stores"
-    assert shared.mlflow_artifacts == "s3://bucket/edray/mlflow-artifacts" and shared.needs_fetch(shared.teachers)
+    assert shared.on_cluster and shared.teacher("t.pt") == "s3://bucket/edray/teachers/t.pt"
+    assert shared.stores == "s3://other/stores" and Layout.from_env(work).stores == "s3://bucket/edray/logits"
+    assert shared.mlflow_artifacts == work / "mlflow-artifacts" and shared.needs_fetch(shared.teachers)
     assert shared.models("digits", "run1") == "s3://bucket/edray/models/digits/run1"
+    assert shared.ray_results == "s3://bucket/edray/ray_results" and shared.sweep_dir("d") == work / "sweeps" / "d"
     monkeypatch.setenv("EDRAY_CACHE", str(tmp_path / "node-cache"))  # read on the node that asks, not pickled
     assert pickle.loads(pickle.dumps(shared)).cache() == tmp_path / "node-cache"
+    assert pickle.loads(pickle.dumps(shared)) == shared
+    assert shared.node_teachers() == tmp_path / "node-cache" / "teachers" and shared.teachers_apart()
+    inside = Layout.from_env(work, shared=str(work / "shared"))  # a shared folder inside the work directory
+    assert inside.on_cluster and inside.teachers_apart() and not inside.needs_fetch(inside.stores)
     mounted = Layout.from_env(tmp_path / "w", shared=str(tmp_path / "nfs"))
-    assert mounted.needs_fetch(mounted.logits) and not mounted.needs_fetch(str(tmp_path / "w" / "x"))
+    assert mounted.needs_fetch(mounted.stores) and not mounted.needs_fetch(str(tmp_path / "w" / "x"))
 
 
 def test_a_store_is_fetched_once_checked_and_memory_mapped(tmp_path):

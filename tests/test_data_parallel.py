@@ -29,8 +29,9 @@ from torch import nn
 from edray.data import DataSplits, load_data
 from edray.distill import loop
 from edray.distill.loop import DistContext, run_ed
-from edray.distill.precompute import precompute_stores
+from edray.layout import Layout
 from edray.pipeline import make_teacher_logits
+from edray.preparation import precompute_stores
 from edray.spec import DatasetSpec
 
 from .conftest import DIGITS_YAML, FAST, fast_spec
@@ -81,7 +82,7 @@ def _run(name: str, workdir: str, dist: DistContext) -> dict:
     spec = fast_spec(*overrides)
     data = _data(spec.dataset.model_dump_json())
     with _students(bn_free):
-        result = run_ed(spec, data, make_teacher_logits(spec, data, Path(workdir)), dist=dist, evaluate_test=False)
+        result = run_ed(spec, data, make_teacher_logits(spec, data, Layout.at(workdir)), dist=dist, evaluate_test=False)
     return {"history": [asdict(m) for m in result.history], "state": result.model.state_dict()}
 
 
@@ -103,7 +104,7 @@ def store_workdir(tmp_path_factory, teacher_workdir, digits_data) -> Path:
     workdir = tmp_path_factory.mktemp("dp") / "work"
     workdir.mkdir()
     shutil.copytree(teacher_workdir / "teachers", workdir / "teachers")
-    precompute_stores(fast_spec(*SHORT), digits_data, workdir)
+    precompute_stores(fast_spec(*SHORT), digits_data, Layout.at(workdir))
     return workdir
 
 

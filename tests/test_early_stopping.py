@@ -22,6 +22,7 @@ from edray.clusters.ray_private import optuna_study
 from edray.distributed import sweep, trial
 from edray.distributed.searcher import PruneStoppedOptunaSearch
 from edray.distributed.space import resolve_config
+from edray.layout import Layout
 from edray.trial_status import was_stopped_early
 
 from .conftest import fast_spec
@@ -43,8 +44,8 @@ def results(teacher_workdir: Path, tmp_path_factory) -> dict[str, list[dict]]:
     """Per-epoch results of each config, as its Tune trial reports them."""
     base = fast_spec(*ES)
     tmp = tmp_path_factory.mktemp("es")
-    ctx = trial.TrialContext(base_spec=base.model_dump(mode="json"), workdir=str(teacher_workdir),
-                             models_dir=str(tmp / "models"), train_storage=str(tmp / "train"))
+    ctx = trial.TrialContext(base_spec=base.model_dump(mode="json"), layout=Layout.at(teacher_workdir),
+                             models_dir=str(tmp / "models"))
     out: dict[str, list[dict]] = {}
     for name, config in CONFIGS.items():
         reported: list[dict] = []

@@ -27,6 +27,7 @@ from edray.cli import build_parser, main
 from edray.distributed import faults
 from edray.distributed.space import resolve_config
 from edray.distributed.sweep import SweepOptions, run_sweep
+from edray.layout import Layout
 from edray.pipeline import train
 from edray.tracking.callback import EPOCH_METRICS
 
@@ -130,7 +131,7 @@ def test_killed_train_worker_resumes_same_grade_and_epoch_and_mlflow_has_each_ep
     spec = fast_spec(*SWEEP, "scaling.trainer=torch_trainer",
                      f"dataset.root=https://bob:{URL_PASSWORD}@data.example/digits")  # digits reads no root
     try:
-        result = run_sweep(spec, work, SweepOptions(progress=False, final_eval=False), log=lambda _m: None)
+        result = run_sweep(spec, Layout.at(work), SweepOptions(progress=False, final_eval=False), log=lambda _m: None)
         dashboard = ray._private.worker.get_dashboard_url()
         host, port = dashboard.rsplit(":", 1)
         socket.create_connection(("127.0.0.1", int(port)), timeout=5).close()  # it is up, on loopback
@@ -148,7 +149,7 @@ def test_killed_train_worker_resumes_same_grade_and_epoch_and_mlflow_has_each_ep
     assert (result.trials, result.completed, result.errored) == (1, 1, 0)
 
     # Same numbers as a run that never stopped (same spec, same stores, this process).
-    reference = train(resolve_config(spec, result.best_config), work, evaluate_test=False)
+    reference = train(resolve_config(spec, result.best_config), Layout.at(work), evaluate_test=False)
     assert result.best_val_acc == pytest.approx(reference.val_acc, abs=1e-9)
 
     # MLflow: one child, every epoch of every metric exactly once, no batch lost to the 503s.
@@ -303,9 +304,9 @@ def test_full_disk_while_saving_teachers_and_models_leaves_no_half_file(tmpfs, t
 
     work = _workdir(tmpfs("big", 16 * 1024), teacher_workdir)
     if not (work / "logits").is_dir():
-        from edray.distill.precompute import precompute_stores
+        from edray.preparation import precompute_stores
 
-        precompute_stores(fast_spec(), digits_data, work)
+        precompute_stores(fast_spec(), digits_data, Layout.at(work))
     model = tmpfs("models", 16) / "student.pt"  # the student is ~100 kB
     args = ["train", str(DIGITS_YAML), "--workdir", str(work), "--save-model", str(model),
             *_cli_args("optim.epochs=4", "ed.switch_epochs=[1, 2]")]

@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parents[1] / "edray"
 # Lowest first. A module may import its own layer and those below it.
 LAYERS: list[set[str]] = [
     {"errors", "atomic", "registry", "spec", "workdir", "trial_status", "search_space", "stats", "storage", "names",
-     "yaml_file", "logs"},
+     "yaml_file", "logs", "device"},
     {"data", "models", "logits", "layout", "cache"},
     {"distill"},
-    {"preflight", "pipeline"},
+    {"preflight", "pipeline", "preparation"},
     {"distributed", "tracking", "report", "clusters", "ui"},
     {"cli", "__init__", "__main__"},
 ]
@@ -28,9 +28,9 @@ LAYERS: list[set[str]] = [
 # a notebook); Optuna belongs to the search.
 FORBIDDEN = {
     "ray": {"errors", "atomic", "registry", "spec", "workdir", "trial_status", "search_space", "stats", "storage",
-            "data", "models", "logits", "layout", "cache", "distill", "preflight", "pipeline"},
+            "data", "models", "logits", "layout", "cache", "distill", "preflight", "pipeline", "preparation", "device"},
     "mlflow": {"errors", "atomic", "registry", "spec", "workdir", "trial_status", "search_space", "storage", "data",
-               "models", "logits", "layout", "cache", "distill", "preflight", "pipeline"},
+               "models", "logits", "layout", "cache", "distill", "preflight", "pipeline", "preparation", "device"},
     "optuna": {"search_space", "data", "models", "logits", "distill", "preflight", "pipeline", "spec"},
 }
 

@@ -11,6 +11,7 @@ import torch
 
 from edray.distill.loop import run_ed
 from edray.errors import EdrayError
+from edray.layout import Layout
 from edray.pipeline import make_teacher_logits, teach, train
 
 from .conftest import DIGITS_YAML, FAST, fast_spec
@@ -19,7 +20,7 @@ from .conftest import DIGITS_YAML, FAST, fast_spec
 @pytest.mark.parametrize("method", ["ed", "kd", "mtkd", "ce"])
 def test_every_method_learns_digits(method, digits_data, teacher_workdir):
     spec = fast_spec(f"method={method}")
-    result = train(spec, teacher_workdir, data=digits_data)
+    result = train(spec, Layout.at(teacher_workdir), data=digits_data)
     assert result.test_acc > 0.6, result.summary()
     assert len(result.history) == spec.optim.epochs
     if method == "ed":
@@ -37,7 +38,7 @@ def test_every_method_learns_digits(method, digits_data, teacher_workdir):
 
 def test_early_grades_see_only_their_classes(digits_data, teacher_workdir):
     spec = fast_spec()
-    result = train(spec, teacher_workdir, data=digits_data)
+    result = train(spec, Layout.at(teacher_workdir), data=digits_data)
     first = result.history[0]
     # grade 1 knows 3 of 10 classes: all-class accuracy is bounded by their share of val
     share = (digits_data.val.labels < 3).float().mean().item()
@@ -54,7 +55,7 @@ def test_early_grades_see_only_their_classes(digits_data, teacher_workdir):
     ],
 )
 def test_modes_run(overrides, digits_data, teacher_workdir):
-    result = train(fast_spec(*overrides), teacher_workdir, data=digits_data)
+    result = train(fast_spec(*overrides), Layout.at(teacher_workdir), data=digits_data)
     assert [m.grade for m in result.history] == [1, 1, 2, 2, 2, 3, 3, 3] and result.switch_epochs == [2, 5]
     assert result.history[-1].seen_classes == digits_data.num_classes
     # It learnt, whatever the mode: 3x chance (0.1). After 8 epochs the weakest mode (sequential,
@@ -75,7 +76,7 @@ def _run_collecting(spec, data, teachers, **kw):
 @pytest.mark.parametrize("mode", ["reset", "carry"])
 def test_resume_mid_grade_equals_uninterrupted(mode, digits_data, teacher_workdir):
     spec = fast_spec(f"ed.optimizer_at_switch={mode}")
-    teachers = make_teacher_logits(spec, digits_data, teacher_workdir)
+    teachers = make_teacher_logits(spec, digits_data, Layout.at(teacher_workdir))
     full, states = _run_collecting(spec, digits_data, teachers)
     # epoch 3 is inside grade 2 (switches at 2 and 5): resume from there
     resumed, _ = _run_collecting(spec, digits_data, teachers, resume=states[3])
@@ -95,15 +96,15 @@ def test_checkpoint_survives_a_file_round_trip(tmp_path, digits_data, teacher_wo
 
 def test_per_group_teachers(tmp_path, digits_data):
     spec = fast_spec("teachers.mode=per_group")
-    teachers = teach(spec, tmp_path, data=digits_data)
+    teachers = teach(spec, Layout.at(tmp_path), data=digits_data)
     assert [len(t.classes) for t in teachers] == [3, 3, 4]
-    result = train(spec, tmp_path, data=digits_data)
+    result = train(spec, Layout.at(tmp_path), data=digits_data)
     assert result.test_acc > 0.6
 
 
 def test_missing_teachers_are_a_clear_error(tmp_path, digits_data):
     with pytest.raises(EdrayError, match="edray teach"):
-        train(fast_spec(), tmp_path, data=digits_data)
+        train(fast_spec(), Layout.at(tmp_path), data=digits_data)
 
 
 def test_cli_train_json(teacher_workdir):

@@ -27,12 +27,14 @@ from edray.data import apply_views, load_data, view_params
 from edray.distill.loop import run_ed
 from edray.distill.losses import sliced_kd_loss
 from edray.distill.plan import make_plan
-from edray.distill.precompute import precompute_stores, store_key, teacher_logits
+from edray.distill.precompute import store_key, teacher_logits
 from edray.distill.stored_teachers import StoreTeachers, open_teacher_stores
 from edray.distill.teachers import LiveTeachers, load_teacher, teacher_path
 from edray.errors import EdrayError
+from edray.layout import Layout
 from edray.logits import open_store
 from edray.pipeline import make_teacher_logits, teach
+from edray.preparation import LocalRunner, plan_preparation, precompute_stores, prepare
 
 from .conftest import DIGITS_YAML, FAST, fast_spec
 
@@ -42,7 +44,13 @@ LIVE = "teachers.logits=live"
 @pytest.fixture(scope="module")
 def stores(digits_data, teacher_workdir):
     """The fast spec's stores, in the shared teacher work directory (other tests reuse them)."""
-    return precompute_stores(fast_spec(), digits_data, teacher_workdir)
+    return precompute_stores(fast_spec(), digits_data, Layout.at(teacher_workdir))
+
+
+def _as_train_does(spec, data, layout: Layout):
+    """The teacher logits of ``edray train``: missing stores built first."""
+    prepare(plan_preparation(spec, data, layout, teachers=False), spec, data, layout, LocalRunner())
+    return make_teacher_logits(spec, data, layout)
 
 
 def _copy_teachers(src: Path, dst: Path) -> Path:
@@ -70,8 +78,8 @@ def _group_logits(teachers, plan, groups, x, rows, views) -> list[torch.Tensor |
 
 def test_store_and_live_teachers_give_the_same_loss(digits_data, teacher_workdir, stores):
     spec = fast_spec()
-    live = make_teacher_logits(fast_spec(LIVE), digits_data, teacher_workdir)
-    cached = make_teacher_logits(spec, digits_data, teacher_workdir)
+    live = make_teacher_logits(fast_spec(LIVE), digits_data, Layout.at(teacher_workdir))
+    cached = make_teacher_logits(spec, digits_data, Layout.at(teacher_workdir))
     assert isinstance(live, LiveTeachers) and isinstance(cached, StoreTeachers) and cached.views == 8
     plan = make_plan(spec, digits_data.num_classes)
     rows, views, x = _batch(spec, digits_data, 128)
@@ -118,8 +126,8 @@ class _Checked:
 
 def test_the_loop_feeds_the_student_the_pixels_the_store_was_built_on(digits_data, teacher_workdir, stores):
     spec = fast_spec("optim.epochs=3", "ed.switch_epochs=[1, 2]")
-    checked = _Checked(open_teacher_stores(spec, digits_data, teacher_workdir),
-                       make_teacher_logits(fast_spec(LIVE), digits_data, teacher_workdir))
+    checked = _Checked(open_teacher_stores(spec, digits_data, Layout.at(teacher_workdir)),
+                       make_teacher_logits(fast_spec(LIVE), digits_data, Layout.at(teacher_workdir)))
     run_ed(spec, digits_data, checked, evaluate_test=False)
     assert checked.groups == {0, 1, 2}
     assert checked.seen_views == set(range(1, 8))  # augmented views only; view 0 is the evaluation view
@@ -127,15 +135,15 @@ def test_the_loop_feeds_the_student_the_pixels_the_store_was_built_on(digits_dat
 
 
 def test_one_shared_store_serves_every_split_ratio(digits_data, teacher_workdir, stores):
-    base = open_teacher_stores(fast_spec(), digits_data, teacher_workdir)
+    base = open_teacher_stores(fast_spec(), digits_data, Layout.at(teacher_workdir))
     listing = sorted((teacher_workdir / "logits").iterdir())
     for ratios in ("[0.2, 0.3, 0.5]", "[0.5, 0.25, 0.25]"):
         spec = fast_spec(f"ed.split_ratios={ratios}")
-        assert teacher_path(spec, 0, digits_data, teacher_workdir) == teacher_path(
-            fast_spec(), 0, digits_data, teacher_workdir)
-        other = open_teacher_stores(spec, digits_data, teacher_workdir)  # no new store: it would raise
+        assert teacher_path(spec, 0, digits_data, Layout.at(teacher_workdir)) == teacher_path(
+            fast_spec(), 0, digits_data, Layout.at(teacher_workdir))
+        other = open_teacher_stores(spec, digits_data, Layout.at(teacher_workdir))  # no new store: it would raise
         assert {i: s.path for i, s in other.stores.items()} == {i: s.path for i, s in base.stores.items()}
-        make_teacher_logits(spec, digits_data, teacher_workdir, build_stores=True)  # what `edray train` does
+        _as_train_does(spec, digits_data, Layout.at(teacher_workdir))
     assert sorted((teacher_workdir / "logits").iterdir()) == listing  # nothing built for the new ratios
 
 
@@ -154,7 +162,7 @@ def test_every_other_input_changes_the_key_and_a_wrong_key_is_refused(
     override, field, digits_data, teacher_workdir, stores
 ):
     spec, changed = fast_spec(), fast_spec(override)
-    teacher = load_teacher(spec, 0, digits_data, teacher_workdir)
+    teacher = load_teacher(spec, 0, digits_data, Layout.at(teacher_workdir))
     data = digits_data if changed.dataset == spec.dataset or "augmentation" in override else load_data(changed.dataset)
     key = store_key(spec, teacher, digits_data, "train", views=spec.teachers.views)
     other = store_key(changed, teacher, data, "train", views=changed.teachers.views)
@@ -172,7 +180,7 @@ def test_the_key_records_the_real_normalisation(digits_data, teacher_workdir):
     from edray.data.splits import normalisation_of
 
     spec = fast_spec()
-    teacher = load_teacher(spec, 0, digits_data, teacher_workdir)
+    teacher = load_teacher(spec, 0, digits_data, Layout.at(teacher_workdir))
     key = store_key(spec, teacher, digits_data, "train", views=spec.teachers.views)
     assert key.normalisation == f"mean={DIGITS_MEAN[0]:.6g};std={DIGITS_STD[0]:.6g}" == digits_data.normalisation
     photo = TensorImageSet(torch.zeros(1, 3, 2, 2), torch.zeros(1), mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -186,10 +194,10 @@ def test_a_retrained_teacher_is_never_read_from_its_old_store(tmp_path, digits_d
     workdir = _copy_teachers(teacher_workdir, tmp_path / "work")
     ckpt = tmp_path / "mine" / "t0.pt"  # a teacher given by path: the name stays, the bytes change
     ckpt.parent.mkdir()
-    shutil.copy(teacher_path(fast_spec(), 0, digits_data, workdir), ckpt)
+    shutil.copy(teacher_path(fast_spec(), 0, digits_data, Layout.at(workdir)), ckpt)
     spec = fast_spec(f"teachers.models[0].checkpoint={ckpt}")
-    precompute_stores(spec, digits_data, workdir)
-    old = open_teacher_stores(spec, digits_data, workdir)
+    precompute_stores(spec, digits_data, Layout.at(workdir))
+    old = open_teacher_stores(spec, digits_data, Layout.at(workdir))
 
     blob = torch.load(ckpt, weights_only=True)  # "retrain": same file, same architecture, new weights
     for name, value in blob["state_dict"].items():
@@ -198,12 +206,12 @@ def test_a_retrained_teacher_is_never_read_from_its_old_store(tmp_path, digits_d
     torch.save(blob, ckpt)
 
     with pytest.raises(EdrayError, match="no logit store here.*edray precompute"):
-        open_teacher_stores(spec, digits_data, workdir)
-    teacher = load_teacher(spec, 0, digits_data, workdir)
+        open_teacher_stores(spec, digits_data, Layout.at(workdir))
+    teacher = load_teacher(spec, 0, digits_data, Layout.at(workdir))
     with pytest.raises(EdrayError, match="built for a different teacher_sha256"):
         open_store(old.stores[0].path, store_key(spec, teacher, digits_data, "train", views=8))
 
-    new = make_teacher_logits(spec, digits_data, workdir, build_stores=True)  # what `edray train` does
+    new = _as_train_does(spec, digits_data, Layout.at(workdir))
     assert new.stores[0].path != old.stores[0].path
     assert [new.stores[i].path for i in (1, 2)] == [old.stores[i].path for i in (1, 2)]
     rows = torch.arange(0, len(digits_data.train), 7)
@@ -214,14 +222,16 @@ def test_a_retrained_teacher_is_never_read_from_its_old_store(tmp_path, digits_d
 
 def test_stores_are_read_by_uri_and_found_finished_there(digits_data, teacher_workdir, stores):
     spec = fast_spec(f"teachers.store_uri=file://{teacher_workdir / 'logits'}")
-    remote = open_teacher_stores(spec, digits_data, teacher_workdir)
-    local = open_teacher_stores(fast_spec(), digits_data, teacher_workdir)
-    assert all(s.path.startswith("file://") for s in remote.stores.values())
+    remote = open_teacher_stores(spec, digits_data, Layout.at(teacher_workdir, store_uri=spec.teachers.store_uri))
+    local = open_teacher_stores(fast_spec(), digits_data, Layout.at(teacher_workdir))
+    # A URI is read through this machine's cache (the work directory), here the very same folder: found, not copied.
+    assert {i: s.path for i, s in remote.stores.items()} == {i: s.path for i, s in local.stores.items()}
     rows, views, x = _batch(spec, digits_data, 64, first_view=1)
     for k in range(3):
         assert torch.equal(remote.group_logits(k, x, rows, views), local.group_logits(k, x, rows, views))
     before = {p: p.stat().st_mtime_ns for p in (teacher_workdir / "logits").rglob("*.arrow")}
-    infos = precompute_stores(spec, digits_data, teacher_workdir)  # object-storage path: finds them, writes nothing
+    infos = precompute_stores(spec, digits_data, Layout.at(teacher_workdir, store_uri=spec.teachers.store_uri))
+    # object storage: finds them there, writes nothing
     assert all(str(info.path).startswith("file://") for info in infos)
     assert {p: p.stat().st_mtime_ns for p in (teacher_workdir / "logits").rglob("*.arrow")} == before
 
@@ -316,7 +326,7 @@ def test_cli_train_says_which_source_it_used_and_precomputed_matches_live(tmp_pa
     # It did read stores: the ones for this run's key, built by the run itself.
     spec = fast_spec()
     for i in range(3):
-        key = store_key(spec, load_teacher(spec, i, digits_data, cached_dir), digits_data, "train", views=8)
+        key = store_key(spec, load_teacher(spec, i, digits_data, Layout.at(cached_dir)), digits_data, "train", views=8)
         assert open_store(cached_dir / "logits", key).rows == len(digits_data.train)
     assert not (live_dir / "logits").exists()
 
@@ -336,8 +346,8 @@ def test_precompute_on_synthetic_data(tmp_path):
     )
     spec = fast_spec(*overrides)
     data = load_data(spec.dataset)
-    teach(spec, tmp_path, data=data)
-    infos = precompute_stores(spec, data, tmp_path)
+    teach(spec, Layout.at(tmp_path), data=data)
+    infos = precompute_stores(spec, data, Layout.at(tmp_path))
     assert [(i.teacher, i.split, i.views) for i in infos] == [(t, s, v) for t in range(3) for s, v in
                                                                (("train", 3), ("val", 1))]
     for info in infos:
@@ -345,13 +355,13 @@ def test_precompute_on_synthetic_data(tmp_path):
         assert store.rows == len(getattr(data, info.split)) and store.outputs == 10
         assert torch.equal(store.sample_ids, torch.arange(store.rows))
     before = _store_files(tmp_path)
-    assert precompute_stores(spec, data, tmp_path) == infos
+    assert precompute_stores(spec, data, Layout.at(tmp_path)) == infos
     assert _store_files(tmp_path) == before  # found, not rebuilt
-    teacher = load_teacher(spec, 0, data, tmp_path)
+    teacher = load_teacher(spec, 0, data, Layout.at(tmp_path))
     assert not teacher_logits(spec, teacher, data.train, 3, "cpu")(0, 4).requires_grad  # no autograd graph kept
 
-    cached = open_teacher_stores(spec, data, tmp_path)
-    live = make_teacher_logits(fast_spec(*overrides, LIVE), data, tmp_path)
+    cached = open_teacher_stores(spec, data, Layout.at(tmp_path))
+    live = make_teacher_logits(fast_spec(*overrides, LIVE), data, Layout.at(tmp_path))
     plan = make_plan(spec, data.num_classes)
     rows, views, x = _batch(spec, data, 48, seed=3)
     groups = plan.classes.group_of[data.train.labels[rows]]
@@ -359,3 +369,33 @@ def test_precompute_on_synthetic_data(tmp_path):
                                _group_logits(cached, plan, groups, x, rows, views)):
         if t_live is not None:
             torch.testing.assert_close(t_store, t_live, rtol=2e-3, atol=2e-3)
+
+
+def test_every_command_honours_edray_shared(tmp_path, monkeypatch, capsys):
+    """``EDRAY_SHARED=DIR edray teach`` publishes its teachers under ``DIR/teachers``;
+    ``precompute`` and ``train`` then read them from there (through this machine's cache)
+    and put the stores under ``DIR/logits``: the work directory keeps none of it."""
+    shared, work, cache = tmp_path / "shared", tmp_path / "work", tmp_path / "cache"
+    monkeypatch.setenv("EDRAY_SHARED", str(shared))
+    monkeypatch.setenv("EDRAY_CACHE", str(cache))
+    quick = [*(f"teachers.models[{i}].train.epochs=1" for i in range(3)), "optim.epochs=3", "ed.switch_epochs=[1, 2]"]
+
+    def edray(*args: str) -> dict:
+        assert main([*_edray(work, *args, "--json")[3:], *(x for o in quick for x in ("--set", o))]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    taught = edray("teach", str(DIGITS_YAML))
+    paths = [Path(t["path"]) for t in taught["teachers"]]
+    published = sorted(p.name for p in (shared / "teachers").iterdir())
+    assert published == sorted(f"{p.name}{suffix}" for p in paths for suffix in ("", ".json", ".sha256"))
+    assert all(p.parent == cache / "teachers" for p in paths)  # trained in this machine's cache, then published
+    assert edray("teach", str(DIGITS_YAML))["teachers"] == taught["teachers"]  # found there, not retrained
+
+    stores = edray("precompute", str(DIGITS_YAML))["stores"]
+    assert len(stores) == 6 and all(Path(s["path"]).parent == shared / "logits" for s in stores)
+    assert edray("train", str(DIGITS_YAML), "--set", "teachers.logits=precomputed")["epochs"] == 3
+    assert not (work / "teachers").exists() and not (work / "logits").exists()
+
+    monkeypatch.setenv("EDRAY_SHARED", str(tmp_path / "elsewhere"))  # a shared root with no teachers
+    assert main(_edray(work, "train", str(DIGITS_YAML))[3:]) == 2
+    assert "no trained teacher at " + str(tmp_path / "elsewhere" / "teachers") in capsys.readouterr().err

@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 from edray.errors import EdrayError
+from edray.layout import Layout
 from edray.models import build_backbone
 from edray.models.pretrained import load_weights, weights_file
 
@@ -87,15 +88,16 @@ def test_a_pretrained_teacher_is_fine_tuned_saved_and_reloaded(torch_home, tmp_p
     spec = load_spec(DIGITS_YAML, ["dataset.name=imagefolder", f"dataset.root={root}", "dataset.image_size=32",
                                    "method=kd", f"teachers.models=[{teacher}]", "optim.precision=bf16"])
     data = load_data(spec.dataset)
-    [trained] = teach(spec, tmp_path / "work", data=data)
+    [trained] = teach(spec, Layout.at(tmp_path / "work"), data=data)
     assert trained.path.is_file() and trained.model.classifier[-1].out_features == 3
     tuned = trained.model.units[3][1].conv2.weight.detach().cpu()
     placed = state["layer4.1.conv2.weight"]
     assert not torch.equal(tuned, placed)  # fine-tuned, not frozen ...
     # ... from the placed weights (another init would be ~1.4 away in this measure)
     assert (tuned - placed).norm() / placed.norm() < 0.3
-    again = load_teacher(spec, 0, data, tmp_path / "work")
+    again = load_teacher(spec, 0, data, Layout.at(tmp_path / "work"))
     assert torch.equal(again.model.units[3][1].conv2.weight, tuned)
     scratch = load_spec(DIGITS_YAML, ["dataset.name=imagefolder", f"dataset.root={root}", "dataset.image_size=32",
                                       "method=kd", "teachers.models=[{arch: resnet18}]"])
-    assert teacher_path(scratch, 0, data, tmp_path / "work") != trained.path  # never mistaken for a scratch teacher
+    # never mistaken for a scratch teacher
+    assert teacher_path(scratch, 0, data, Layout.at(tmp_path / "work")) != trained.path

@@ -32,6 +32,7 @@ from edray.distill.loop import run_ed
 from edray.distributed import trial
 from edray.distributed.space import compile_space, default_point, resolve_config
 from edray.errors import EdrayError
+from edray.layout import Layout
 from edray.models import build_backbone
 from edray.pipeline import make_teacher_logits, train
 from edray.spec import get_path, load_spec, spec_from_dict
@@ -287,7 +288,8 @@ def test_final_evaluation_is_the_best_config_on_the_test_split_over_seeds(swept)
     """``search.final_eval.seeds`` runs of the best config (seeds 0, 1), scored on the test split once each."""
     best = load_spec(swept.workdir / "sweeps" / "digits" / "best.yaml")
     data = load_data(best.dataset)
-    accs = [train(spec_from_dict({**best.model_dump(mode="json"), "seed": seed}), swept.workdir, data=data).test_acc
+    layout = Layout.at(swept.workdir)
+    accs = [train(spec_from_dict({**best.model_dump(mode="json"), "seed": seed}), layout, data=data).test_acc
             for seed in (0, 1)]
     assert accs == pytest.approx(swept.summary["final_test_accs"], abs=1e-9)
 
@@ -322,8 +324,8 @@ def test_trials_never_read_the_test_split(teacher_workdir, tmp_path, monkeypatch
     spec = fast_spec(*SHORT, "teachers.logits=live")
     sealed = load_data(spec.dataset)
     sealed.test = _SealedImages(sealed.test.labels)
-    ctx = trial.TrialContext(base_spec=spec.model_dump(mode="json"), workdir=str(teacher_workdir),
-                             models_dir=str(tmp_path / "models"), train_storage=str(tmp_path / "train"))
+    ctx = trial.TrialContext(base_spec=spec.model_dump(mode="json"), layout=Layout.at(teacher_workdir),
+                             models_dir=str(tmp_path / "models"))
     monkeypatch.setattr(trial, "_cached_data", lambda *_args: sealed)
     reported: list[dict] = []
     trial.train_trial(spec, ctx, trial_id="t", report_fn=lambda m, _d: reported.append(m))
@@ -332,7 +334,7 @@ def test_trials_never_read_the_test_split(teacher_workdir, tmp_path, monkeypatch
     assert not [k for m in reported for k in m if "test" in k]
     # The probe bites: the same data through a run that does score the test split.
     with pytest.raises(_TestSplitRead):
-        run_ed(spec, sealed, make_teacher_logits(spec, sealed, teacher_workdir), evaluate_test=True)
+        run_ed(spec, sealed, make_teacher_logits(spec, sealed, Layout.at(teacher_workdir)), evaluate_test=True)
 
 
 # ---------------------------------------------------------------------------------- dry run

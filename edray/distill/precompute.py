@@ -10,22 +10,18 @@ and the store code stays below the ED loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from edray.data import DataSplits, ImageSet, batch_views, view_params
-from edray.distill.plan import make_plan
 from edray.distill.precision import prepare_model, resolve_precision, to_device
-from edray.distill.teachers import TeacherCheckpoint, load_teacher
+from edray.distill.teachers import TeacherCheckpoint
 from edray.logits.key import StoreKey, file_sha256
-from edray.logits.reader import open_store
-from edray.logits.writer import write_store
 from edray.spec import Spec
 
-__all__ = ["StoreInfo", "precompute_stores", "store_key", "store_root", "teacher_logits"]
+__all__ = ["StoreInfo", "store_key", "teacher_logits"]
 
 _BATCH = 256
 
@@ -60,11 +56,6 @@ def store_key(spec: Spec, teacher: TeacherCheckpoint, data: DataSplits, split: s
     )
 
 
-def store_root(spec: Spec, workdir: Path) -> str:
-    """``teachers.store_uri`` (a local path or s3:// / gs:// URI), else ``WORKDIR/logits``."""
-    return spec.teachers.store_uri or str(workdir / "logits")
-
-
 def teacher_logits(spec: Spec, teacher: TeacherCheckpoint, images: ImageSet, views: int, device: str):
     aug = spec.dataset.augmentation
     model = prepare_model(teacher.model, device).eval()
@@ -83,37 +74,3 @@ def teacher_logits(spec: Spec, teacher: TeacherCheckpoint, images: ImageSet, vie
         return out
 
     return compute
-
-
-def precompute_stores(
-    spec: Spec,
-    data: DataSplits,
-    workdir: Path,
-    *,
-    views: int | None = None,
-    device: str = "cpu",
-    progress: Callable[[str], None] | None = None,
-) -> list[StoreInfo]:
-    """Build (or find) the train and validation stores of every teacher the method uses."""
-    views = views or spec.teachers.views
-    plan = make_plan(spec, data.num_classes)
-    needed = plan.teachers_used
-    out = []
-    for i in needed:
-        teacher = load_teacher(spec, i, data, workdir, device=device)
-        for split, v in (("train", views), ("val", 1)):
-            images: ImageSet = getattr(data, split)
-            key = store_key(spec, teacher, data, split, views=v)
-
-            def rows_progress(rows_done: int, rows: int, i=i, split=split) -> None:
-                if progress:
-                    progress(f"teacher {i} {split}: {rows_done}/{rows} rows")
-
-            path = write_store(
-                store_root(spec, workdir), key, rows=len(images), views=v, outputs=len(teacher.classes),
-                sample_ids=torch.arange(len(images)), compute_shard=teacher_logits(spec, teacher, images, v, device),
-                progress=rows_progress,
-            )
-            store = open_store(path, key)
-            out.append(StoreInfo(i, split, path, store.rows, store.views, store.nbytes))
-    return out

@@ -8,17 +8,16 @@ so that the store code never imports the ED loop.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from edray.data import DataSplits
 from edray.distill.plan import make_plan
-from edray.distill.precompute import store_key, store_root
+from edray.distill.precompute import store_key
 from edray.distill.teachers import load_teacher
 from edray.layout import Layout
 from edray.logits.reader import LogitStore, open_store
 from edray.spec import Spec
+from edray.storage import join
 
 __all__ = ["StoreTeachers", "open_teacher_stores"]
 
@@ -53,36 +52,30 @@ class StoreTeachers:
         return torch.stack(outs).mean(0)
 
 
-def open_teacher_stores(
-    spec: Spec, data: DataSplits, workdir: Path, *, device: str = "cpu", verify: bool = False,
-    layout: Layout | None = None,
-) -> StoreTeachers:
-    """The train stores of the method's teachers, checked against this run's key
-    (``verify``: every shard hashed too, which finds bit flips; the sweep driver does it
-    once for stores it did not build, e.g. read from ``teachers.store_uri``).
-
-    ``workdir`` holds the teachers (their checkpoints name the keys). With a cluster
-    ``layout`` the stores are read from ``layout.stores`` through this node's cache:
-    fetched once, hashed on the way in, memory-mapped.
+def open_teacher_stores(spec: Spec, data: DataSplits, layout: Layout, *, device: str = "cpu") -> StoreTeachers:
+    """The train stores of the method's teachers at ``layout.stores``, checked against this
+    run's key. Where ``layout`` says they are read through this node's cache (a URI, a
+    shared mount), they are fetched once, hashed on the way in, and memory-mapped from there.
+    (A store given read-only by ``teachers.store_uri`` is hashed whole once before any run
+    reads it, by :mod:`edray.preparation`.)
 
     Raises:
         EdrayError: a store is missing (run ``edray precompute``) or was built for another
             teacher, dataset, transform, view count or seed.
     """
     plan = make_plan(spec, data.num_classes)
-    root = layout.stores if layout is not None else store_root(spec, workdir)
-    fetch = layout is not None and layout.needs_fetch(root)
+    root = layout.stores
+    fetch = layout.needs_fetch(root)
     stores: dict[int, LogitStore] = {}
     classes: dict[int, list[int]] = {}
     for i in plan.teachers_used:
-        teacher = load_teacher(spec, i, data, workdir, device=device)
+        teacher = load_teacher(spec, i, data, layout, device=device)
         key = store_key(spec, teacher, data, "train", views=spec.teachers.views)
-        location = f"{root.rstrip('/')}/{key.name}"
         if fetch:
             from edray.cache import cached_store
 
-            stores[i] = cached_store(location, layout.cache(), key)
+            stores[i] = cached_store(join(root, key.name), layout.cache(), key)
         else:
-            stores[i] = open_store(location, key, verify=verify)
+            stores[i] = open_store(root, key)
         classes[i] = teacher.classes
     return StoreTeachers(stores, classes, plan.classes.groups, plan.group_teachers)

@@ -20,24 +20,35 @@ from pathlib import Path
 
 import torch
 
+from edray import atomic
 from edray.atomic import write_torch
+from edray.cache import cached_file, node_name
 from edray.data import DataSplits, ImageSet, subset
 from edray.data.groups import ClassGroups, split_classes
 from edray.data.views import counter_hash
 from edray.distill.loop import EpochMetrics, TeacherLogits, run_ed
 from edray.errors import EdrayError
+from edray.layout import Layout
 from edray.models import Backbone, build_backbone
+from edray.names import SHA256_SUFFIX
 from edray.spec import EDSpec, OptimSpec, ScalingSpec, ScheduleSpec, Spec, StudentSpec, TeacherSpec, TeachersSpec
+from edray.storage import exists, read_bytes, write_bytes
 
 __all__ = [
     "LiveTeachers",
     "TeacherCheckpoint",
     "TeacherLogits",
     "load_teacher",
+    "publish_teacher",
     "teacher_classes",
+    "teacher_name",
     "teacher_path",
+    "teacher_trained",
     "train_teacher",
+    "trained_by",
 ]
+
+TEACHER_RECORD = ".json"  # beside a published checkpoint: the node that trained it, its val_acc
 
 
 @dataclass
@@ -78,31 +89,69 @@ def _identity(spec: Spec, index: int, data: DataSplits, classes: list[int]) -> s
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def teacher_path(spec: Spec, index: int, data: DataSplits, workdir: Path) -> Path:
-    """Where teacher ``index`` is: its ``checkpoint`` if given, else under the work directory.
+def teacher_name(spec: Spec, index: int, data: DataSplits) -> str:
+    """The file name of teacher ``index``'s checkpoint (one with a recipe, not given by path).
 
-    The file name carries a hash of everything the teacher depends on (recipe, data,
-    classes), so a changed split or recipe never picks up a stale teacher.
+    It carries a hash of everything the teacher depends on (recipe, data, classes), so a
+    changed split or recipe never picks up a stale teacher.
     """
+    t = spec.teachers.models[index]
+    classes = teacher_classes(spec, index, data.num_classes)
+    return f"{spec.name}-t{index}-{t.arch}-{_identity(spec, index, data, classes)}.pt"
+
+
+def teacher_path(spec: Spec, index: int, data: DataSplits, layout: Layout) -> Path:
+    """Where this node reads teacher ``index``: its ``checkpoint`` if given, else this node's
+    teacher folder (``WORKDIR/teachers`` on one machine; see :meth:`Layout.node_teachers`)."""
     t = spec.teachers.models[index]
     if t.checkpoint:
         return Path(t.checkpoint).expanduser()
-    classes = teacher_classes(spec, index, data.num_classes)
-    return workdir / "teachers" / f"{spec.name}-t{index}-{t.arch}-{_identity(spec, index, data, classes)}.pt"
+    return layout.node_teachers() / teacher_name(spec, index, data)
 
 
-def load_teacher(spec: Spec, index: int, data: DataSplits, workdir: Path, *, device: str = "cpu") -> TeacherCheckpoint:
-    """Load teacher ``index``.
+def teacher_trained(spec: Spec, index: int, data: DataSplits, layout: Layout) -> bool:
+    """Whether teacher ``index`` (one with a recipe) is trained where ``layout`` keeps teachers:
+    its file on one machine; on a shared root its ``.sha256`` (published last)."""
+    location = layout.teacher(teacher_name(spec, index, data))
+    if layout.teachers_apart():
+        return exists(location + SHA256_SUFFIX)
+    return Path(location).is_file()
+
+
+def _local_checkpoint(spec: Spec, index: int, data: DataSplits, layout: Layout) -> Path:
+    """Teacher ``index``'s checkpoint on this node, fetched once from the shared root when it lives there.
+
+    Raises:
+        EdrayError: no checkpoint (with the command that makes one).
+    """
+    path = teacher_path(spec, index, data, layout)
+    field = f"teachers.models[{index}].checkpoint"
+    if spec.teachers.models[index].checkpoint:
+        if not path.is_file():
+            raise EdrayError(field, f"no trained teacher at {path}", "check the path")
+        return path
+    if not layout.teachers_apart():
+        if not path.is_file():
+            raise EdrayError(field, f"no trained teacher at {path}", "run `edray teach SPEC` first")
+        return path
+    location = layout.teacher(path.name)
+    try:
+        return cached_file(location, layout.cache(), "teachers")
+    except FileNotFoundError:
+        raise EdrayError(field, f"no trained teacher at {location}",
+                         "run `edray sweep` (it trains missing teachers) or `edray teach` with EDRAY_SHARED set") \
+            from None
+
+
+def load_teacher(spec: Spec, index: int, data: DataSplits, layout: Layout, *, device: str = "cpu") -> TeacherCheckpoint:
+    """Load teacher ``index`` (through this node's cache when ``layout`` shares it).
 
     Raises:
         EdrayError: no checkpoint there (with the command that makes one), or a
             checkpoint whose architecture or classes do not fit this spec.
     """
-    path = teacher_path(spec, index, data, workdir)
+    path = _local_checkpoint(spec, index, data, layout)
     field = f"teachers.models[{index}].checkpoint"
-    if not path.is_file():
-        fix = "check the path" if spec.teachers.models[index].checkpoint else "run `edray teach SPEC` first"
-        raise EdrayError(field, f"no trained teacher at {path}", fix)
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a truncated or foreign file
@@ -118,7 +167,7 @@ def load_teacher(spec: Spec, index: int, data: DataSplits, workdir: Path, *, dev
             "point to the right file or retrain with `edray teach`",
         )
     model = build_backbone(t.arch, num_classes=len(classes), in_channels=data.in_channels, image_size=data.image_size,
-                           pretrained=t.pretrained, load_weights=False)  # the layout; the weights are the checkpoint's
+                           pretrained=t.pretrained, load_weights=False)  # the shape; the weights are the checkpoint's
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()
     return TeacherCheckpoint(t.arch, classes, model, float(blob.get("val_acc", float("nan"))), path)
@@ -128,12 +177,13 @@ def train_teacher(
     spec: Spec,
     index: int,
     data: DataSplits,
-    workdir: Path,
+    layout: Layout,
     *,
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
 ) -> TeacherCheckpoint:
-    """Train teacher ``index`` with cross-entropy on its classes and save it atomically.
+    """Train teacher ``index`` with cross-entropy on its classes and save it atomically in
+    this node's teacher folder; with a shared root, publish it there too (:func:`publish_teacher`).
 
     The teacher is a run of method ``ce`` in the ED loop (:func:`run_ed`) over its own
     classes, so it trains, evaluates and seeds exactly as a student does.
@@ -152,10 +202,33 @@ def train_teacher(
         if err.path != "student.pretrained":
             raise
         raise EdrayError(f"teachers.models[{index}].pretrained", err.problem, err.fix) from None
-    path = teacher_path(spec, index, data, workdir)
+    path = layout.node_teachers() / teacher_name(spec, index, data)
     write_torch(path, {"arch": t.arch, "classes": classes, "state_dict": result.model.state_dict(),
                        "val_acc": result.val_acc, "train_s": time.monotonic() - start})
+    if layout.teachers_apart():
+        publish_teacher(path, layout, result.val_acc)
     return TeacherCheckpoint(t.arch, classes, result.model.to(device).eval(), result.val_acc, path)
+
+
+def publish_teacher(path: Path, layout: Layout, val_acc: float) -> None:
+    """Copy a checkpoint trained on this node to the shared root: the file, a ``.json``
+    record (node, val_acc), then its ``.sha256``, last, since that says "trained"."""
+    blob = path.read_bytes()
+    sha = hashlib.sha256(blob).hexdigest()
+    location = layout.teacher(path.name)
+    write_bytes(location, blob)
+    record = {"node": node_name(), "val_acc": val_acc, "sha256": sha}
+    write_bytes(location + TEACHER_RECORD, json.dumps(record).encode())
+    write_bytes(location + SHA256_SUFFIX, f"{sha}\n".encode())
+    atomic.write_text(path.with_name(path.name + SHA256_SUFFIX), f"{sha}\n")  # this node's cache has it too
+
+
+def trained_by(spec: Spec, index: int, data: DataSplits, layout: Layout) -> str:
+    """The node that trained teacher ``index``, from the record published beside it ("?" if none)."""
+    try:
+        return json.loads(read_bytes(layout.teacher(teacher_name(spec, index, data)) + TEACHER_RECORD))["node"]
+    except Exception:  # noqa: BLE001  (a record is a courtesy, never a reason to fail)
+        return "?"
 
 
 def _teacher_spec(spec: Spec, index: int) -> Spec:

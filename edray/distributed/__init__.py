@@ -11,9 +11,18 @@
 - :mod:`~edray.distributed.tune_restore`: a killed sweep's Tune state made restorable.
 - :mod:`~edray.distributed.faults`: fault injection for the reliability tests (off unless asked).
 
+``sweep`` drives a sweep through ``connect`` (joining Ray), ``search_setup`` (searcher,
+scheduler, cost), ``sweep_state`` (resume), ``tune_run`` (the Tuner) and ``results``
+(summary, best.yaml, final evaluation); ``trial`` is what each Tune trial runs, with the
+``resources`` it asks for; ``cluster`` runs preparation and the final evaluation on the
+nodes; ``compare`` sweeps baselines beside ED; ``space``, ``searcher``,
+``halving``, ``halving_search``, ``trial_rows`` and ``tune_restore`` serve the search.
+
 Submodules import Ray lazily where they can: ``edray validate`` and ``--dry-run`` need
 no cluster.
 """
 
-__all__ = ["cluster", "compare", "faults", "halving", "halving_search", "searcher", "space", "sweep", "trial",
-           "tune_restore"]
+__all__ = [
+    "cluster", "compare", "connect", "faults", "halving", "halving_search", "resources", "results", "search_setup",
+    "searcher", "space", "sweep", "sweep_state", "trial", "trial_rows", "tune_restore", "tune_run",
+]

@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from edray.errors import EdrayError
+from edray.layout import Layout
 from edray.names import BASELINES
 from edray.spec import Spec, spec_from_dict
 from edray.stats import paired_difference
@@ -102,7 +102,7 @@ def method_spec(spec: Spec, method: str) -> Spec:
 
 def compare_plan(specs: dict[str, Spec], num_samples: int | None, *, final_eval: bool = True) -> tuple[list[str], int]:
     """One line per method (trials, epochs) and the total epochs, final evaluation included."""
-    from edray.distributed.sweep import planned_epochs
+    from edray.distributed.search_setup import planned_epochs
 
     lines, total = [], 0
     for method, s in specs.items():
@@ -155,7 +155,7 @@ def format_compare(rows: list[CompareRow]) -> str:
     return "\n".join(out)
 
 
-def run_compare(spec: Spec, workdir: Path, options, methods: Sequence[str], *,
+def run_compare(spec: Spec, layout: Layout, options, methods: Sequence[str], *,
                 log: Callable[[str], None] = print) -> tuple[Any, list[CompareRow]]:
     """ED's sweep, then one per baseline; returns ED's result and the table.
 
@@ -163,6 +163,7 @@ def run_compare(spec: Spec, workdir: Path, options, methods: Sequence[str], *,
     cannot run fails the command at once, not after ED's sweep.
     """
     from edray.distributed.sweep import run_sweep
+    from edray.distributed.sweep_state import state_path
 
     specs = {"ed": spec, **{m: method_spec(spec, m) for m in methods}}
     lines, total = compare_plan(specs, options.num_samples, final_eval=options.final_eval)
@@ -177,9 +178,9 @@ def run_compare(spec: Spec, workdir: Path, options, methods: Sequence[str], *,
         log(f"--compare: sweep of {method}")
         # A resumed comparison resumes each method's sweep; a sweep that never started starts.
         opts = options
-        if options.resume and not (workdir / "sweeps" / s.name / "sweep.json").is_file():
+        if options.resume and not state_path(layout, s.name).is_file():
             opts = replace(options, resume=False)
-        results[method] = run_sweep(s, workdir, opts, log=log)
+        results[method] = run_sweep(s, layout, opts, log=log)
     rows = compare_table(results)
     _log_table(results["ed"], rows)
     return results["ed"], rows

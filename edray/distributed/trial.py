@@ -16,10 +16,8 @@ a restarted trial continues from its last epoch, in the same grade.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
-import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -31,6 +29,7 @@ import torch
 
 from edray.cache import node_name
 from edray.data import DataSplits, load_data
+from edray.device import choose_device
 from edray.distill.loop import DistContext, run_ed
 from edray.distill.plan import make_plan
 from edray.distributed.space import resolve_config
@@ -38,7 +37,6 @@ from edray.layout import Layout
 from edray.pipeline import local_dataset, make_teacher_logits
 from edray.spec import DatasetSpec, Spec
 from edray.storage import join, ray_storage, write_bytes
-from edray.workdir import images_dir
 
 __all__ = ["TrialContext", "TrialReportFn", "run_trial", "train_trial", "uses_torch_trainer"]
 
@@ -53,22 +51,11 @@ TrialReportFn = Callable[[dict[str, Any], str | None], None]
 
 @dataclass(frozen=True)
 class TrialContext:
-    """What every trial needs besides its sampled config (small and picklable)."""
+    """What every trial needs besides its sampled config (small; it crosses to Ray pickled)."""
 
     base_spec: dict[str, Any]
-    workdir: str
+    layout: Layout  # teachers, stores and images: read through this node's cache when shared
     models_dir: str  # a path or a URI (the shared location on a cluster)
-    train_storage: str  # where nested TorchTrainer runs keep their state
-    layout: Layout | None = None  # on a cluster: teachers and stores come through this node's cache
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> TrialContext:
-        fields = json.loads(text)
-        layout = fields.pop("layout", None)
-        return cls(**fields, layout=Layout(**layout) if layout else None)
 
 
 def uses_torch_trainer(spec: Spec) -> bool:
@@ -83,10 +70,6 @@ def _cached_data(dataset_json: str, image_cache: str | None = None) -> DataSplit
     # built the decoded-image cache before any trial started (on a cluster: the first trial
     # on each node builds that node's copy); trials only map it.
     return load_data(DatasetSpec.model_validate_json(dataset_json), image_cache=image_cache)
-
-
-def _device(spec: Spec) -> str:
-    return "cuda" if spec.scaling.use_gpu and torch.cuda.is_available() else "cpu"
 
 
 def _extra_metrics(spec: Spec, metrics: dict[str, Any], num_classes: int, total_epochs: int) -> dict[str, Any]:
@@ -137,9 +120,9 @@ def train_trial(spec: Spec, ctx: TrialContext, *, trial_id: str, report_fn: Tria
     """
     # Decoded images in this node's cache (the work directory on one machine): on a
     # cluster each node decodes its own copy once, under a lock, for its trials to map.
-    image_cache = images_dir(ctx.layout.cache() if ctx.layout is not None else ctx.workdir)
-    data = _cached_data(local_dataset(spec.dataset, ctx.layout).model_dump_json(), str(image_cache))
-    teachers = make_teacher_logits(spec, data, Path(ctx.workdir), device=_device(spec), layout=ctx.layout)
+    device = choose_device(use_gpu=spec.scaling.use_gpu)
+    data = _cached_data(local_dataset(spec.dataset, ctx.layout).model_dump_json(), str(ctx.layout.images()))
+    teachers = make_teacher_logits(spec, data, ctx.layout, device=device)
     resume = _load_state(checkpoint)
     faults = _fault_hooks()
     if faults:
@@ -163,7 +146,7 @@ def train_trial(spec: Spec, ctx: TrialContext, *, trial_id: str, report_fn: Tria
             torch.save(state, Path(d) / _STATE)
             report_fn(metrics, d)
 
-    run_ed(spec, data, teachers, report=report, resume=resume, device=_device(spec), evaluate_test=False, dist=dist)
+    run_ed(spec, data, teachers, report=report, resume=resume, device=device, evaluate_test=False, dist=dist)
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -190,14 +173,14 @@ def _run_torch_trainer(spec: Spec, ctx: TrialContext, trial_id: str) -> None:
     scaling = spec.scaling
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"spec": spec.model_dump_json(), "ctx": ctx.to_json(), "trial_id": trial_id},
+        train_loop_config={"spec": spec.model_dump_json(), "ctx": ctx, "trial_id": trial_id},
         scaling_config=train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=scaling.resources_per_worker
         ),
         # Same name and storage on a restart: Train V2 resumes from the run's last checkpoint.
         run_config=train.RunConfig(
             name=f"trial-{trial_id}",
-            **ray_storage(ctx.train_storage),
+            **ray_storage(ctx.layout.ray_train),
             failure_config=train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
@@ -211,7 +194,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     from ray import train
 
     spec = Spec.model_validate_json(config["spec"])
-    ctx = TrialContext.from_json(config["ctx"])
+    ctx: TrialContext = config["ctx"]
     context = train.get_context()
     dist = DistContext(rank=context.get_world_rank(), world_size=context.get_world_size())
 
