@@ -47,6 +47,7 @@ class SweepOptions:
     resume: bool = False
     progress: bool = True
     final_eval: bool = True
+    wait_for_nodes_s: float = 1800.0  # on a cluster: how long a step waits for the autoscaler's first node
 
 
 @dataclass
@@ -305,6 +306,7 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
         from edray.distributed.cluster import require_shared
 
         require_shared(layout)
+        _await_nodes(spec, options, "the sweep's work (teachers, stores, trials)", log)
     # The cost, once nothing can refuse the sweep any more (a refusal is the only line):
     # after joining Ray, so an --address that does not answer is refused in one line too.
     log(plan_line(spec, options.num_samples or spec.search.num_samples))
@@ -343,6 +345,16 @@ def run_sweep(spec: Spec, workdir: Path, options: SweepOptions, *, log: Callable
     result.placement["timings"] = timings
     result.wall_s = time.monotonic() - tic
     return result
+
+
+def _await_nodes(spec: Spec, options: SweepOptions, what: str, log: Callable[[str], None]) -> None:
+    """Before a step asks Ray for work: a node that can run one unit of it, started by the
+    autoscaler if need be (issue 18; :mod:`edray.clusters.capacity`)."""
+    from edray.clusters.capacity import step_request, wait_for_nodes
+
+    scaling = spec.scaling
+    wait_for_nodes(step_request(scaling.resources_per_worker, scaling.use_gpu), what,
+                   wait_s=options.wait_for_nodes_s, log=log)
 
 
 def _alongside(background: Callable[[], T], foreground: Callable[[], None]) -> T:
@@ -507,6 +519,8 @@ def _finish(spec: Spec, workdir: Path, options: SweepOptions, tracker, grid, res
         return
     best, best_text = _write_best(spec, workdir, result)
     if options.final_eval and spec.search.final_eval.seeds > 0:
+        if options.address or layout.on_cluster:
+            _await_nodes(spec, options, "the final evaluation", log)  # idle nodes may have scaled down meanwhile
         accs = _final_eval(spec, best, spec.search.final_eval.seeds, layout, result, log)
         result.final_test_accs = accs
         result.final_test_acc_mean = statistics.fmean(accs)
