@@ -166,6 +166,7 @@ def _cmd_sweep(args: argparse.Namespace) -> Summary:
     options = SweepOptions(
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, address=args.address, resume=args.resume,
         progress=_progress_enabled(args), final_eval=not args.no_final_eval, wait_for_nodes_s=args.wait_for_nodes,
+        progress_lines=not args.quiet and not sys.stderr.isatty(),  # ray job logs: no live table, plain lines
     )
     log = _log if not args.quiet else (lambda _m: None)
     methods = methods or spec.search.compare
@@ -182,13 +183,17 @@ def _cmd_sweep(args: argparse.Namespace) -> Summary:
         if rows is not None:
             print(format_compare(rows))
         print(f"{summary['trials']} trials: {summary['completed']} completed, {summary['pruned']} pruned, "
-              f"{summary['errored']} errored; best val_acc {summary['best_val_acc']}")
+              f"{summary['errored']} errored; best val_acc {_rounded(summary['best_val_acc'])}")
         if summary["final_test_acc_mean"] is not None:
             print(f"final test accuracy of the best config: {summary['final_test_acc_mean']:.4f} "
                   f"± {summary['final_test_acc_std']:.4f}")
         print(f"best spec: {summary['best_spec_path']}; MLflow: {summary['tracking_uri']} "
               f"(experiment {summary['experiment']}, run {summary['parent_run_id']})")
     return summary
+
+
+def _rounded(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _leave_ray() -> None:

@@ -10,7 +10,9 @@ Node types (``available_node_types``), small for a 2-core machine:
 
 - ``cpu_worker``: ``{CPU: 1}``, at most 2 (the CPU pool);
 - ``gpu_worker``: ``{CPU: 1, accel: 1}``, at most 1: the GPU pool of clusters/aws.yaml with
-  a custom resource standing in for ``GPU`` (this machine has none).
+  a custom resource standing in for ``GPU`` (this machine has none);
+- at most 2 workers at once in all (a 2-core machine). Ray's autoscaler also starts a
+  ``gpu_worker`` for CPU work when the CPU pool is full (it offers a CPU too).
 
 Everything else is tests/cluster_fixture.py's: S3 on ``moto``, a real ``mlflow server``,
 token authentication, random free ports, the head's own ``--temp-dir``, every process in
@@ -32,7 +34,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .cluster_fixture import SimCluster, _nodes_request, start_cluster
+from .cluster_fixture import SimCluster, start_cluster
 
 HEAD_TYPE = "ray.head.default"  # the fake provider's name for the head
 GPU_STAND_IN = "accel"  # the custom resource playing the GPU
@@ -40,6 +42,9 @@ NODE_TYPES = {
     "cpu_worker": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers": 2, "node_config": {}},
     "gpu_worker": {"resources": {"CPU": 1, GPU_STAND_IN: 1}, "min_workers": 0, "max_workers": 1, "node_config": {}},
 }
+
+
+MAX_WORKERS = 2  # at once, over both types: a 2-core machine
 
 
 def why_not() -> str | None:
@@ -58,7 +63,7 @@ def autoscaling_config(gcs_address: str, *, idle_timeout_minutes: float = 0.5) -
     """The autoscaler's cluster config: a ``CPU: 0`` head and :data:`NODE_TYPES` from zero."""
     return {
         "cluster_name": "edray-autoscaling-test",
-        "max_workers": sum(t["max_workers"] for t in NODE_TYPES.values()),
+        "max_workers": MAX_WORKERS,
         "upscaling_speed": 1.0,
         "idle_timeout_minutes": idle_timeout_minutes,
         "provider": {"type": "fake_multinode", "gcs_address": gcs_address, "disable_launch_config_check": True,
@@ -92,28 +97,19 @@ def start_autoscaling_cluster(base: Path, logs: Path, *, idle_timeout_minutes: f
 
 
 def live_nodes(cluster: SimCluster) -> list[dict]:
-    """The nodes Ray lists alive now: ``{"node_id", "type", "resources"}`` each (``type`` is the
-    autoscaler's node type, ``""`` for the head)."""
-    with urllib.request.urlopen(_nodes_request(cluster), timeout=10) as r:
-        summary = json.load(r)["data"]["summary"]
-    out = []
-    for n in summary:
-        raylet = n.get("raylet", {})
-        if raylet.get("state") == "ALIVE":
-            labels = raylet.get("labels", {})
-            out.append({"node_id": raylet["nodeId"], "head": bool(raylet.get("isHeadNode")),
-                        "type": labels.get("ray.io/node-group", "") or _type_of(raylet),
-                        "resources": raylet.get("resourcesTotal", {})})
-    return out
+    """The nodes the GCS lists alive now (Ray's state API): ``{"node_id", "head", "type",
+    "resources"}`` each; ``type`` is the node type whose resources the node offers."""
+    request = urllib.request.Request(f"{cluster.dashboard_url}/api/v0/nodes?limit=1000&detail=1",
+                                     headers={"Authorization": f"Bearer {cluster.token}"})
+    with urllib.request.urlopen(request, timeout=20) as r:
+        nodes = json.load(r)["data"]["result"]["result"]
+    return [{"node_id": n["node_id"], "head": bool(n.get("is_head_node")), "type": _type_of(n["resources_total"]),
+             "resources": n["resources_total"]} for n in nodes if n.get("state") == "ALIVE"]
 
 
-def _type_of(raylet: dict) -> str:
-    resources = raylet.get("resourcesTotal", {})
-    for name, node_type in NODE_TYPES.items():
-        if all(resources.get(k) == v for k, v in node_type["resources"].items()) and \
-                set(node_type["resources"]) >= {k for k in resources if k in (GPU_STAND_IN, "CPU")}:
-            return name
-    return ""
+def _type_of(resources: dict[str, float]) -> str:
+    offered = {k: v for k, v in resources.items() if k in ("CPU", "GPU", GPU_STAND_IN)}
+    return next((name for name, t in NODE_TYPES.items() if offered == t["resources"]), "")
 
 
 def _session_pids(leader: int) -> list[int]:

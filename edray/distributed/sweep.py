@@ -48,6 +48,7 @@ class SweepOptions:
     progress: bool = True
     final_eval: bool = True
     wait_for_nodes_s: float = 1800.0  # on a cluster: how long a step waits for the autoscaler's first node
+    progress_lines: bool = False  # plain progress lines (no terminal: ray job logs), edray.distributed.progress
 
 
 @dataclass
@@ -453,7 +454,7 @@ def _build_tuner(spec: Spec, workdir: Path, options: SweepOptions, tracker, stat
     trainable = _trainable(spec, workdir, run_name, layout)
     num_samples = options.num_samples or spec.search.num_samples
     _, limited = make_searcher(spec, options.max_concurrent or spec.search.max_concurrent, num_samples)
-    run_config = _run_config(spec, layout, options, tracker, run_name)
+    run_config = _run_config(spec, layout, options, tracker, run_name, log)
     where = ray_storage(state["experiment_path"])
     path, fs = where["storage_path"], where.get("storage_filesystem")
     if options.resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
@@ -479,22 +480,28 @@ def _trainable(spec: Spec, workdir: Path, run_name: str, layout: Layout):
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), _trial_resources(spec))
 
 
-def _run_config(spec: Spec, layout: Layout, options: SweepOptions, tracker, run_name: str):
+def _run_config(spec: Spec, layout: Layout, options: SweepOptions, tracker, run_name: str,
+                log: Callable[[str], None]):
     from ray import tune
 
     from edray.tracking import TrackingCallback
 
-    callback = TrackingCallback(
+    callbacks = [TrackingCallback(
         tracker, resolve=lambda cfg: resolve_config(spec, cfg).model_dump(mode="json"), total_epochs=spec.optim.epochs,
         log_models="all" if spec.tracking.log_models == "all" else "none",
-    )
+    )]
+    if options.progress_lines:
+        from edray.distributed.progress import ProgressLines
+
+        _, epochs = planned_epochs(spec, options.num_samples or spec.search.num_samples)
+        callbacks.append(ProgressLines(log, planned_epochs=epochs, total_epochs=spec.optim.epochs))
     return tune.RunConfig(
         name=run_name,
         **ray_storage(layout.ray_results),
         # On object storage, upload the experiment state every ~10 s (not Ray's 5 min), so a
         # killed driver resumes (--resume) from a recent view of its trials.
         sync_config=tune.SyncConfig(sync_period=10) if is_uri(layout.ray_results) else None,
-        callbacks=[callback],
+        callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=spec.scaling.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         verbose=1 if options.progress else 0,
