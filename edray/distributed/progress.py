@@ -7,8 +7,9 @@ Under ``ray job submit`` stdout and stderr are not a terminal: Tune's live table
 - one when a trial starts (with its searched values) and one when it ends (completed,
   pruned or errored, as :mod:`edray.trial_status` decides, with its ``val_acc``);
 - a status line at most every 60 s: trials running / completed / pruned / errored, the
-  best ``val_acc`` so far, epochs done of those planned, the time elapsed and an estimate
-  of what is left (the epochs left at the pace so far).
+  best ``val_acc`` so far (of each trial's latest result, as the sweep ranks them), epochs
+  done of those planned, the time elapsed and an estimate of what is left (the epochs left
+  at the pace so far; pruned trials end early, so it errs long).
 
 Numbers are rounded for reading (accuracies to 4 places, times to seconds or minutes).
 """
@@ -71,7 +72,7 @@ class ProgressLines(Callback):
         self.running: set[str] = set()
         self.ended: dict[str, TrialStatus] = {}
         self.epochs: dict[str, int] = {}  # trial -> epochs done (its last result)
-        self.best: float | None = None
+        self.scores: dict[str, float] = {}  # trial -> its latest score (what the sweep ranks by)
 
     # -------------------------------------------------------------- Tune's events
 
@@ -85,8 +86,8 @@ class ProgressLines(Callback):
         if epoch is not None:
             self.epochs[trial.trial_id] = int(epoch)
         score = result.get(self.metric)
-        if isinstance(score, (int, float)) and (self.best is None or score > self.best):
-            self.best = float(score)
+        if isinstance(score, (int, float)):
+            self.scores[trial.trial_id] = float(score)
         self._maybe_status()
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
@@ -125,7 +126,7 @@ class ProgressLines(Callback):
         counts = {s: sum(v == s for v in self.ended.values()) for s in TrialStatus}
         done = sum(self.epochs.values())
         elapsed = self.clock() - self.start
-        best = f"{self.best:.4f}" if self.best is not None else "-"
+        best = f"{max(self.scores.values()):.4f}" if self.scores else "-"
         left = max(0, self.planned_epochs - done)
         estimate = (f", about {format_duration(elapsed / done * left)} left" if done and left
                     else "" if done else ", no estimate yet")
