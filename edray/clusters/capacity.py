@@ -117,8 +117,12 @@ def _gcs_port() -> str:
     return ray.get_runtime_context().gcs_address.rsplit(":", 1)[-1]
 
 
+_NO_AUTOSCALER = Path()  # this cluster's monitor runs without a config: nothing starts nodes
+
+
 def _monitor_config(gcs_port: str, proc: Path = Path("/proc")) -> Path | None:
-    """The ``--autoscaling-config`` of this cluster's autoscaler (its monitor process, on the head)."""
+    """The ``--autoscaling-config`` of this cluster's autoscaler (its monitor process, on the
+    head); :data:`_NO_AUTOSCALER` for a monitor without one; None where no monitor is seen."""
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -129,17 +133,19 @@ def _monitor_config(gcs_port: str, proc: Path = Path("/proc")) -> Path | None:
         if not any(a.endswith("autoscaler/_private/monitor.py") for a in args):
             continue
         flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
-        if flags.get("gcs-address", "").rsplit(":", 1)[-1] == gcs_port and flags.get("autoscaling-config"):
-            return Path(flags["autoscaling-config"]).expanduser()
+        if flags.get("gcs-address", "").rsplit(":", 1)[-1] == gcs_port:
+            config = flags.get("autoscaling-config")
+            return Path(config).expanduser() if config else _NO_AUTOSCALER
     return None
 
 
 def cluster_node_types() -> list[NodeType] | None:
-    """The worker node types this cluster's autoscaler may start, or None where that cannot be read."""
+    """The worker node types this cluster's autoscaler may start (``[]``: no autoscaler, nodes
+    join only by hand), or None where that cannot be read (a driver off the head, KubeRay)."""
     try:
         path = _monitor_config(_gcs_port())
-        if path is None:
-            return None
+        if path is None or path == _NO_AUTOSCALER:
+            return None if path is None else []
         import yaml
 
         config = yaml.safe_load(path.read_text())  # JSON is YAML too
@@ -160,25 +166,27 @@ def autoscaler_view() -> AutoscalerView:
     try:
         from ray.experimental.internal_kv import _internal_kv_get
 
-        raw = _internal_kv_get("__autoscaling_status")
-    except Exception:  # noqa: BLE001
-        raw = None
-    if raw:
-        try:
-            return _v1_view(json.loads(raw))
-        except Exception:  # noqa: BLE001  (a record of another shape: try v2)
-            pass
-    try:
-        import ray
-        from ray.autoscaler.v2.sdk import get_cluster_status
-
-        return _v2_view(get_cluster_status(ray.get_runtime_context().gcs_address))
+        v2 = _internal_kv_get("__autoscaler_v2_enabled") == b"1"
+        raw = None if v2 else _internal_kv_get("__autoscaling_status")
     except Exception:  # noqa: BLE001
         return AutoscalerView()
+    try:
+        if raw:
+            return _v1_view(json.loads(raw))
+        if v2:
+            import ray
+            from ray.autoscaler.v2.sdk import get_cluster_status
+
+            return _v2_view(get_cluster_status(ray.get_runtime_context().gcs_address))
+    except Exception:  # noqa: BLE001  (a status of another shape: nothing to say)
+        pass
+    return AutoscalerView()
 
 
 def _v1_view(status: dict[str, Any]) -> AutoscalerView:
-    report = status.get("autoscaler_report") or {}
+    report = status.get("autoscaler_report")
+    if report is None:  # a monitor that only mirrors the nodes: no autoscaler
+        return AutoscalerView()
     starting: dict[str, int] = {}
     for _, node_type, _state in report.get("pending_nodes") or []:
         starting[node_type] = starting.get(node_type, 0) + 1
@@ -210,6 +218,12 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
+def _doing(types: list[NodeType] | None) -> str:
+    if types == []:
+        return "no autoscaler on this cluster: start a worker node that offers it (ray start --address ...)"
+    return autoscaler_view().describe()
+
+
 def wait_for_nodes(request: dict[str, float], what: str, *, wait_s: float = DEFAULT_WAIT_S,
                    log: Callable[[str], None] = print, poll_s: float = 1.0,
                    report_every_s: float = REPORT_EVERY_S) -> None:
@@ -224,7 +238,7 @@ def wait_for_nodes(request: dict[str, float], what: str, *, wait_s: float = DEFA
         return
     wanted = format_request(request)
     types = cluster_node_types()
-    if types is not None and unsatisfiable(request, types):
+    if types and unsatisfiable(request, types):
         raise EdrayError("scaling", f"{what} ask each for {wanted}, and no node type of this cluster offers that "
                          f"(node types: {_types_text(types)})",
                          "lower scaling.resources_per_worker / scaling.use_gpu, or add a node type that offers it "
@@ -244,12 +258,12 @@ def wait_for_nodes(request: dict[str, float], what: str, *, wait_s: float = DEFA
             waited = time.monotonic() - tic
             if waited >= wait_s:
                 raise EdrayError("--wait-for-nodes", f"no node with {wanted} for {what} joined in {_minutes(wait_s)} "
-                                 f"({autoscaler_view().describe()})",
+                                 f"({_doing(types)})",
                                  "check the cloud's quota and capacity for the node types (ray status, the "
                                  "autoscaler's log: ray monitor), or wait longer with --wait-for-nodes",
                                  exit_code=RUNTIME_ERROR)
             if time.monotonic() - last_report >= report_every_s:
-                log(f"waiting for a node with {wanted} for {what}: {autoscaler_view().describe()} "
+                log(f"waiting for a node with {wanted} for {what}: {_doing(types)} "
                     f"({_minutes(waited)} so far)")
                 last_report = time.monotonic()
             time.sleep(poll_s)
