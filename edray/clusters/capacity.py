@@ -23,7 +23,6 @@ What it reads, all from the running cluster:
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -247,7 +246,7 @@ def wait_for_nodes(request: dict[str, float], what: str, *, wait_s: float = DEFA
 
     request_resources(bundles=[request])  # what makes an autoscaler start one, before any task is queued
     tic = time.monotonic()
-    last_report = -math.inf
+    last_report = tic - report_every_s + min(5.0, report_every_s)  # first line after 5 s: the autoscaler has acted
     try:
         while True:
             if any(fits(request, node) for node in _live_nodes()):
