@@ -246,7 +246,7 @@ def wait_for_nodes(request: dict[str, float], what: str, *, wait_s: float = DEFA
 
     request_resources(bundles=[request])  # what makes an autoscaler start one, before any task is queued
     tic = time.monotonic()
-    last_report = tic - report_every_s + min(5.0, report_every_s)  # first line after 5 s: the autoscaler has acted
+    last_report = -float("inf")  # the first line at once: the user learns why nothing runs yet
     try:
         while True:
             if any(fits(request, node) for node in _live_nodes()):
@@ -262,7 +262,10 @@ def wait_for_nodes(request: dict[str, float], what: str, *, wait_s: float = DEFA
                                  "autoscaler's log: ray monitor), or wait longer with --wait-for-nodes",
                                  exit_code=RUNTIME_ERROR)
             if time.monotonic() - last_report >= report_every_s:
-                log(f"waiting for a node with {wanted} for {what}: {_doing(types)} "
+                doing = _doing(types)
+                if doing == "autoscaler idle" and waited < 5:
+                    doing = "asked the autoscaler for one"  # it acts on its next update (every few seconds)
+                log(f"waiting for a node with {wanted} for {what}: {doing} "
                     f"({_minutes(waited)} so far)")
                 last_report = time.monotonic()
             time.sleep(poll_s)
