@@ -42,12 +42,16 @@ _BLOCK = 4 << 20
 
 def node_name() -> str:
     """This node, as messages name it: ``$EDRAY_NODE_NAME``, else the host name (plus the
-    Ray node id inside a Ray worker, since several nodes may share a host name)."""
+    Ray node id inside a Ray worker, since several nodes may share a host name; and, on a
+    node an autoscaler started, its node type and cloud instance, as Ray's raylet gives them)."""
     name = os.environ.get("EDRAY_NODE_NAME") or socket.gethostname()
     ray = sys.modules.get("ray")  # loaded only in a Ray process; this module stays free of Ray
     try:
         if ray is not None and ray.is_initialized():
-            return f"{name} (ray node {ray.get_runtime_context().get_node_id()[:8]})"
+            node = f"ray node {ray.get_runtime_context().get_node_id()[:8]}"
+            started = " ".join(filter(None, (os.environ.get("RAY_NODE_TYPE_NAME"),
+                                             os.environ.get("RAY_CLOUD_INSTANCE_ID"))))
+            return f"{name} ({node}, {started})" if started else f"{name} ({node})"
     except Exception:
         pass
     return name

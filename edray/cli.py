@@ -160,6 +160,8 @@ def _cmd_sweep(args: argparse.Namespace) -> Summary:
                          "add search.params (see search_spaces/digits.yaml)")
     _positive("--num-samples", args.num_samples)
     _positive("--max-concurrent", args.max_concurrent)
+    if not args.wait_for_nodes > 0:
+        raise EdrayError("--wait-for-nodes", f"must be > 0 seconds, got {args.wait_for_nodes:g}", "pass e.g. 1800")
     if args.dry_run:
         configs = sample_configs(spec, 3)
         print(f"search space of {args.spec} ({spec.search.num_samples} trials, {spec.search.sampler} sampler):")
@@ -172,7 +174,8 @@ def _cmd_sweep(args: argparse.Namespace) -> Summary:
         return {"dry_run": True, "space": describe_space(spec), "samples": configs}
     options = SweepOptions(
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, address=args.address, resume=args.resume,
-        progress=_progress_enabled(args), final_eval=not args.no_final_eval,
+        progress=_progress_enabled(args), final_eval=not args.no_final_eval, wait_for_nodes_s=args.wait_for_nodes,
+        progress_lines=not args.quiet and not sys.stderr.isatty(),  # ray job logs: no live table, plain lines
     )
     log = _log if not args.quiet else (lambda _m: None)
     methods = methods or spec.search.compare
@@ -189,13 +192,17 @@ def _cmd_sweep(args: argparse.Namespace) -> Summary:
         if rows is not None:
             print(format_compare(rows))
         print(f"{summary['trials']} trials: {summary['completed']} completed, {summary['pruned']} pruned, "
-              f"{summary['errored']} errored; best val_acc {summary['best_val_acc']}")
+              f"{summary['errored']} errored; best val_acc {_rounded(summary['best_val_acc'])}")
         if summary["final_test_acc_mean"] is not None:
             print(f"final test accuracy of the best config: {summary['final_test_acc_mean']:.4f} "
                   f"± {summary['final_test_acc_std']:.4f}")
         print(f"best spec: {summary['best_spec_path']}; MLflow: {summary['tracking_uri']} "
               f"(experiment {summary['experiment']}, run {summary['parent_run_id']})")
     return summary
+
+
+def _rounded(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _leave_ray() -> None:
@@ -304,6 +311,8 @@ COMMANDS: tuple[Command, ...] = (
         _opt("--num-samples", type=int, metavar="N", help="trials (default: search.num_samples)"),
         _opt("--max-concurrent", type=int, metavar="K", help="trials at once (default: search.max_concurrent)"),
         _opt("--address", metavar="ADDR", help="join a running Ray cluster (e.g. auto); default: start a local one"),
+        _opt("--wait-for-nodes", type=float, default=1800.0, metavar="SECONDS",
+             help="on a cluster, how long to wait for the autoscaler to start a worker node (default 1800)"),
         _opt("--resume", **_FLAG, help="continue the last sweep of this spec"),
         _opt("--dry-run", **_FLAG, help="validate, print the space and sampled configs, train nothing"),
         _opt("--no-final-eval", **_FLAG, help="skip the final test evaluation of the best config"),

@@ -31,6 +31,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,8 +205,16 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
                                 cwd=str(ROOT))
 
 
-def start_cluster(base: Path, logs: Path, *, workers: int = 2, worker_cpus: int = 2) -> SimCluster:
-    """Start S3, MLflow, a head and ``workers`` worker nodes; the caller must call ``stop()``."""
+HeadExtra = Callable[["SimCluster"], tuple[list[str], dict[str, str]]]
+
+
+def start_cluster(base: Path, logs: Path, *, workers: int = 2, worker_cpus: int = 2,
+                  head_extra: HeadExtra | None = None) -> SimCluster:
+    """Start S3, MLflow, a head and ``workers`` worker nodes; the caller must call ``stop()``.
+
+    ``head_extra(cluster)`` gives more ``ray start`` flags and environment for the head
+    (tests/autoscaling_fixture.py: the autoscaler's config, which needs the GCS address).
+    """
     base.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(32)
@@ -227,7 +236,7 @@ def start_cluster(base: Path, logs: Path, *, workers: int = 2, worker_cpus: int 
     try:
         _start_s3(cluster, s3_port)
         _start_mlflow(cluster, mlflow_port)
-        _start_head(cluster, gcs_port, dash_port, client_port)
+        _start_head(cluster, gcs_port, dash_port, client_port, *(head_extra(cluster) if head_extra else ([], {})))
         for i in range(workers):
             start_worker(cluster, f"worker{i + 1}", cpus=worker_cpus)
     except BaseException:
@@ -275,14 +284,15 @@ def _node_flags(temp_dir: str) -> list[str]:
             "--block"]
 
 
-def _start_head(cluster: SimCluster, gcs_port: int, dash_port: int, client_port: int, tries: int = 3) -> None:
+def _start_head(cluster: SimCluster, gcs_port: int, dash_port: int, client_port: int, extra_args: list[str],
+                extra_env: dict[str, str], tries: int = 3) -> None:
     temp = cluster.logs / "head-ray"  # the head's own disk
-    env = {**cluster.common_env, "RAY_AUTH_TOKEN_PATH": str(cluster.token_path)}
+    env = {**cluster.common_env, "RAY_AUTH_TOKEN_PATH": str(cluster.token_path), **extra_env}
     log = cluster.logs / "head.log"
     for attempt in range(1, tries + 1):  # Ray's 30 s start-up limit can run out on a loaded machine
         cmd = ["ray", "start", "--head", "--num-cpus=0", "--num-gpus=0", "--port", str(gcs_port),
                "--include-dashboard=true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
-               "--ray-client-server-port", str(client_port), *_node_flags(str(temp))]
+               "--ray-client-server-port", str(client_port), *extra_args, *_node_flags(str(temp))]
         proc = _spawn(cmd, env, log)
         cluster.nodes["head"] = Node("head", proc, log)
         try:

@@ -59,6 +59,8 @@ class SweepOptions:
     resume: bool = False
     progress: bool = True
     final_eval: bool = True
+    wait_for_nodes_s: float = 1800.0  # on a cluster: how long a step waits for the autoscaler's first node
+    progress_lines: bool = False  # plain progress lines (no terminal: ray job logs), edray.distributed.progress
 
 
 @dataclass
@@ -111,6 +113,7 @@ def run_sweep(spec: Spec, layout: Layout, options: SweepOptions, *, log: Callabl
         from edray.distributed.cluster import require_shared
 
         require_shared(layout)
+        _await_nodes(spec, options, "the sweep's work (teachers, stores, trials)", log)
     # The cost, once nothing can refuse the sweep any more (a refusal is the only line):
     # after joining Ray, so an --address that does not answer is refused in one line too.
     num_samples = options.num_samples or spec.search.num_samples
@@ -140,7 +143,7 @@ def run_sweep(spec: Spec, layout: Layout, options: SweepOptions, *, log: Callabl
     clock.lap()
     tuner = build_tuner(spec, num_samples=num_samples, resume=options.resume, progress=options.progress,
                         max_concurrent=options.max_concurrent or spec.search.max_concurrent, tracker=tracker,
-                        state=state, layout=layout, log=log)
+                        state=state, layout=layout, log=log, progress_lines=options.progress_lines)
     # The driver only waits while trials train: it imports the end-of-sweep figures' stack meanwhile.
     threading.Thread(target=_preload_figures, name="edray-preload-figures", daemon=True).start()
     grid = fit(tuner, tracker)
@@ -218,6 +221,8 @@ def _finish(spec: Spec, options: SweepOptions, tracker, grid, result: SweepResul
     best, best_text = write_best(spec, layout, result)
     seeds = spec.search.final_eval.seeds
     if options.final_eval and seeds > 0:
+        if options.address or layout.on_cluster:
+            _await_nodes(spec, options, "the final evaluation", log)  # idle nodes may have scaled down meanwhile
         clock = _Clock()
         runs = final_eval(spec, best, seeds, layout, log)
         timings.final_eval_s = clock.lap()
@@ -226,6 +231,16 @@ def _finish(spec: Spec, options: SweepOptions, tracker, grid, result: SweepResul
         result.final_test_acc_mean = statistics.fmean(accs)
         result.final_test_acc_std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
     finish_tracking(spec, tracker, grid, result, best_text, layout.sweep_dir(spec.name))
+
+
+def _await_nodes(spec: Spec, options: SweepOptions, what: str, log: Callable[[str], None]) -> None:
+    """Before a step asks Ray for work: a node that can run one unit of it, started by the
+    autoscaler if need be (:mod:`edray.clusters.capacity`)."""
+    from edray.clusters.capacity import step_request, wait_for_nodes
+
+    scaling = spec.scaling
+    wait_for_nodes(step_request(scaling.resources_per_worker, scaling.use_gpu), what,
+                   wait_s=options.wait_for_nodes_s, log=log)
 
 
 def _alongside(background: Callable[[], T], foreground: Callable[[], None]) -> T:

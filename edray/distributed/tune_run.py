@@ -17,13 +17,22 @@ __all__ = ["build_tuner", "fit"]
 
 
 def build_tuner(spec: Spec, *, num_samples: int, max_concurrent: int, resume: bool, progress: bool, tracker,
-                state: SweepState, layout: Layout, log: Callable[[str], None]):
-    """A new Tuner, or the stopped one restored (``--resume``): finished trials are not re-run."""
+                state: SweepState, layout: Layout, log: Callable[[str], None], progress_lines: bool = False):
+    """A new Tuner, or the stopped one restored (``--resume``): finished trials are not re-run.
+
+    ``progress`` shows Tune's live table (a terminal); ``progress_lines`` prints plain lines
+    instead (``ray job logs``: :mod:`edray.distributed.progress`)."""
     from ray import tune
 
     trainable = _trainable(spec, state.run_name, layout)
     _, limited = make_searcher(spec, max_concurrent, num_samples)
-    run_config = _run_config(spec, layout, progress, tracker, state.run_name)
+    lines = None
+    if progress_lines:
+        from edray.distributed.progress import ProgressLines
+
+        _, epochs = planned_epochs(spec, num_samples)
+        lines = ProgressLines(log, planned_epochs=epochs, total_epochs=spec.optim.epochs)
+    run_config = _run_config(spec, layout, progress, tracker, state.run_name, lines)
     where = ray_storage(state.experiment_path)
     path, fs = where["storage_path"], where.get("storage_filesystem")
     if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
@@ -58,7 +67,7 @@ def _trainable(spec: Spec, run_name: str, layout: Layout):
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(spec))
 
 
-def _run_config(spec: Spec, layout: Layout, progress: bool, tracker, run_name: str):
+def _run_config(spec: Spec, layout: Layout, progress: bool, tracker, run_name: str, lines=None):
     from ray import tune
 
     from edray.tracking import TrackingCallback
@@ -73,7 +82,7 @@ def _run_config(spec: Spec, layout: Layout, progress: bool, tracker, run_name: s
         # On object storage, upload the experiment state every ~10 s (not Ray's 5 min), so a
         # killed driver resumes (--resume) from a recent view of its trials.
         sync_config=tune.SyncConfig(sync_period=10) if is_uri(layout.ray_results) else None,
-        callbacks=[callback],
+        callbacks=[callback] if lines is None else [callback, lines],
         failure_config=tune.FailureConfig(max_failures=spec.scaling.max_failures),
         # Tune saves its whole experiment state (every trial, and the searcher's pickled Optuna study:
         # both grow with the trials) whenever a trial has registered num_to_keep checkpoints since the

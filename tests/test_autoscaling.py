@@ -1,0 +1,186 @@
+"""Workers from zero (issue 18): ``edray sweep`` on a cluster whose only node is a ``CPU: 0``
+head, grown by Ray's real autoscaler (tests/autoscaling_fixture.py: the ``fake_multinode``
+provider starts raylets on this machine where a cloud would boot machines).
+
+- a request no node type can satisfy is refused in one line, within a minute;
+- waiting for a node: the waiting line says what the autoscaler does, ``--wait-for-nodes``
+  bounds the wait in one line, and a node of the right type joins;
+- a digits sweep from zero workers completes on nodes the autoscaler started.
+
+``-m 'not cluster'`` skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .autoscaling_fixture import NODE_TYPES, live_nodes, start_autoscaling_cluster, stop_autoscaling_cluster, why_not
+from .conftest import DIGITS_YAML, FAST
+
+pytestmark = pytest.mark.cluster
+_TIMEOUT_S = 1500  # a bound for a machine shared with other jobs
+# Small enough for two 1-CPU nodes: two small teachers, 4 epochs a trial, two views stored.
+SPEC = [*FAST, "optim.epochs=4", "ed.switch_epochs=[1, 2]", "search.params[0].min_grade_epochs=1",
+        "teachers.models=[{arch: cnn_medium, train: {epochs: 2}}, {arch: cnn_medium, train: {epochs: 2}}]",
+        "teachers.views=2", "search.early_stopping.kind=none", "search.final_eval.seeds=2"]
+
+
+@pytest.fixture(scope="module")
+def autoscaling():
+    reason = why_not()
+    if reason:
+        pytest.skip(f"autoscaling cluster unavailable: {reason}")
+    base = Path(tempfile.mkdtemp(prefix="eda-", dir="/tmp"))  # short: Ray's socket paths live under it
+    cluster = None
+    try:
+        cluster = start_autoscaling_cluster(base / "w", base / "logs")
+        yield cluster
+    finally:
+        left = stop_autoscaling_cluster(cluster) if cluster else []
+        shutil.rmtree(base, ignore_errors=True)
+        assert not left, f"processes of the autoscaling cluster still alive: {left}"
+
+
+def _sweep(cluster, workdir: Path, *sets: str, extra: tuple[str, ...] = (), timeout: float = _TIMEOUT_S,
+           **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--address", "auto", "--json",
+           "--workdir", str(workdir), *[a for s in (*SPEC, *sets) for a in ("--set", s)], *extra]
+    return subprocess.run(cmd, env=cluster.driver_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("sets, wanted", [
+    (["scaling.use_gpu=true"], "{CPU: 1, GPU: 1}"),  # no node type has a GPU
+    (["scaling.resources_per_worker={CPU: 4}"], "{CPU: 4}"),  # bigger than any node type
+])
+def test_a_request_no_node_type_can_satisfy_fails_in_one_line(autoscaling, tmp_path, sets, wanted):
+    tic = time.monotonic()
+    proc = _sweep(autoscaling, tmp_path / "w", *sets, timeout=300)
+    took = time.monotonic() - tic
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert wanted in lines[0] and "no node type" in lines[0], lines[0]
+    for name, node_type in NODE_TYPES.items():  # the node types, named with what they offer
+        assert name in lines[0]
+    assert took < 60, f"refused after {took:.0f} s"
+    assert [n for n in live_nodes(autoscaling) if not n["head"]] == []  # nothing was started for it
+
+
+_WAIT = textwrap.dedent("""
+    import json, sys, time
+    import ray
+    from edray.clusters.capacity import cluster_node_types, wait_for_nodes
+    from edray.errors import EdrayError
+
+    ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+    lines = []
+    out = {"types": {t.name: t.resources for t in cluster_node_types() or []}}
+    try:
+        wait_for_nodes({"CPU": 1}, "trials", wait_s=2, log=lines.append, report_every_s=1)
+    except EdrayError as err:
+        out["bounded"] = str(err)
+    tic = time.monotonic()
+    wait_for_nodes({"CPU": 1}, "trials", wait_s=240, log=lines.append, report_every_s=1)
+    out["first_node_s"] = time.monotonic() - tic
+    out["lines"] = lines
+    print(json.dumps(out))
+""")
+
+
+def test_waiting_for_a_node_says_what_the_autoscaler_does(autoscaling):
+    assert [n for n in live_nodes(autoscaling) if not n["head"]] == []  # from zero
+    proc = subprocess.run([sys.executable, "-c", _WAIT], env=autoscaling.driver_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"first worker after {out['first_node_s']:.1f} s; lines: {out['lines']}")
+    # The node types, read from the running autoscaler's own config.
+    assert out["types"] == {name: {k: float(v) for k, v in t["resources"].items()} for name, t in NODE_TYPES.items()}
+    # --wait-for-nodes: a bound hit is one line saying what was waited for.
+    assert out["bounded"].startswith("--wait-for-nodes: no node with {CPU: 1} for trials joined in 2 s")
+    waiting = [line for line in out["lines"] if line.startswith("waiting for a node with {CPU: 1} for trials: ")]
+    assert waiting, out["lines"]
+    assert any("autoscaler launching 1 cpu_worker" in line or "autoscaler starting 1 cpu_worker" in line
+               for line in waiting), out["lines"]
+    workers = [n for n in live_nodes(autoscaling) if not n["head"]]
+    assert workers and {n["type"] for n in workers} == {"cpu_worker"}
+
+
+class _NodeLog:
+    """Samples the live nodes every second on a thread: when the first worker joined, which came."""
+
+    def __init__(self, cluster) -> None:
+        self.cluster, self.seen, self.first_worker_s = cluster, {}, None
+        self._stop = threading.Event()
+        self._tic = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                nodes = live_nodes(self.cluster)
+            except Exception:  # noqa: BLE001  (a slow answer: the next sample)
+                continue
+            for n in nodes:
+                if not n["head"]:
+                    self.seen.setdefault(n["node_id"], n["type"])
+                    if self.first_worker_s is None:
+                        self.first_worker_s = time.monotonic() - self._tic
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _node_of(entry: str) -> str:
+    """The cloud instance in a placement entry (``host (ray node ..., cpu_worker <instance>)``)."""
+    return entry.rstrip(")").split(" ")[-1]
+
+
+@pytest.mark.slow
+def test_a_sweep_from_zero_workers_runs_on_nodes_the_autoscaler_started(autoscaling, tmp_path):
+    # From zero: the node of the test before scales down after its idle timeout (30 s).
+    deadline = time.monotonic() + 180
+    while [n for n in live_nodes(autoscaling) if not n["head"]]:
+        assert time.monotonic() < deadline, "idle worker nodes did not scale down"
+        time.sleep(2)
+    nodes = _NodeLog(autoscaling)
+    tic = time.monotonic()
+    try:
+        proc = _sweep(autoscaling, tmp_path / "w", extra=("--num-samples", "4", "--max-concurrent", "2"),
+                      EDRAY_SHARED=autoscaling.shared("zero"))
+    finally:
+        nodes.stop()
+    wall = time.monotonic() - tic
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["trials"] == 4 and summary["errored"] == 0, summary
+    assert len(summary["final_test_accs"]) == 2 and summary["final_test_acc_mean"] is not None
+    assert "waiting for a node with {CPU: 1} for the sweep's work (teachers, stores, trials): " in proc.stderr
+    # Every heavy step ran on nodes the autoscaler started (named by node type and instance id).
+    started = set(nodes.seen)
+    assert started and set(nodes.seen.values()) <= set(NODE_TYPES), nodes.seen
+    placement = summary["placement"]
+    did: dict[str, list[str]] = {}
+    for step, entries in (("probe", placement["nodes"]), ("teacher", list(placement["teachers"].values())),
+                          ("store shard", [n for shards in placement["stores"].values() for n in shards]),
+                          ("trial", list(placement["trials"].values())), ("final eval", placement["final_eval"])):
+        assert entries, step
+        for entry in entries:
+            instance = _node_of(entry)
+            assert instance in started and f"{nodes.seen[instance]} {instance}" in entry, (step, entry, started)
+            did.setdefault(f"{nodes.seen[instance]} {instance[-5:]}", []).append(step)
+    print(f"from zero workers: first worker after {nodes.first_worker_s:.0f} s, sweep {wall:.0f} s, "
+          f"steps {placement.get('steps')}, timings {placement.get('timings')}; nodes started: {len(started)}; "
+          f"what each did: { {n: {s: steps.count(s) for s in dict.fromkeys(steps)} for n, steps in did.items()} }")

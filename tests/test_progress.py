@@ -1,0 +1,104 @@
+"""Progress lines for a driver without a terminal (issue 18 item 3: ``ray job logs --follow``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from edray.distributed.progress import ProgressLines, format_duration
+
+from .conftest import DIGITS_YAML, FAST
+
+
+@dataclass
+class _Trial:
+    """The part of a Tune trial a callback reads."""
+
+    trial_id: str
+    config: dict = field(default_factory=dict)
+    last_result: dict = field(default_factory=dict)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_lines_for_trial_events_and_a_status_at_most_every_minute():
+    lines: list[str] = []
+    clock = _Clock()
+    progress = ProgressLines(lines.append, planned_epochs=16, total_epochs=4, clock=clock)
+    a = _Trial("a_00000", {"ed.alpha": 0.123456, "ed.switch_epochs": [1, 2]})
+    b = _Trial("a_00001", {"ed.alpha": 0.5})
+    progress.on_trial_start(0, [], a)
+    progress.on_trial_start(0, [], b)
+    assert lines == ["trial a_00000 started: ed.alpha=0.1235, ed.switch_epochs=[1, 2]",
+                     "trial a_00001 started: ed.alpha=0.5"]
+    for epoch in (1, 2, 3, 4):
+        clock.now += 20
+        progress.on_trial_result(0, [], a, {"epoch": epoch, "val_acc": 0.5 + epoch / 10 + 1e-9})
+    progress.on_trial_result(0, [], b, {"epoch": 1, "val_acc": 0.2})
+    status = [line for line in lines if line.startswith("status:")]
+    assert len(status) == 1  # 80 s of results: one status line, not one per result
+    assert status[0].startswith("status: 2 running, 0 completed, 0 pruned, 0 errored; best val_acc 0.8000;")
+    a.last_result = {"epoch": 4, "val_acc": 0.9000000001}
+    progress.on_trial_complete(0, [], a)
+    b.last_result = {"epoch": 1, "val_acc": 0.2}
+    progress.on_trial_complete(0, [], b)  # stopped before its last epoch: pruned
+    assert lines[-2:] == ["trial a_00000 completed at epoch 4/4, val_acc 0.9000",
+                          "trial a_00001 pruned at epoch 1/4, val_acc 0.2000"]
+    clock.now += 10
+    progress.on_step_end(0, [])  # less than a minute since the last status line
+    assert not lines[-1].startswith("status:")
+    progress.on_experiment_end([])
+    # 90 s elapsed for 5 epochs: 11 left at that pace.
+    assert lines[-1] == ("status: 0 running, 1 completed, 1 pruned, 0 errored; best val_acc 0.9000; epochs 5/16; "
+                         "elapsed 2 min, about 3 min left")
+
+
+def test_durations_read_as_seconds_minutes_hours():
+    assert [format_duration(s) for s in (0, 44.6, 89, 90, 3000, 7200, 7500)] == \
+        ["0 s", "45 s", "89 s", "2 min", "50 min", "2 h 00 min", "2 h 05 min"]
+
+
+def _sweep(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
+    sets = [*FAST, "optim.epochs=3", "ed.switch_epochs=[1, 2]", "search.params[0].min_grade_epochs=1",
+            "search.early_stopping.kind=none", "search.max_concurrent=1", "search.final_eval.seeds=0"]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "EDRAY_WORKDIR", "EDRAY_SHARED", "RAY_ADDRESS")}
+    cmd = [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--workdir", str(workdir), "--json",
+           "--num-samples", "2", *[a for s in sets for a in ("--set", s)], *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)  # stderr: not a terminal
+
+
+@pytest.mark.slow
+def test_a_sweep_without_a_terminal_prints_progress_lines_and_quiet_silences_them(teacher_workdir, tmp_path):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    shutil.copytree(teacher_workdir / "teachers", workdir / "teachers")
+    proc = _sweep(workdir)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stderr.splitlines()
+    started = [line for line in lines if line.startswith("trial ") and " started: " in line]
+    ended = [line for line in lines if line.startswith("trial ") and " completed at epoch 3/3, val_acc " in line]
+    assert len(started) == 2 and len(ended) == 2, proc.stderr[-4000:]
+    assert all("ed.alpha=" in line for line in started)  # the searched values
+    final = [line for line in lines if line.startswith("status: 0 running, 2 completed, 0 pruned, 0 errored; ")]
+    assert final and "epochs 6/6" in final[-1] and f"best val_acc {summary['best_val_acc']:.4f}" in final[-1]
+    quiet_dir = tmp_path / "q"
+    shutil.copytree(teacher_workdir / "teachers", quiet_dir / "teachers")
+    quiet = _sweep(quiet_dir, "--quiet")
+    assert quiet.returncode == 0 and json.loads(quiet.stdout.strip().splitlines()[-1])["completed"] == 2, \
+        quiet.stderr[-4000:]
+    assert not [line for line in quiet.stderr.splitlines() if line.startswith(("trial ", "status: "))]
