@@ -217,8 +217,10 @@ def _leave_ray() -> None:
 def _cmd_best(args: argparse.Namespace) -> int:
     from edray.tracking.best import write_best_spec
 
-    out = write_best_spec(args.experiment, _workdir(args), Path(args.output), tracking_uri=args.tracking_uri)
-    print(f"wrote {out}: run it with `edray train {out}`")
+    best = write_best_spec(args.experiment, _workdir(args), Path(args.output), tracking_uri=args.tracking_uri)
+    print(f"wrote {args.output}: run it with `edray train {args.output}`")
+    if best.model_uri:
+        print(f"its trained student: {best.model_uri} (mlflow.pytorch.load_model or mlflow.pyfunc.load_model)")
     return 0
 
 

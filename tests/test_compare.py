@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -178,3 +179,36 @@ def test_optuna_dashboard_serves_the_studies_with_the_states_edray_told(compared
             assert {t["state"] for t in detail["trials"]} == {"Complete", "Pruned"}
     finally:
         stop_group(proc)
+
+
+@pytest.mark.slow
+def test_each_method_registers_its_best_student_and_best_prints_its_uri(compared, digits_data, tmp_path):
+    """Each sweep's best student is an MLflow model registered as ``digits-<method>``, the
+    champion on its first sweep; a fresh process with only mlflow and torch loads ED's
+    champion and gets exactly the test accuracy edray recorded for it."""
+    from tests.test_student_model import _load_in_fresh_process
+
+    workdir, summary, stderr, _ = compared
+    uri = summary["tracking_uri"]
+    client = MlflowClient(tracking_uri=uri)
+    for row in summary["compare"]:
+        name = f"digits-{row['method']}"
+        champion = client.get_model_version_by_alias(name, "champion")
+        parent = client.get_run(row["parent_run_id"])
+        assert parent.data.tags["edray.model_uri"] == f"models:/{name}/{champion.version}"
+        assert champion.tags["edray.sweep_run_id"] == row["parent_run_id"]
+        assert champion.tags["edray.test_protocol"] == digits_data.fingerprint
+    assert "best student: test_acc" in stderr
+
+    ed = client.get_model_version_by_alias("digits-ed", "champion")
+    test = digits_data.test
+    rows = torch.arange(len(test))
+    loaded = _load_in_fresh_process(uri, "digits-ed", test.load(rows), test.labels, tmp_path)
+    assert loaded["native"] == loaded["pyfunc"] == float(ed.tags["edray.test_acc"])
+    assert loaded["edray_imported"] == []
+
+    out = tmp_path / "best.yaml"
+    done = subprocess.run([sys.executable, "-m", "edray", "best", "digits", "--workdir", str(workdir), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"its trained student: models:/digits-ed/{ed.version}" in done.stdout

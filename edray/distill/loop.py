@@ -35,7 +35,9 @@ from edray.errors import EdrayError
 from edray.models import Backbone, GrowingStudent, build_backbone
 from edray.spec import Spec
 
-__all__ = ["CHECKPOINT_FORMAT", "DistContext", "EpochMetrics", "ReportFn", "RunResult", "TeacherLogits", "run_ed"]
+__all__ = [
+    "CHECKPOINT_FORMAT", "DistContext", "EpochMetrics", "ReportFn", "RunResult", "TeacherLogits", "accuracy", "run_ed",
+]
 
 CHECKPOINT_FORMAT = 1
 
@@ -166,6 +168,12 @@ def _evaluate(
         correct_seen += (hit & is_seen).sum().item()
         total_seen += is_seen.sum().item()
     return correct / max(1, total), correct_seen / max(1, total_seen)
+
+
+def accuracy(model: torch.nn.Module, images: ImageSet, device: str = "cpu") -> float:
+    """Accuracy of a finished (exported) model, whose outputs are the dataset's class ids, on ``images``."""
+    identity = torch.arange(max(int(images.labels.max()) + 1, 1)) if len(images) else torch.arange(1)
+    return _evaluate(model.to(device), images, identity, len(identity), device)[0]
 
 
 def _optimizer_for_grade(spec: Spec, student: GrowingStudent, grade: int, old: torch.optim.Optimizer | None):

@@ -39,7 +39,9 @@ from edray.preparation import ShardWork
 from edray.spec import Spec
 from edray.storage import discard, is_uri, join, list_files, ray_storage, read_bytes, write_bytes
 
-__all__ = ["RayRunner", "final_eval", "probe_nodes", "require_shared", "worker_nodes"]
+__all__ = [
+    "RayRunner", "StudentEval", "evaluate_student", "final_eval", "probe_nodes", "require_shared", "worker_nodes",
+]
 
 
 def worker_nodes() -> list[dict[str, Any]]:
@@ -267,3 +269,47 @@ def _evaluate(raw: dict[str, Any], seed: int, layout: Layout) -> tuple[float, st
     device = choose_device(use_gpu=spec.scaling.use_gpu)
     # The sweep prepared the teachers and stores before its first trial.
     return float(train(spec, layout, device=device, prepare_stores=False).test_acc), node_name()
+
+
+@dataclass
+class StudentEval:
+    """The best trial's student read back on a node: the model, its test accuracy, and what
+    MLflow records beside it (a few input images, the class names, the normalisation, and the
+    data fingerprint that names the test set the accuracy was measured on)."""
+
+    model: Any
+    test_acc: float
+    example: Any
+    class_names: list[str]
+    normalisation: str
+    protocol: str
+    node: str
+
+
+def evaluate_student(spec: Spec, model_path: str, layout: Layout) -> StudentEval:
+    """The test accuracy of the student saved at ``model_path``, as one task with the trials'
+    resources (a node has the data; the driver of a cluster may not)."""
+    task = ray.remote(_student_on_test).options(**task_options(spec))
+    return _get([task.remote(spec.model_dump_json(), model_path, layout)], "the best student's test accuracy")[0]
+
+
+def _student_on_test(spec_json: str, model_path: str, layout: Layout) -> StudentEval:
+    import io
+
+    import torch
+
+    from edray.distill.loop import accuracy
+    from edray.models import build_backbone
+    from edray.pipeline import load_run_data
+
+    spec = Spec.model_validate_json(spec_json)
+    data = load_run_data(spec, layout)
+    state = torch.load(io.BytesIO(read_bytes(model_path)), map_location="cpu", weights_only=False)
+    model = build_backbone(state["arch"], num_classes=state["num_classes"], in_channels=data.in_channels,
+                           image_size=data.image_size, load_weights=False)
+    model.load_state_dict(state["state_dict"])
+    acc = accuracy(model, data.test, choose_device(use_gpu=spec.scaling.use_gpu))
+    return StudentEval(model=model.cpu().eval(), test_acc=float(acc), example=data.test.load(torch.arange(4)),
+                       class_names=list(data.class_names), normalisation=data.normalisation,
+                       protocol=data.fingerprint, node=node_name())
+

@@ -19,7 +19,9 @@ from edray.names import METRIC
 from edray.spec import Spec
 from edray.trial_status import TrialStatus
 
-__all__ = ["SweepResult", "best_spec_dict", "collect", "final_eval", "finish_tracking", "write_best"]
+__all__ = [
+    "SweepResult", "best_spec_dict", "collect", "final_eval", "finish_tracking", "register_best_student", "write_best",
+]
 
 
 @dataclass
@@ -39,6 +41,9 @@ class SweepResult:
     final_test_acc_mean: float | None = None
     final_test_acc_std: float | None = None
     final_test_accs: list[float] = field(default_factory=list)
+    best_student_test_acc: float | None = None  # the best trial's own student, on the test split
+    model_uri: str | None = None  # its registered MLflow model version, models:/NAME/VERSION
+    champion: bool | None = None  # whether that version now holds the alias ``champion``
     epochs_trained: int = 0
     # Which node did what: teachers (index -> node), stores (name -> node per shard),
     # trials (trial id -> node of its last result), final_eval (node per seed); and the
@@ -119,3 +124,26 @@ def finish_tracking(spec: Spec, tracker, grid, result: SweepResult, best_text: s
         best_model_path=result.best_model_path if result.best_model_path and spec.tracking.log_models != "none"
         else None,
     )
+
+
+def register_best_student(spec: Spec, layout: Layout, tracker, result: SweepResult,
+                          log: Callable[[str], None]) -> None:
+    """The best trial's student as an MLflow model on the parent run, registered as
+    ``<experiment>-<method>``; the alias ``champion`` moves to it if it beats the champion's
+    test accuracy on the same test set (:mod:`edray.tracking.student_model`)."""
+    from edray.distributed.cluster import evaluate_student
+    from edray.tracking import tags
+    from edray.tracking.student_model import StudentModel, log_student_model, register_student, registered_model_name
+
+    student = evaluate_student(spec, result.best_model_path, layout)
+    logged = log_student_model(tracker.uri, result.parent_run_id, StudentModel(
+        model=student.model, example=student.example, class_names=student.class_names,
+        normalisation=student.normalisation))
+    reg = register_student(tracker.uri, logged, registered_model_name(tracker.experiment, spec.method),
+                           test_acc=student.test_acc, protocol=student.protocol, sweep_run_id=result.parent_run_id)
+    result.best_student_test_acc, result.champion = student.test_acc, reg.champion
+    result.model_uri = f"models:/{reg.name}/{reg.version}"
+    tracker.client.set_tag(result.parent_run_id, tags.MODEL_URI, result.model_uri)
+    log(f"best student: test_acc {student.test_acc:.4f}, registered as {result.model_uri} ({reg.reason}); "
+        f"load it with mlflow.pytorch.load_model('{reg.champion_uri if reg.champion else result.model_uri}')")
+

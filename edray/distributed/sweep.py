@@ -28,6 +28,7 @@ from edray.distributed.results import (
     collect,
     final_eval,
     finish_tracking,
+    register_best_student,
     write_best,
 )
 from edray.distributed.search_setup import (
@@ -230,6 +231,8 @@ def _finish(spec: Spec, options: SweepOptions, tracker, grid, result: SweepResul
         result.final_test_accs = accs = [acc for acc, _ in runs]
         result.final_test_acc_mean = statistics.fmean(accs)
         result.final_test_acc_std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
+        if result.best_model_path and spec.tracking.log_models != "none":
+            register_best_student(spec, layout, tracker, result, log)
     finish_tracking(spec, tracker, grid, result, best_text, layout.sweep_dir(spec.name))
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edray.tracking import tags
+
 __all__ = [
     "CHAMPION",
     "Registration",
@@ -36,9 +38,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-TAG_TEST_ACC = "edray.test_acc"
-TAG_PROTOCOL = "edray.test_protocol"
-TAG_SWEEP_RUN = "edray.sweep_run_id"
 
 
 @dataclass(frozen=True)
@@ -133,15 +132,15 @@ def register_student(tracking_uri: str, model_uri: str, name: str, *, test_acc: 
 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    tags = {TAG_TEST_ACC: repr(float(test_acc)), TAG_PROTOCOL: protocol, TAG_SWEEP_RUN: sweep_run_id}
-    version = mlflow.register_model(model_uri, name, tags=tags).version
+    marks = {tags.TEST_ACC: repr(float(test_acc)), tags.TEST_PROTOCOL: protocol, tags.SWEEP_RUN: sweep_run_id}
+    version = mlflow.register_model(model_uri, name, tags=marks).version
     current = _current_champion(client, name)
     if current is None:
         champion, reason = True, "the first champion"
-    elif current.tags.get(TAG_PROTOCOL) != protocol:
+    elif current.tags.get(tags.TEST_PROTOCOL) != protocol:
         champion, reason = False, f"champion v{current.version} was tested on another test set; move the alias by hand"
     else:
-        best = float(current.tags.get(TAG_TEST_ACC, "nan"))
+        best = float(current.tags.get(tags.TEST_ACC, "nan"))
         champion = float(test_acc) > best
         reason = (f"test_acc {test_acc:.4f} {'beats' if champion else 'does not beat'} "
                   f"champion v{current.version}'s {best:.4f}")

@@ -8,8 +8,9 @@ invisible to each other.
 from __future__ import annotations
 
 __all__ = [
-    "COMPARE", "EXPERIMENT_KIND", "KIND", "KIND_SWEEP", "KIND_TRIAL", "METHOD", "MODEL_TRAINING", "PARENT_RUN",
-    "SPEC_NAME", "STATUS", "SUMMARY_PREFIX", "SWEEP_FILTER", "TRIAL_ID", "tag_filter",
+    "COMPARE", "EXPERIMENT_KIND", "KIND", "KIND_SWEEP", "KIND_TRIAL", "METHOD", "MODEL_TRAINING", "MODEL_URI",
+    "PARENT_RUN", "SPEC_NAME", "STATUS", "SUMMARY_PREFIX", "SWEEP_FILTER", "SWEEP_RUN", "TEST_ACC", "TEST_PROTOCOL",
+    "TRIAL_ID", "tag_filter",
 ]
 
 KIND = "edray.kind"  # what a run is: KIND_SWEEP (a parent run) or KIND_TRIAL (its child)
@@ -21,6 +22,11 @@ SPEC_NAME = "edray.spec_name"
 METHOD = "edray.method"  # ed | kd | mtkd | ce, as a column of the runs table
 COMPARE = "edray.compare"  # on ED's parent run after `--compare`: the baselines compared, comma-separated
 SUMMARY_PREFIX = "edray.summary."  # the sweep summary's values that are not numbers
+MODEL_URI = "edray.model_uri"  # on a parent run: its best student's registered version, models:/NAME/VERSION
+# On a registered model version (edray.tracking.student_model): what the champion alias compares.
+TEST_ACC = "edray.test_acc"
+TEST_PROTOCOL = "edray.test_protocol"  # the data fingerprint: same value, same test set
+SWEEP_RUN = "edray.sweep_run_id"
 
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: nests a trial's run under its sweep's
 # MLflow 3's UI opens an experiment on its GenAI overview ("No data available") unless it is
