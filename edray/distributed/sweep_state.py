@@ -51,6 +51,20 @@ def start_tracking(spec: Spec, tracker, state: SweepState | None, layout: Layout
     run_name = state.run_name if state else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     parent_id = tracker.start_sweep(run_name=run_name, spec_dict=spec.model_dump(mode="json"),
                                     resume_run_id=state.parent_run_id if state else None)
+    if spec.search is not None and spec.search.storage:
+        _tag_study(tracker, parent_id, spec.name, spec.search.storage)
     new = SweepState(run_name, parent_id, join(layout.ray_results, run_name))
     write_text(state_path(layout, spec.name), json.dumps(asdict(new), indent=2))
     return new
+
+
+def _tag_study(tracker, parent_id: str, study: str, storage: str) -> None:
+    """Where the sweep's Optuna study lives (the searcher names it after the spec), on its parent run."""
+    from sqlalchemy.engine import make_url
+
+    from edray.tracking import tags
+
+    shown = make_url(storage).render_as_string(hide_password=True)
+    tracker.client.set_tag(parent_id, tags.OPTUNA_STUDY, study)
+    tracker.client.set_tag(parent_id, tags.OPTUNA_STORAGE, shown)
+

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 __all__ = [
     "COMPARE", "EXPERIMENT_KIND", "KIND", "KIND_SWEEP", "KIND_TRIAL", "METHOD", "MODEL_TRAINING", "MODEL_URI",
-    "PARENT_RUN", "SPEC_NAME", "STATUS", "SUMMARY_PREFIX", "SWEEP_FILTER", "SWEEP_RUN", "TEST_ACC", "TEST_PROTOCOL",
-    "TRIAL_ID", "tag_filter",
+    "OPTUNA_STORAGE", "OPTUNA_STUDY", "PARENT_RUN", "SPEC_NAME", "STATUS", "SUMMARY_PREFIX", "SWEEP_FILTER",
+    "SWEEP_RUN", "TEST_ACC", "TEST_PROTOCOL", "TRIAL_ID", "tag_filter",
 ]
 
 KIND = "edray.kind"  # what a run is: KIND_SWEEP (a parent run) or KIND_TRIAL (its child)
@@ -22,6 +22,8 @@ SPEC_NAME = "edray.spec_name"
 METHOD = "edray.method"  # ed | kd | mtkd | ce, as a column of the runs table
 COMPARE = "edray.compare"  # on ED's parent run after `--compare`: the baselines compared, comma-separated
 SUMMARY_PREFIX = "edray.summary."  # the sweep summary's values that are not numbers
+OPTUNA_STUDY = "edray.optuna_study"  # on a parent run with search.storage: the study's name ...
+OPTUNA_STORAGE = "edray.optuna_storage"  # ... and its storage URL, password hidden (optuna-dashboard opens it)
 MODEL_URI = "edray.model_uri"  # on a parent run: its best student's registered version, models:/NAME/VERSION
 # On a registered model version (edray.tracking.student_model): what the champion alias compares.
 TEST_ACC = "edray.test_acc"
