@@ -25,7 +25,6 @@ def build_tuner(spec: Spec, *, num_samples: int, max_concurrent: int, resume: bo
     from ray import tune
 
     trainable = _trainable(spec, state.run_name, layout)
-    _, limited = make_searcher(spec, max_concurrent, num_samples)
     lines = None
     if progress_lines:
         from edray.distributed.progress import ProgressLines
@@ -40,6 +39,10 @@ def build_tuner(spec: Spec, *, num_samples: int, max_concurrent: int, resume: bo
             log(f"resume: {ref} was deleted before the sweep's state was saved; the trial resumes from the "
                 "checkpoint after it")
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
+    # Only a new sweep builds a searcher: Tune restores the stopped one, and building one
+    # has effects of its own (with search.storage, Optuna enqueues points_to_evaluate in the
+    # stored study at once: a resumed sweep left a WAITING trial behind).
+    _, limited = make_searcher(spec, max_concurrent, num_samples)
     trials, _ = planned_epochs(spec, num_samples)  # halving: one Tune trial per config per rung it reaches
     tune_config = tune.TuneConfig(search_alg=limited, scheduler=make_scheduler(spec), num_samples=trials,
                                   reuse_actors=True)
