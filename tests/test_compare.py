@@ -76,8 +76,13 @@ def test_compare_runs_one_study_and_one_parent_per_method_and_a_table_matching_t
     studies = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     assert set(studies) == {"digits", "digits-kd", "digits-ce"}
     for name in studies:
-        states = [t.state for t in optuna.load_study(study_name=name, storage=storage).trials]
-        assert sorted(s.name for s in states) == ["COMPLETE", "PRUNED"], name
+        trials = optuna.load_study(study_name=name, storage=storage).trials
+        assert sorted(t.state.name for t in trials) == ["COMPLETE", "PRUNED"], name
+        # The rung (copies of 3 epochs) promoted its best config; the other was told PRUNED.
+        (won,) = [t for t in trials if t.state.name == "COMPLETE"]
+        (lost,) = [t for t in trials if t.state.name == "PRUNED"]
+        assert set(won.intermediate_values) == set(lost.intermediate_values) == {3}, name
+        assert won.intermediate_values[3] >= lost.intermediate_values[3], name
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     exp = client.get_experiment_by_name("digits")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
