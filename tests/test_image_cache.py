@@ -140,15 +140,20 @@ def test_truncated_or_foreign_cache_is_refused_then_rebuilt(tmp_path):
         open_image_cache(root, key)
 
 
-def test_no_room_is_refused_before_writing(tmp_path, monkeypatch):
-    import edray.data.image_cache as image_cache
+def test_no_room_is_refused_before_writing(tmp_path, tmpfs):
+    """On a real 8 kB tmpfs (the cache needs ~12 kB): refused before a byte is written;
+    the same call builds once the filesystem has room."""
+    from .conftest import remount
 
     images, identity = _file_set(_write_folder(tmp_path / "data"))
-    monkeypatch.setattr(image_cache, "_free_bytes", lambda path: 1000)
-    with pytest.raises(EdrayError, match=r"needs [0-9.]+ MB \(15 images at 16 px\), only 0\.0 MB are free") as err:
-        _cache(images, identity, tmp_path / "images")
+    disk = tmpfs("images", 8)
+    with pytest.raises(EdrayError, match=r"needs [0-9.]+ MB \(15 images at 16 px\), only [0-9.]+ MB are free") as err:
+        _cache(images, identity, disk / "images")
     assert "dataset.cache: off" in err.value.fix
-    assert [p.name for p in (tmp_path / "images").iterdir() if not p.name.endswith(".lock")] == []
+    assert [p.name for p in disk.rglob("*") if p.is_file() and not p.name.endswith(".lock")] == []
+    remount(disk, "size=4m")
+    cached = _cache(images, identity, disk / "images")
+    assert Path(cached.path).is_file() and Path(cached.path).is_relative_to(disk)
 
 
 def _build_in_child(data_root: str, cache_root: str, log: str, barrier) -> str:
