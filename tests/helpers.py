@@ -1,4 +1,5 @@
-"""Helpers shared by several test modules: running the real CLI, reading its output."""
+"""Helpers shared by several test modules: running the real CLI and reading its output,
+MLflow metric steps, processes below a pid, store keys, and image folders on disk."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 TIMEOUT_S = 420
+EXPERIMENT = "digits"  # the MLflow experiment of the digits spec (its name)
 
 
 def edray_env(**extra: str) -> dict[str, str]:
@@ -35,10 +40,12 @@ def sets(overrides: list[str]) -> list[str]:
     return [arg for item in overrides for arg in ("--set", item)]
 
 
-def summary(proc: subprocess.CompletedProcess) -> dict:
-    """The ``--json`` line of a command that must have succeeded."""
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def json_summary(proc: subprocess.CompletedProcess | tuple[int, str, str]) -> dict:
+    """The ``--json`` line of a command that must have succeeded (a finished process, or its
+    ``(returncode, stdout, stderr)``)."""
+    code, out, err = (proc.returncode, proc.stdout, proc.stderr) if hasattr(proc, "returncode") else proc
+    assert code == 0, f"exit {code}\n{err[-6000:]}"
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def one_line_error(proc: subprocess.CompletedProcess, code: int, *parts: str) -> str:
@@ -49,3 +56,53 @@ def one_line_error(proc: subprocess.CompletedProcess, code: int, *parts: str) ->
     for part in parts:
         assert part in err, err
     return err
+
+
+def metric_steps(client, run_id: str, key: str) -> list[int]:
+    """The steps at which ``key`` was logged in an MLflow run, in order (repeats kept)."""
+    return [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (read from /proc): the ones a test started through it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat[stat.rfind(")") + 2:].split()[1]), []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def store_key(**changes: Any):
+    """A logit-store key with plausible fields; ``changes`` replace any of them."""
+    from edray.logits import StoreKey
+
+    fields = dict(
+        teacher_arch="cnn_medium", teacher_sha256="ab" * 32, dataset_name="digits", dataset_split="train",
+        dataset_samples=64, dataset_fingerprint="f00d", crop_padding=1, hflip=False, image_size=None,
+        normalisation="mean=0.5,std=0.5", views=2, seed=0,
+    )
+    return StoreKey(**{**fields, **changes})
+
+
+def write_image_folder(root: Path, *, classes: int = 3, per_class: int = 5, seed: int = 0) -> Path:
+    """An ImageFolder of noisy JPEGs of varied sizes (so resize and crop really run)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        for i in range(per_class):
+            w, h = int(rng.integers(18, 60)), int(rng.integers(18, 60))
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            path = root / "train" / f"class{c}" / f"{i:03d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path, quality=90)
+    return root

@@ -18,7 +18,7 @@ import torch
 from edray import cli
 
 from .conftest import DIGITS_YAML, FAST
-from .helpers import edray, edray_args, edray_env, one_line_error, sets, summary
+from .helpers import edray, edray_args, edray_env, json_summary, one_line_error, sets
 
 TEACHER = "{arch: cnn_small, train: {epochs: 1, lr: 0.05, batch_size: 64}}"
 TINY = [*FAST, f"teachers.models=[{TEACHER}, {TEACHER}]", "optim.epochs=3", "ed.switch_epochs=[1, 2]",
@@ -34,7 +34,7 @@ def _teach(workdir: Path, *flags: str, env=None, cwd=None):
 def taught(tmp_path_factory) -> Path:
     """A work directory whose two tiny teachers ``edray teach --json`` trained."""
     workdir = tmp_path_factory.mktemp("taught")
-    out = summary(_teach(workdir, "--json"))
+    out = json_summary(_teach(workdir, "--json"))
     assert [t["arch"] for t in out["teachers"]] == ["cnn_small", "cnn_small"]
     for t in out["teachers"]:
         path = Path(t["path"])
@@ -48,10 +48,10 @@ def test_teach_keeps_trained_teachers_and_force_retrains_them(taught, tmp_path):
     shutil.copytree(taught / "teachers", workdir / "teachers")
     files = sorted((workdir / "teachers").glob("*.pt"))
     before = {p: p.stat() for p in files}
-    again = summary(_teach(workdir, "--json"))
+    again = json_summary(_teach(workdir, "--json"))
     assert sorted(Path(t["path"]) for t in again["teachers"]) == files
     assert all((p.stat().st_ino, p.stat().st_mtime_ns) == (s.st_ino, s.st_mtime_ns) for p, s in before.items())
-    forced = summary(_teach(workdir, "--json", "--force"))
+    forced = json_summary(_teach(workdir, "--json", "--force"))
     assert sorted(Path(t["path"]) for t in forced["teachers"]) == files
     # Retrained: each file written anew (a new file renamed into place).
     assert all(p.stat().st_ino != s.st_ino for p, s in before.items())
@@ -63,7 +63,7 @@ def test_precompute_views_builds_stores_of_that_many_views(taught, tmp_path):
     shutil.copytree(taught / "teachers", workdir / "teachers")
     proc = edray("precompute", str(DIGITS_YAML), "--workdir", str(workdir), "--views", "3", "--verify", "--json",
                  *sets(TINY))
-    stores = summary(proc)["stores"]
+    stores = json_summary(proc)["stores"]
     assert {(s["teacher"], s["split"]) for s in stores} == {(0, "train"), (0, "val"), (1, "train"), (1, "val")}
     for s in stores:
         assert s["views"] == (3 if s["split"] == "train" else 1)
@@ -129,10 +129,10 @@ def test_quiet_prints_nothing_but_the_result(taught):
 def test_workdir_comes_from_the_environment_else_edray_out(taught, tmp_path):
     cwd, chosen = tmp_path / "cwd", tmp_path / "chosen"
     cwd.mkdir()
-    out = summary(_teach(None, "--json", env=edray_env(EDRAY_WORKDIR=str(chosen)), cwd=cwd))
+    out = json_summary(_teach(None, "--json", env=edray_env(EDRAY_WORKDIR=str(chosen)), cwd=cwd))
     assert {Path(t["path"]).parent for t in out["teachers"]} == {chosen / "teachers"}
     assert list(cwd.iterdir()) == []  # nothing in the current directory
-    out = summary(_teach(None, "--json", cwd=cwd))
+    out = json_summary(_teach(None, "--json", cwd=cwd))
     assert {Path(t["path"]).parent for t in out["teachers"]} == {cwd / "edray-out" / "teachers"}
 
 

@@ -33,6 +33,7 @@ from edray.pipeline import train
 from edray.tracking.callback import EPOCH_METRICS
 
 from .conftest import DIGITS_YAML, FAST, fast_spec, one_error_line, remount
+from .helpers import metric_steps
 
 EPOCHS = 6
 # One fixed config (a single choice), no early stopping, no final evaluation: the trial
@@ -68,10 +69,6 @@ def _shutdown_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
-
-
-def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
-    return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
 def _children(client: MlflowClient, parent) -> list:
@@ -210,7 +207,7 @@ def test_killed_train_worker_resumes_same_grade_and_epoch_and_mlflow_has_each_ep
     (child,) = _children(client, parent)
     assert child.data.tags["edray.status"] == "completed" and child.info.status == "FINISHED"
     for key in EPOCH_METRICS:
-        assert _steps(client, child.info.run_id, key) == list(range(1, EPOCHS + 1)), key
+        assert metric_steps(client, child.info.run_id, key) == list(range(1, EPOCHS + 1)), key
     logged = sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, "val_acc"))
     assert [v for _, v in logged] == pytest.approx([m.val_acc for m in reference.history], abs=1e-9)
     grades = sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, "grade"))

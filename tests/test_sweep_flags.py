@@ -37,7 +37,7 @@ def test_search_compare_in_the_spec_prints_the_table_and_runs_one_trial_at_a_tim
     spec_file = tmp_path / "compare.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     proc = edray("sweep", str(spec_file), "--workdir", str(workdir), "--num-samples", "2", "--max-concurrent", "1",
-                 *sets(SWEEP))
+                 *sets(SWEEP), timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("method "))
