@@ -124,6 +124,7 @@ class _WorkerKiller(threading.Thread):
         return rows
 
     def run(self) -> None:
+        import ray
         from ray.util.state import list_actors
 
         deadline = time.monotonic() + self.timeout_s
@@ -134,9 +135,16 @@ class _WorkerKiller(threading.Thread):
                     return
                 time.sleep(0.1)
             time.sleep(random.uniform(0.0, 1.5))  # somewhere in the next epochs
-            alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+            # This sweep's Ray (other Ray instances may run on the machine).
+            address = ray.get_runtime_context().gcs_address
+            while True:
+                actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
+                alive = [a for a in actors if a.class_name.endswith("RayTrainWorker")]
+                if alive or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
             if len(alive) != 1:
-                self.error = f"expected one live Ray Train worker, found {alive}"
+                self.error = f"expected one live Ray Train worker, found {[a.class_name for a in actors]}"
                 return
             self.pid = alive[0].pid
             os.kill(self.pid, signal.SIGKILL)
@@ -170,7 +178,8 @@ def test_killed_train_worker_resumes_same_grade_and_epoch_and_mlflow_has_each_ep
     killer.start()
     try:
         result = run_sweep(spec, work, SweepOptions(progress=False, final_eval=False), log=lambda _m: None)
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=100)
+        workers = [a for a in list_actors(address=ray.get_runtime_context().gcs_address, limit=1000)
+                   if a.class_name.endswith("RayTrainWorker")]
         dashboard = ray._private.worker.get_dashboard_url()
         host, port = dashboard.rsplit(":", 1)
         socket.create_connection(("127.0.0.1", int(port)), timeout=5).close()  # it is up, on loopback
