@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -178,6 +179,9 @@ def _cmd_sweep(args: argparse.Namespace) -> Summary:
         progress_lines=not args.quiet and not sys.stderr.isatty(),  # ray job logs: no live table, plain lines
     )
     log = _log if not args.quiet else (lambda _m: None)
+    # Ctrl-C stops the sweep (exit 130, below). Tune's own SIGINT handler would only stop
+    # the trials and let the sweep end as if it had finished (exit 0, a "best" of a part).
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     methods = methods or spec.search.compare
     rows = None
     if methods:

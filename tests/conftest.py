@@ -57,6 +57,24 @@ def teacher_workdir(tmp_path_factory, digits_data) -> Path:
     return workdir
 
 
+@pytest.fixture(scope="session")
+def small_sweep(tmp_path_factory, teacher_workdir) -> Path:
+    """The work directory of one real ``edray sweep`` (3 trials), run once per session
+    (test_report, test_ui and test_atomic read it)."""
+    import shutil
+    import sys
+
+    workdir = tmp_path_factory.mktemp("sweep")
+    shutil.copytree(teacher_workdir / "teachers", workdir / "teachers")  # trained once for the session
+    overrides = [*FAST, "search.params[0].min_grade_epochs=1", "search.early_stopping.kind=asha"]
+    cmd = [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--workdir", str(workdir),
+           "--num-samples", "3", "--no-final-eval", "--quiet", *(a for o in overrides for a in ("--set", o))]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """``tmpfs(name, size_kb)``: a real, small filesystem to fill up or turn read-only

@@ -150,11 +150,9 @@ def test_a_read_only_directory_is_one_error(tmpfs):
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, teacher_workdir) -> Path:
+def sweep(small_sweep) -> Path:
     """A real small sweep's work directory (shared with test_report and test_ui)."""
-    from tests.test_report import small_sweep
-
-    return small_sweep(tmp_path_factory, teacher_workdir)
+    return small_sweep
 
 
 @pytest.mark.parametrize("command", ["best", "report"])
@@ -184,13 +182,11 @@ def test_figures_on_a_full_disk(full):
 
 
 def test_store_writer_on_a_full_disk(full):
-    from edray.logits import StoreKey, write_store
+    from edray.logits import write_store
 
-    key = StoreKey(
-        teacher_arch="cnn_medium", teacher_sha256="ab" * 32, dataset_name="digits", dataset_split="train",
-        dataset_samples=64, dataset_fingerprint="f00d", crop_padding=1, hflip=False, image_size=None,
-        normalisation="mean=0.5,std=0.5", views=2, seed=0,
-    )
+    from .helpers import store_key
+
+    key = store_key()
     logits = np.zeros((64, 2, 10), dtype=np.float32)
     with pytest.raises(EdrayError) as info:
         write_store(full / "logits", key, rows=64, views=2, outputs=10, sample_ids=np.arange(64),

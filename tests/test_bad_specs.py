@@ -178,10 +178,6 @@ CASES: list[tuple[str, Callable[[dict], None] | str | None, list[str], str]] = [
 ]
 
 
-def test_there_are_at_least_30_distinct_mistakes():
-    assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
-
-
 @pytest.mark.parametrize(("mutation", "args", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_mistake_is_one_line_exit_2_nothing_written(mutation, args, expected, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the default workdir (./edray-out) would land here too

@@ -1,7 +1,7 @@
 """The layout (where everything lives) and the node-local cache (fetched once, checked, mapped).
 
 ``file://`` URIs take the object-storage code path offline; the S3 API itself is
-exercised by the cluster tests (tests/test_cluster.py).
+exercised by the cluster tests (tests/test_multinode.py).
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from edray.layout import Layout
 from edray.logits import StoreKey, write_store
 from edray.logits.manifest import shard_name
 
+from .helpers import store_key
+
 R, V, K = 40, 2, 3
 
 
 def _key() -> StoreKey:
-    return StoreKey(teacher_arch="cnn", teacher_sha256="ab" * 32, dataset_name="digits", dataset_split="train",
-                    dataset_samples=R, dataset_fingerprint="f" * 16, crop_padding=1, hflip=False, image_size=8,
-                    normalisation="n", views=V, seed=0)
+    return store_key(teacher_arch="cnn", dataset_samples=R, dataset_fingerprint="f" * 16, image_size=8,
+                     normalisation="n", views=V)
 
 
 def _logits() -> np.ndarray:

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from edray.data import FileImageSet, load_data
 from edray.data.image_cache import CachedImageSet, ImageCacheKey, cache_image_set, open_image_cache
@@ -21,20 +20,9 @@ from edray.data.views import batch_views, view_params
 from edray.errors import EdrayError
 from edray.spec import AugmentSpec, DatasetSpec
 
+from .helpers import write_image_folder
+
 SIZE = 16
-
-
-def _write_folder(root: Path, *, classes: int = 3, per_class: int = 5, seed: int = 0) -> Path:
-    """An ImageFolder of noisy JPEGs of varied sizes (so resize and crop really run)."""
-    rng = np.random.default_rng(seed)
-    for c in range(classes):
-        for i in range(per_class):
-            w, h = int(rng.integers(18, 60)), int(rng.integers(18, 60))
-            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            path = root / "train" / f"class{c}" / f"{i:03d}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(path, quality=90)
-    return root
 
 
 def _spec(root: Path, **kw) -> DatasetSpec:
@@ -54,7 +42,7 @@ def _cache(images: FileImageSet, identity: str, root: Path, **kw) -> CachedImage
 
 
 def test_cache_equals_direct_decode_pixel_exact(tmp_path):
-    images, identity = _file_set(_write_folder(tmp_path / "data"))
+    images, identity = _file_set(write_image_folder(tmp_path / "data"))
     cached = _cache(images, identity, tmp_path / "images")
     rows = torch.tensor([14, 0, 7, 3, 3])
     assert np.array_equal(cached.load_uint8(rows), images.load_uint8(rows))
@@ -71,7 +59,7 @@ def test_cache_equals_direct_decode_pixel_exact(tmp_path):
 
 
 def test_load_data_reads_every_split_from_the_cache(tmp_path, capsys):
-    root = _write_folder(tmp_path / "data", per_class=6)
+    root = write_image_folder(tmp_path / "data", per_class=6)
     plain = load_data(_spec(root))
     capsys.readouterr()
     cached = load_data(_spec(root), image_cache=tmp_path / "images")
@@ -88,7 +76,7 @@ def test_load_data_reads_every_split_from_the_cache(tmp_path, capsys):
 
 
 def test_a_found_cache_is_reused_without_decoding(tmp_path):
-    images, identity = _file_set(_write_folder(tmp_path / "data"))
+    images, identity = _file_set(write_image_folder(tmp_path / "data"))
     first = _cache(images, identity, tmp_path / "images")
     before = Path(first.path).stat().st_mtime_ns
     said: list[str] = []
@@ -98,7 +86,7 @@ def test_a_found_cache_is_reused_without_decoding(tmp_path):
 
 
 def test_truncated_or_foreign_cache_is_refused_then_rebuilt(tmp_path):
-    images, identity = _file_set(_write_folder(tmp_path / "data"))
+    images, identity = _file_set(write_image_folder(tmp_path / "data"))
     root = tmp_path / "images"
     cached = _cache(images, identity, root)
     key = ImageCacheKey.of(images, dataset_name="imagefolder", dataset_identity=identity)
@@ -112,7 +100,7 @@ def test_truncated_or_foreign_cache_is_refused_then_rebuilt(tmp_path):
     assert data.read_bytes() == good and torch.equal(rebuilt.load(torch.arange(3)), images.load(torch.arange(3)))
 
     # Foreign: the cache of another file list, same shape and byte size, copied over this one.
-    other_images, other_identity = _file_set(_write_folder(tmp_path / "other", seed=1))
+    other_images, other_identity = _file_set(write_image_folder(tmp_path / "other", seed=1))
     other = _cache(other_images, other_identity, tmp_path / "other-images")
     assert Path(other.path).stat().st_size == len(good)
     data.write_bytes(Path(other.path).read_bytes())
@@ -140,15 +128,20 @@ def test_truncated_or_foreign_cache_is_refused_then_rebuilt(tmp_path):
         open_image_cache(root, key)
 
 
-def test_no_room_is_refused_before_writing(tmp_path, monkeypatch):
-    import edray.data.image_cache as image_cache
+def test_no_room_is_refused_before_writing(tmp_path, tmpfs):
+    """On a real 8 kB tmpfs (the cache needs ~12 kB): refused before a byte is written;
+    the same call builds once the filesystem has room."""
+    from .conftest import remount
 
-    images, identity = _file_set(_write_folder(tmp_path / "data"))
-    monkeypatch.setattr(image_cache, "_free_bytes", lambda path: 1000)
-    with pytest.raises(EdrayError, match=r"needs [0-9.]+ MB \(15 images at 16 px\), only 0\.0 MB are free") as err:
-        _cache(images, identity, tmp_path / "images")
+    images, identity = _file_set(write_image_folder(tmp_path / "data"))
+    disk = tmpfs("images", 8)
+    with pytest.raises(EdrayError, match=r"needs [0-9.]+ MB \(15 images at 16 px\), only [0-9.]+ MB are free") as err:
+        _cache(images, identity, disk / "images")
     assert "dataset.cache: off" in err.value.fix
-    assert [p.name for p in (tmp_path / "images").iterdir() if not p.name.endswith(".lock")] == []
+    assert [p.name for p in disk.rglob("*") if p.is_file() and not p.name.endswith(".lock")] == []
+    remount(disk, "size=4m")
+    cached = _cache(images, identity, disk / "images")
+    assert Path(cached.path).is_file() and Path(cached.path).is_relative_to(disk)
 
 
 def _build_in_child(data_root: str, cache_root: str, log: str, barrier) -> str:
@@ -164,7 +157,7 @@ def _build_in_child(data_root: str, cache_root: str, log: str, barrier) -> str:
 
 
 def test_two_processes_building_one_cache_end_with_one(tmp_path):
-    data_root = _write_folder(tmp_path / "data", per_class=20)
+    data_root = write_image_folder(tmp_path / "data", per_class=20)
     ctx = multiprocessing.get_context("spawn")
     log = tmp_path / "builds.log"
     barrier = ctx.Manager().Barrier(2)

@@ -84,10 +84,11 @@ def test_views_cut_by_workers_equal_views_cut_in_the_training_process(tmp_path):
     from edray.data import batch_views, view_params
     from edray.data.folders import load_imagefolder
     from edray.spec import AugmentSpec, DatasetSpec
-    from tests.test_image_cache import _write_folder
+    from tests.helpers import write_image_folder
 
     aug = AugmentSpec(crop_padding=3, hflip=True)
-    images = load_imagefolder(DatasetSpec(name="imagefolder", root=str(_write_folder(tmp_path)), image_size=12)).train
+    root = write_image_folder(tmp_path)
+    images = load_imagefolder(DatasetSpec(name="imagefolder", root=str(root), image_size=12)).train
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))
     views = torch.randint(1, 1000, (len(images),), generator=torch.Generator().manual_seed(2))
     loader = BatchLoader(images, LoaderSettings(num_workers=2, prefetch_factor=2, persistent_workers=True),

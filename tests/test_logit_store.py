@@ -36,16 +36,13 @@ from edray.logits import (
 from edray.logits.manifest import shard_name
 from edray.logits.writer import building, finish_store, write_shard
 
+from .helpers import store_key
+
 R, V, K, PER = 70, 3, 5, 16  # 5 shards, the last one short
 
 
 def _key(**changes) -> StoreKey:
-    fields = dict(
-        teacher_arch="resnet8", teacher_sha256="ab" * 32, dataset_name="digits", dataset_split="train",
-        dataset_samples=R, dataset_fingerprint="f00d", crop_padding=1, hflip=False, image_size=None,
-        normalisation="mean=0.5,std=0.5", views=V, seed=0,
-    )
-    return StoreKey(**{**fields, **changes})
+    return store_key(**{"teacher_arch": "resnet8", "dataset_samples": R, "views": V, **changes})
 
 
 def _exact(rows: int = R) -> np.ndarray:

@@ -15,7 +15,6 @@ import os
 import pty
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from edray.pipeline import make_teacher_logits, teach
 from edray.preparation import LocalRunner, plan_preparation, precompute_stores, prepare
 
 from .conftest import DIGITS_YAML, FAST, fast_spec
+from .helpers import edray_args, sets
 
 LIVE = "teachers.logits=live"
 
@@ -241,10 +241,7 @@ CLI_FAST = [*FAST, "search.params[0].min_grade_epochs=2"]
 
 
 def _edray(workdir: Path, *args: str) -> list[str]:
-    cmd = [sys.executable, "-m", "edray.cli", *args, "--workdir", str(workdir)]
-    for o in CLI_FAST:
-        cmd += ["--set", o]
-    return cmd
+    return [*edray_args(*args, "--workdir", str(workdir)), *sets(CLI_FAST)]
 
 
 def _store_files(workdir: Path) -> dict[str, tuple[int, int]]:

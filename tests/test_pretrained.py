@@ -80,10 +80,10 @@ def test_a_pretrained_teacher_is_fine_tuned_saved_and_reloaded(torch_home, tmp_p
     from edray.pipeline import teach
     from edray.spec import load_spec
     from tests.conftest import DIGITS_YAML
-    from tests.test_image_cache import _write_folder
+    from tests.helpers import write_image_folder
 
     state = _place_resnet18(torch_home)
-    root = _write_folder(tmp_path / "data", classes=3, per_class=6)
+    root = write_image_folder(tmp_path / "data", classes=3, per_class=6)
     teacher = "{arch: resnet18, pretrained: IMAGENET1K_V1, train: {epochs: 1, batch_size: 8, lr: 0.01}}"
     spec = load_spec(DIGITS_YAML, ["dataset.name=imagefolder", f"dataset.root={root}", "dataset.image_size=32",
                                    "method=kd", f"teachers.models=[{teacher}]", "optim.precision=bf16"])

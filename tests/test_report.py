@@ -1,7 +1,7 @@
 """``edray report``: the page of a real small sweep, read back from its MLflow store.
 
 One real sweep (3 trials, 8 epochs, the session's trained teachers) runs once per test
-session as a subprocess (``small_sweep``; ``test_ui`` shares it). The page must carry
+session as a subprocess (conftest's ``small_sweep``; ``test_ui`` shares it). The page must carry
 every section, inline every figure (the very PNGs logged on the sweep's parent run),
 fetch nothing, and render in a real headless Chromium.
 """
@@ -9,12 +9,9 @@ fetch nothing, and render in a real headless Chromium.
 from __future__ import annotations
 
 import base64
-import os
 import re
-import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 from contextlib import closing
 from pathlib import Path
@@ -26,30 +23,11 @@ from edray.cli import main
 from edray.errors import EdrayError
 from edray.report import write_report
 from edray.tracking import SweepTracker
-from tests.conftest import DIGITS_YAML, FAST
+from tests.helpers import EXPERIMENT
 
-EXPERIMENT = "digits"
 FIGURES = ("optimization_history", "param_importances", "parallel_coordinates", "learning_curves")
 SECTIONS = ("summary", *FIGURES, "baselines", "best-config", "results")
 CHROMIUM = Path("/usr/bin/chromium")
-_SWEEPS: dict[str, Path] = {}
-
-
-def small_sweep(tmp_path_factory, teacher_workdir: Path) -> Path:
-    """The work directory of one real ``edray sweep`` (3 trials), run once per session."""
-    if "digits" not in _SWEEPS:
-        workdir = tmp_path_factory.mktemp("sweep")
-        shutil.copytree(teacher_workdir / "teachers", workdir / "teachers")  # trained once for the session
-        overrides = [*FAST, "search.params[0].min_grade_epochs=1", "search.early_stopping.kind=asha"]
-        cmd = [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--workdir", str(workdir),
-               "--num-samples", "3", "--no-final-eval", "--quiet", *(a for o in overrides for a in ("--set", o))]
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        done = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        _SWEEPS["digits"] = workdir
-    return _SWEEPS["digits"]
-
-
 def sweep_run(client: MlflowClient):
     exp = client.get_experiment_by_name(EXPERIMENT)
     (run,) = client.search_runs([exp.experiment_id], filter_string="tags.`edray.kind` = 'sweep'")
@@ -57,8 +35,8 @@ def sweep_run(client: MlflowClient):
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, teacher_workdir) -> Path:
-    return small_sweep(tmp_path_factory, teacher_workdir)
+def sweep(small_sweep) -> Path:
+    return small_sweep
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import DIGITS_YAML
+from tests.helpers import edray, json_summary, sets
 from tests.postgres_fixture import start_postgres, why_no_postgres
-from tests.test_sweep import SHORT, _edray, _seed, _sets, _summary
+from tests.test_sweep import SHORT, _seed
 
 
 @pytest.fixture
@@ -29,8 +30,8 @@ def test_the_study_lives_in_postgres_and_resume_reuses_it(tmp_path_factory, teac
     storage = postgres.create_database("optuna")
     workdir = _seed(teacher_workdir, tmp_path_factory.mktemp("study") / "work")
     args = ["sweep", str(DIGITS_YAML), "--workdir", str(workdir), "--json", "--num-samples", "2", "--no-final-eval",
-            *_sets([*SHORT, "search.early_stopping.kind=none", f"search.storage={storage}"])]
-    first = _summary(_edray(*args))
+            *sets([*SHORT, "search.early_stopping.kind=none", f"search.storage={storage}"])]
+    first = json_summary(edray(*args))
     study = optuna.load_study(study_name="digits", storage=storage)
     told = [(t.number, t.state, t.value) for t in study.trials]
     assert [state for _, state, _ in told] == [optuna.trial.TrialState.COMPLETE] * 2
@@ -40,7 +41,7 @@ def test_the_study_lives_in_postgres_and_resume_reuses_it(tmp_path_factory, teac
     assert parent.data.tags["edray.optuna_study"] == "digits"
     assert parent.data.tags["edray.optuna_storage"] == storage
 
-    resumed = _summary(_edray(*args, "--resume"))
+    resumed = json_summary(edray(*args, "--resume"))
     assert resumed["parent_run_id"] == first["parent_run_id"] and resumed["trials"] == 2
     again = optuna.load_study(study_name="digits", storage=storage)
     assert [(t.number, t.state, t.value) for t in again.trials] == told  # the same study, no trial added

@@ -14,7 +14,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,36 +39,17 @@ from edray.tracking.callback import EPOCH_METRICS
 from edray.tracking.tracker import mlflow_key
 
 from .conftest import DIGITS_YAML, FAST, fast_spec
+from .helpers import TIMEOUT_S as _TIMEOUT_S
+from .helpers import descendants, edray, edray_args, edray_env, json_summary, metric_steps, sets
 
 EPOCHS = 6
 SHORT = [*FAST, f"optim.epochs={EPOCHS}", "ed.switch_epochs=[2, 4]", "search.params[0].min_grade_epochs=1"]
 SWEEP = [*SHORT, "search.final_eval.seeds=2", "search.early_stopping.kind=asha", "search.early_stopping.grace_epochs=1",
          "search.max_concurrent=1"]
 LOW_LR = 0.01
-_TIMEOUT_S = 420
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def _env() -> dict[str, str]:
-    """The sweep's own environment: nothing inherited that redirects its outputs. It keeps the
-    suite's OMP_NUM_THREADS (conftest: 1 unless set), which its Ray workers follow: tests compare
-    its trials with runs in this process exactly, and float results depend on the thread count."""
-    return {k: v for k, v in os.environ.items()
-            if k not in ("MLFLOW_TRACKING_URI", "EDRAY_WORKDIR", "EDRAY_SHARED", "RAY_ADDRESS")}
-
-
-def _edray_args(*args: str) -> list[str]:
-    return [sys.executable, "-m", "edray.cli", *args]
-
-
-def _edray(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_edray_args(*args), env=_env(), capture_output=True, text=True, timeout=_TIMEOUT_S)
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [arg for item in overrides for arg in ("--set", item)]
 
 
 def _seed(teacher_workdir: Path, workdir: Path) -> Path:
@@ -79,18 +59,9 @@ def _seed(teacher_workdir: Path, workdir: Path) -> Path:
     return workdir
 
 
-def _summary(proc: subprocess.CompletedProcess) -> dict:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def _runs(client: MlflowClient, experiment: str) -> list:
     exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], max_results=1000)
-
-
-def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
-    return [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
 
 
 def _grade_at(epoch: int, switches: list[int]) -> int:
@@ -131,8 +102,8 @@ def swept(tmp_path_factory, teacher_workdir) -> Swept:
     own = default_point(fast_spec(*SWEEP))
     points = [own, {**own, "optim.lr": LOW_LR}]
     extra = [f"search.points_to_evaluate={json.dumps(points)}", f"search.storage=sqlite:///{workdir / 'optuna.db'}"]
-    summary = _summary(_edray("sweep", str(DIGITS_YAML), "--workdir", str(workdir), "--json", "--num-samples", "3",
-                              *_sets(SWEEP + extra)))
+    summary = json_summary(edray("sweep", str(DIGITS_YAML), "--workdir", str(workdir), "--json", "--num-samples",
+                                 "3", *sets(SWEEP + extra)))
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     runs = _runs(client, summary["experiment"])
     parents = [r for r in runs if r.data.tags.get("edray.kind") == "sweep"]
@@ -196,12 +167,12 @@ def test_children_have_flat_params_epoch_metrics_status_and_config(swept):
         assert params["student.arch"] == "cnn_small"
         assert params["teachers.models.0.arch"] == "cnn_medium"  # lists of mappings are indexed
 
-        steps = _steps(swept.client, run_id, "val_acc")
+        steps = metric_steps(swept.client, run_id, "val_acc")
         last = EPOCHS if row["status"] == "completed" else steps[-1]
         assert steps == list(range(1, last + 1)), "one value per epoch, step = epoch, none twice"
         assert row["status"] == "completed" or last < EPOCHS
         for key in EPOCH_METRICS:
-            assert _steps(swept.client, run_id, key) == steps, key
+            assert metric_steps(swept.client, run_id, key) == steps, key
         assert not [k for k in child.data.metrics if "test" in k], "trials must not evaluate the test split"
         switches = [config["ed.switch_epochs[0]"], config["ed.switch_epochs[1]"]]
         grades = {m.step: m.value for m in swept.client.get_metric_history(run_id, "grade")}
@@ -267,7 +238,8 @@ def test_a_stopped_trial_is_pruned_in_optuna_not_complete(swept):
     # The same trial in MLflow: stopped in its final grade, before its last epoch.
     pruned = [c for c in swept.children if float(c.data.params["optim.lr"]) == LOW_LR]
     assert len(pruned) == 1 and pruned[0].data.tags["edray.status"] == "pruned"
-    assert pruned[0].data.metrics["grade"] == 3 and _steps(swept.client, pruned[0].info.run_id, "grade")[-1] < EPOCHS
+    assert pruned[0].data.metrics["grade"] == 3
+    assert metric_steps(swept.client, pruned[0].info.run_id, "grade")[-1] < EPOCHS
     for t in study.trials:
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert t.value in [row["val_acc"] for row in swept.rows.values() if row["status"] == "completed"]
@@ -342,8 +314,8 @@ def test_trials_never_read_the_test_split(teacher_workdir, tmp_path, monkeypatch
 
 def test_dry_run_prints_the_space_and_samples_and_writes_nothing(tmp_path):
     workdir = tmp_path / "wd"
-    proc = subprocess.run(_edray_args("sweep", str(DIGITS_YAML), "--dry-run", "--json"), cwd=tmp_path,
-                          env={**_env(), "EDRAY_WORKDIR": str(workdir)}, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(edray_args("sweep", str(DIGITS_YAML), "--dry-run", "--json"), cwd=tmp_path,
+                          env=edray_env(EDRAY_WORKDIR=str(workdir)), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     spec = load_spec(DIGITS_YAML)
     lines = proc.stdout.splitlines()
@@ -379,27 +351,9 @@ def _trial_states(workdir: Path) -> dict[str, str]:
     return {t["trial_id"]: t["status"] for t in trials}
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Ray's GCS, raylet, workers): the ones this test started."""
-    parent_of = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent_of[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        here = frontier.pop()
-        kids = [p for p, parent in parent_of.items() if parent == here]
-        found.extend(kids)
-        frontier.extend(kids)
-    return found
-
-
 def _kill_hard(proc: subprocess.Popen) -> None:
     """SIGKILL the driver and the Ray processes it started, as a crash of the head node would."""
-    below = _descendants(proc.pid)
+    below = descendants(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     for p in below:
@@ -418,9 +372,9 @@ def _result_rows(workdir: Path, trial_id: str) -> list[dict]:
 def test_a_killed_sweep_resumes_without_running_finished_trials_again(tmp_path_factory, teacher_workdir):
     workdir = _seed(teacher_workdir, tmp_path_factory.mktemp("resume") / "work")
     args = ["sweep", str(DIGITS_YAML), "--workdir", str(workdir), "--json", "--num-samples", "3", "--no-final-eval",
-            *_sets([*SHORT, "search.early_stopping.kind=none", "search.max_concurrent=1"])]
+            *sets([*SHORT, "search.early_stopping.kind=none", "search.max_concurrent=1"])]
     with open(workdir / "first.log", "w") as log:
-        proc = subprocess.Popen(_edray_args(*args), env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(edray_args(*args), env=edray_env(), stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + _TIMEOUT_S
         while "TERMINATED" not in _trial_states(workdir).values():
@@ -436,8 +390,8 @@ def test_a_killed_sweep_resumes_without_running_finished_trials_again(tmp_path_f
     before = {tid: ((models / f"{tid}.pt").stat().st_mtime_ns, _result_rows(workdir, tid)) for tid in finished}
     assert all(len(rows) == EPOCHS for _, rows in before.values())
 
-    resumed = _edray(*args, "--resume")
-    summary = _summary(resumed)
+    resumed = edray(*args, "--resume")
+    summary = json_summary(resumed)
     assert summary["trials"] == 3 and summary["completed"] == 3, (summary, resumed.stderr[-6000:])
     assert summary["parent_run_id"] == state["parent_run_id"]
     assert json.loads((workdir / "sweeps" / "digits" / "sweep.json").read_text()) == state
@@ -465,5 +419,5 @@ def test_a_killed_sweep_resumes_without_running_finished_trials_again(tmp_path_f
     assert len(runs) == 1 + len(children)
     assert sorted(c.data.tags["edray.trial_id"] for c in children) == sorted(ids)
     for child in children:
-        assert _steps(client, child.info.run_id, "val_acc") == list(range(1, EPOCHS + 1))
+        assert metric_steps(client, child.info.run_id, "val_acc") == list(range(1, EPOCHS + 1))
         assert child.data.tags["edray.status"] == "completed"

@@ -402,7 +402,7 @@ def _trainable(config):
 
 
 def test_tracking_callback_in_a_real_tune_run(store, tmp_path):
-    ray = pytest.importorskip("ray")
+    import ray
     from ray import tune
 
     from edray.tracking import TrackingCallback

@@ -19,39 +19,20 @@ import pytest
 from edray.cli import main
 from edray.errors import EdrayError
 from edray.ui import serve_ui, ui_command
-from tests.test_report import EXPERIMENT, small_sweep
+from tests.helpers import EXPERIMENT, descendants
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never via a proxy
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, teacher_workdir) -> Path:
-    return small_sweep(tmp_path_factory, teacher_workdir)
+def sweep(small_sweep) -> Path:
+    return small_sweep
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    out, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.add(child)
-            todo.append(child)
-    return out
 
 
 def _alive(pid: int) -> bool:
@@ -79,6 +60,8 @@ def test_ui_serves_the_sweep_and_ctrl_c_leaves_no_process(sweep):
     proc = subprocess.Popen(
         [sys.executable, "-m", "edray.cli", "ui", "--workdir", str(sweep), "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # SIGINT as a terminal's job has it (a shell's background job ignores it, and so would its children).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     out: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, out), daemon=True).start()
@@ -116,7 +99,7 @@ def test_ui_serves_the_sweep_and_ctrl_c_leaves_no_process(sweep):
         # The figures logged on the parent run are served by the UI.
         status, png = _get(f"{url}/get-artifact?path=figures/learning_curves.png&run_uuid={run['info']['run_id']}")
         assert status == 200 and png.startswith(b"\x89PNG")
-        server = _descendants(proc.pid)
+        server = descendants(proc.pid)
         assert len(server) >= 2, "mlflow server and its uvicorn worker"
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends to edray
@@ -180,11 +163,11 @@ def test_a_server_uri_or_a_bad_port_is_refused(tmp_path):
 
 def test_a_server_that_dies_at_start_is_a_runtime_error_and_leaves_nothing(tmp_path):
     """A store MLflow cannot open (no driver, or nothing listening): exit 1 with the server's last words."""
-    before = _descendants(os.getpid())
+    before = descendants(os.getpid())
     with pytest.raises(EdrayError, match="exited with code") as err:
         serve_ui(tmp_path, port=_free_port(), tracking_uri="postgresql://edray:secret@127.0.0.1:1/none")
     assert err.value.exit_code == 1 and "secret" not in str(err.value)
-    assert not [pid for pid in _descendants(os.getpid()) - before if _alive(pid)]
+    assert not [pid for pid in descendants(os.getpid()) - before if _alive(pid)]
 
 
 def test_the_command_keeps_a_password_off_the_command_line(tmp_path):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,10 +40,6 @@ from edray.storage import join, ray_storage, write_bytes
 __all__ = ["TrialContext", "TrialReportFn", "run_trial", "train_trial", "uses_torch_trainer"]
 
 _STATE = "state.pt"
-
-# Fault injection, for the reliability tests only: distributed/faults.py is loaded, and its
-# hooks called, only when a test names its marker file in this variable (faults.MARKER).
-_FAULT_MARKER = "EDRAY_FAULT_MARKER"
 
 TrialReportFn = Callable[[dict[str, Any], str | None], None]
 
@@ -100,14 +95,6 @@ def _load_state(checkpoint) -> dict[str, Any] | None:
         return torch.load(Path(d) / _STATE, map_location="cpu", weights_only=False)
 
 
-def _fault_hooks():
-    if not os.environ.get(_FAULT_MARKER):
-        return None
-    from edray.distributed import faults
-
-    return faults
-
-
 def train_trial(spec: Spec, ctx: TrialContext, *, trial_id: str, report_fn: TrialReportFn,
                 dist: DistContext = DistContext(), checkpoint=None) -> None:
     """Train one trial's resolved ``spec``, handing each epoch to ``report_fn``.
@@ -124,15 +111,10 @@ def train_trial(spec: Spec, ctx: TrialContext, *, trial_id: str, report_fn: Tria
     data = _cached_data(local_dataset(spec.dataset, ctx.layout).model_dump_json(), str(ctx.layout.images()))
     teachers = make_teacher_logits(spec, data, ctx.layout, device=device)
     resume = _load_state(checkpoint)
-    faults = _fault_hooks()
-    if faults:
-        faults.note_resume(resume, dist.rank)
 
     total_epochs = int(ctx.base_spec["optim"]["epochs"])
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-        if faults:
-            faults.maybe_die(metrics["epoch"], dist.rank)
         metrics = _extra_metrics(spec, metrics, data.num_classes, total_epochs)
         final = state.pop("final_model", None) if state else None
         if final is not None and dist.rank == 0 and spec.optim.epochs == total_epochs:  # a short copy: no model

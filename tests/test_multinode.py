@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from .cluster_fixture import BUCKET, SimCluster, start_cluster, start_worker, why_not
 from .conftest import DIGITS_YAML, FAST
+from .helpers import json_summary, sets
 
 EPOCHS = 4
 # Two small teachers (every group averages both): two Ray Train jobs at once, four stores.
@@ -40,19 +41,9 @@ TEACHERS = 2
 _TIMEOUT_S = 1500  # a bound for a machine shared with other jobs; unloaded, a sweep takes a few minutes
 
 
-def _sets(overrides: list[str]) -> list[str]:
-    return [arg for item in overrides for arg in ("--set", item)]
-
-
 def _sweep_cmd(workdir: Path, *extra: str, samples: int = 4) -> list[str]:
     return [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--address", "auto", "--json",
-            "--workdir", str(workdir), "--num-samples", str(samples), "--max-concurrent", "2", *_sets(SPEC), *extra]
-
-
-def _summary(proc: subprocess.CompletedProcess | tuple[int, str, str]) -> dict:
-    code, out, err = (proc.returncode, proc.stdout, proc.stderr) if hasattr(proc, "returncode") else proc
-    assert code == 0, f"exit {code}\n{err[-6000:]}"
-    return json.loads(out.strip().splitlines()[-1])
+            "--workdir", str(workdir), "--num-samples", str(samples), "--max-concurrent", "2", *sets(SPEC), *extra]
 
 
 def _s3(cluster: SimCluster):
@@ -100,7 +91,7 @@ def first(sim):
     env = sim.driver_env(EDRAY_SHARED=sim.shared("run"))
     tic = time.monotonic()
     proc = subprocess.run(_sweep_cmd(workdir), env=env, capture_output=True, text=True, timeout=_TIMEOUT_S)
-    summary = _summary(proc)
+    summary = json_summary(proc)
     print(f"first sweep: {time.monotonic() - tic:.0f}s, steps {summary['placement'].get('steps')}, "
           f"timings {summary['placement'].get('timings')}")
     return workdir, summary, proc.stderr
@@ -165,7 +156,7 @@ def test_a_killed_worker_node_loses_no_finished_trial(sim, first):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         start_worker(sim, "worker2")  # for the tests after this one
-    summary = _summary((proc.returncode, out, err))
+    summary = json_summary((proc.returncode, out, err))
     assert summary["trials"] == 4 and summary["errored"] == 0, summary
     assert summary["placement"]["teachers"] == {} and summary["placement"]["stores"] == {}  # trained once
     assert len([k for k in _keys(sim, "run/teachers/") if k.endswith(".pt")]) == TEACHERS
@@ -190,7 +181,7 @@ def test_resume_after_the_driver_is_killed(sim, first):
         proc.wait()
     finished = {k: o["LastModified"] for k, o in _objects(sim, "run/models/").items() if k not in before}
     resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=_TIMEOUT_S)
-    summary = _summary(resumed)
+    summary = json_summary(resumed)
     assert summary["trials"] == 4 and summary["errored"] == 0, summary
     client = MlflowClient(tracking_uri=sim.mlflow_uri)
     children = client.search_runs([client.get_experiment_by_name(summary["experiment"]).experiment_id],
@@ -217,7 +208,7 @@ def test_a_shared_directory_serves_as_the_shared_location(sim, first):
         s3.download_file(BUCKET, key, str(target))
     workdir = sim.base / "driver-dir"
     env = sim.driver_env(EDRAY_SHARED=str(shared))
-    summary = _summary(subprocess.run(_sweep_cmd(workdir, "--set", "search.seed=3", samples=2), env=env,
+    summary = json_summary(subprocess.run(_sweep_cmd(workdir, "--set", "search.seed=3", samples=2), env=env,
                                       capture_output=True, text=True, timeout=_TIMEOUT_S))
     assert summary["trials"] == 2 and summary["errored"] == 0, summary
     placement = summary["placement"]
@@ -244,7 +235,7 @@ def test_a_dataset_missing_on_the_nodes_fails_in_one_line_naming_node_path_and_f
     tic = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--address", "auto",
-         "--workdir", str(sim.base / "driver-data" / "work"), *_sets([*SPEC, "dataset.name=imagefolder",
+         "--workdir", str(sim.base / "driver-data" / "work"), *sets([*SPEC, "dataset.name=imagefolder",
                                                                       f"dataset.root={root}"])],
         env=env, capture_output=True, text=True, timeout=_TIMEOUT_S,
     )
@@ -264,7 +255,7 @@ def test_an_address_that_does_not_answer_fails_fast_in_one_line(tmp_path):
     tic = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--address", f"127.0.0.1:{port}",
-         "--workdir", str(tmp_path / "w"), *_sets(SPEC)],
+         "--workdir", str(tmp_path / "w"), *sets(SPEC)],
         env=env, capture_output=True, text=True, timeout=120,
     )
     # Fails fast rather than in ray.init, which retries a dead address for minutes. The bound is
