@@ -15,6 +15,7 @@ import torch
 
 from edray.distill.loop import _optimizer_for_grade, run_ed
 from edray.distill.plan import make_plan
+from edray.layout import Layout
 from edray.models import GrowingStudent, build_backbone
 from edray.pipeline import make_teacher_logits
 
@@ -54,7 +55,7 @@ def _record(replay: str, digits_data, teacher_workdir):
 
 def _run_recorded(replay: str, digits_data, teacher_workdir):
     spec = fast_spec(*SHORT, f"ed.replay={replay}")
-    recorder = RecordingTeachers(make_teacher_logits(spec, digits_data, teacher_workdir))
+    recorder = RecordingTeachers(make_teacher_logits(spec, digits_data, Layout.at(teacher_workdir)))
     run_ed(spec, digits_data, recorder, progress=recorder.next_epoch, evaluate_test=False)
     return spec, make_plan(spec, digits_data.num_classes), recorder.calls
 
@@ -184,7 +185,7 @@ def test_grade_switch_resets_or_carries_the_momentum(mode, digits_data):
 def test_the_loop_checkpoints_the_optimizer_each_mode_builds(mode, digits_data, teacher_workdir):
     spec = fast_spec(*SHORT, f"ed.optimizer_at_switch={mode}", "method=ed")
     saved: list[dict] = []
-    run_ed(spec, digits_data, make_teacher_logits(spec, digits_data, teacher_workdir),
+    run_ed(spec, digits_data, make_teacher_logits(spec, digits_data, Layout.at(teacher_workdir)),
            report=lambda _m, ckpt: saved.append(ckpt["optimizer"]), evaluate_test=False)
     student = _student(spec, digits_data)
     for grade, state in enumerate(saved, start=1):

@@ -8,6 +8,7 @@ import torch
 
 from edray.distill.plan import make_plan
 from edray.distill.teachers import LiveTeachers, load_teacher
+from edray.layout import Layout
 
 from .conftest import fast_spec
 
@@ -63,7 +64,7 @@ def test_group_k_gets_its_teachers_logits_cut_to_its_classes(overrides, digits_d
     spec = fast_spec(*overrides)
     plan = make_plan(spec, digits_data.num_classes)
     assert plan.classes.groups[0] != (0, 1, 2)  # shuffled: the slice is not the first columns
-    loaded = [load_teacher(spec, i, digits_data, teacher_workdir) for i in range(len(spec.teachers.models))]
+    loaded = [load_teacher(spec, i, digits_data, Layout.at(teacher_workdir)) for i in range(len(spec.teachers.models))]
     live = LiveTeachers(loaded, plan.classes, plan.group_teachers)
     rows = torch.arange(40)
     x = digits_data.train.load(rows)
