@@ -109,3 +109,20 @@ def one_error_line(capsys, *parts: str) -> str:
     for part in parts:
         assert part in err, err
     return err
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL server of the test's own (tests/postgres_fixture.py), stopped after it;
+    the test skips, saying why, where the server is not installed."""
+    from tests.postgres_fixture import start_postgres, why_no_postgres
+
+    reason = why_no_postgres()
+    if reason:
+        pytest.skip(reason)
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+

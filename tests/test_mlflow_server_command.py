@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from tests.cluster_fixture import _http_ok, _spawn, _wait, free_port, stop_group
-from tests.postgres_fixture import start_postgres, why_no_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_IP = "$(python -c 'import ray.util; print(ray.util.get_node_ip_address())')"
@@ -51,17 +50,6 @@ def s3(tmp_path_factory):
     finally:
         stop_group(proc)
 
-
-@pytest.fixture
-def postgres():
-    reason = why_no_postgres()
-    if reason:
-        pytest.skip(reason)
-    server = start_postgres()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow

@@ -9,20 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import DIGITS_YAML
 from tests.helpers import edray, json_summary, sets
-from tests.postgres_fixture import start_postgres, why_no_postgres
 from tests.test_sweep import SHORT, _seed
-
-
-@pytest.fixture
-def postgres():
-    reason = why_no_postgres()
-    if reason:
-        pytest.skip(reason)
-    server = start_postgres()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow
