@@ -106,3 +106,35 @@ def write_image_folder(root: Path, *, classes: int = 3, per_class: int = 5, seed
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(path, quality=90)
     return root
+
+
+class MlflowServer:
+    """A real ``mlflow server`` (SQLite backend, artifacts in a folder, one worker, on 127.0.0.1)
+    as its own process group; :meth:`stop` ends the group, :meth:`start` runs it again on the
+    same port and database (a server that went away and came back)."""
+
+    def __init__(self, db: Path, artifacts: Path, log: Path, port: int | None = None):
+        from tests.cluster_fixture import free_port
+
+        self.db, self.artifacts, self.log = db, artifacts, log
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> MlflowServer:
+        from tests.cluster_fixture import _http_ok, _spawn, _wait
+
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        self.proc = _spawn([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.db}",
+                            "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1",
+                            "--port", str(self.port), "--workers", "1"],
+                           {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, self.log)
+        _wait(lambda: _http_ok(f"{self.url}/health"), "mlflow server", 240, self.proc, self.log)
+        return self
+
+    def stop(self) -> None:
+        from tests.cluster_fixture import stop_group
+
+        if self.proc is not None:
+            stop_group(self.proc)
+            self.proc = None

@@ -22,8 +22,8 @@ from edray.tracking.student_model import (
     register_student,
     registered_model_name,
 )
-from tests.cluster_fixture import _http_ok, _spawn, _wait, free_port, stop_group
 from tests.conftest import fast_spec
+from tests.helpers import MlflowServer
 
 # Only mlflow, torch and numpy: no edray, so the model must carry everything it needs.
 LOAD = r"""
@@ -61,17 +61,11 @@ def sqlite_uri(tmp_path) -> str:
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = tmp_path / "mlflow.log"
-    proc = _spawn([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
-                   "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
-                   "--port", str(port), "--workers", "1"], env, log)
+    server = MlflowServer(tmp_path / "srv.db", tmp_path / "artifacts", tmp_path / "mlflow.log").start()
     try:
-        _wait(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), "mlflow server", 120, proc, log)
-        yield f"http://127.0.0.1:{port}"
+        yield server.url
     finally:
-        stop_group(proc)
+        server.stop()
 
 
 def _parent_run(uri: str, experiment: str) -> str:

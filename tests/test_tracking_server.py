@@ -3,12 +3,6 @@ process group, stopped by it) serving the store of a real small sweep."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
@@ -16,45 +10,19 @@ import pytest
 from edray.cli import main
 
 from .conftest import one_error_line
-from .helpers import EXPERIMENT
+from .helpers import EXPERIMENT, MlflowServer
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never via a proxy
 
 
 @pytest.fixture(scope="module")
 def server(small_sweep, tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{small_sweep / 'mlflow.db'}",
-             "--artifacts-destination", str(small_sweep / "mlflow-artifacts"), "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1"],
-            env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    running = MlflowServer(small_sweep / "mlflow.db", small_sweep / "mlflow-artifacts", log).start()
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer in time"
-            try:
-                with _OPENER.open(f"{url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        yield url
+        yield running.url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        running.stop()
 
 
 @pytest.mark.slow

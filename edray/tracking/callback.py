@@ -16,7 +16,7 @@ from typing import Any
 from ray.tune import Callback
 
 from edray.distill.loop import EpochMetrics
-from edray.tracking.tracker import SweepTracker
+from edray.tracking.tracker import SweepTracker, is_transient
 from edray.trial_status import TrialStatus, trial_status
 
 __all__ = ["EPOCH_METRICS", "TrackingCallback"]
@@ -81,5 +81,7 @@ class TrackingCallback(Callback):
     def _safely(trial, event: str, call: Callable[[], Any]) -> None:
         try:
             call()
-        except Exception:
+        except Exception as err:
+            if is_transient(err):  # the tracker has said, once, that the server does not answer
+                return
             log.exception("MLflow: could not record the %s of trial %s", event, trial.trial_id)

@@ -12,6 +12,15 @@ their last checkpoint, so the last logged step of each run is remembered (seeded
 MLflow's metric history when a run is found again) and older epochs are skipped.
 
 Tune calls the tracker from its driver process only: there is one writer to the store.
+
+A tracking server that stops answering must not stall the sweep. Tune runs the tracker on
+its own loop, and MLflow's HTTP client retries a dead server itself (7 times with backoff,
+each request up to 120 s): under edray's three tries one call could block the driver for
+many minutes. So MLflow tries once, for at most ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (8 s unless
+the user set it), edray retries, and no call spends more than :data:`CALL_BUDGET_S`. Once a
+call has failed that way the server counts as down: for :data:`DOWN_PAUSE_S` calls fail at
+once (:class:`TrackingUnavailable`) instead of waiting again; metric batches are kept and
+sent when it answers, and the end of the sweep says in one line what was not recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import json
 import logging
 import math
 import numbers
+import os
 import re
 import shutil
 import tempfile
@@ -43,7 +53,10 @@ from edray.tracking.secrets import redact
 from edray.tracking.uri import artifacts_are_local
 from edray.trial_status import TrialStatus
 
-__all__ = ["SweepTracker", "flatten", "mlflow_key"]
+__all__ = [
+    "CALL_BUDGET_S", "DOWN_PAUSE_S", "END_WAIT_S", "SweepTracker", "TrackingUnavailable", "flatten", "is_transient",
+    "mlflow_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +66,10 @@ _MAX_KEY = 250
 _BATCH = 100  # params / tags per log_batch request
 _TRIES = 3
 _BACKOFF_S = 0.5
+CALL_BUDGET_S = 30.0  # the most any one tracking call may take, its retries included
+DOWN_PAUSE_S = 30.0  # after a call ran out of tries: how long calls fail at once before one tries again
+END_WAIT_S = 180.0  # at the end of a sweep: how long a server that is down is waited for
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "8"}
 _TRANSIENT_CODES = {
     "INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "IO_ERROR", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
     "REQUEST_LIMIT_EXCEEDED", "ABORTED", "COULD_NOT_ACQUIRE_LOCK", "SERVICE_UNDER_MAINTENANCE",
@@ -102,7 +119,18 @@ def _clip(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
-def _is_transient(err: BaseException) -> bool:
+class TrackingUnavailable(ConnectionError):
+    """The tracking server is taken as down (a recent call ran out of tries): not tried now."""
+
+
+def _bound_mlflow_http() -> None:
+    """MLflow's own HTTP retries off and its request timeout short, unless the user set them."""
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def is_transient(err: BaseException) -> bool:
+    """An error a later try may not meet: the server or network, not the request."""
     if isinstance(err, MlflowException):
         return err.error_code in _TRANSIENT_CODES or "database is locked" in str(err)
     return isinstance(err, OSError | ConnectionError | TimeoutError)
@@ -146,10 +174,14 @@ class SweepTracker:
     def __init__(self, uri: str, experiment: str, *, artifact_root: Path | None = None,
                  sleep: Callable[[float], None] = time.sleep):
         _quiet_mlflow()
+        _bound_mlflow_http()
         self.uri = uri
         self.experiment = experiment
         self.client = MlflowClient(tracking_uri=uri)
         self._sleep = sleep
+        self._down = False  # a call ran out of tries and none has succeeded since
+        self._down_until = 0.0  # monotonic time until which calls are not even tried
+        self._missed = 0  # calls that were not recorded because the server was down
         self.experiment_id = self._experiment_id(experiment, artifact_root)
         self.parent_run_id: str = ""
         self._runs: dict[str, str] = {}  # trial id -> child run id
@@ -176,6 +208,8 @@ class SweepTracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         self._runs, self._last_step = {}, {}
         self._runs_complete = False  # a copy from Tune's experiment state: children are searched for
+        self._down, self._down_until, self._missed = False, 0.0, 0
+        _bound_mlflow_http()
 
     # ------------------------------------------------------------------ experiment and parent
 
@@ -370,13 +404,21 @@ class SweepTracker:
         the numbers of ``summary`` as metrics and the rest as ``edray.summary.*`` tags.
 
         A resumed sweep that finishes again keeps the first ``best.*`` params (MLflow params
-        are immutable); a changed best value goes to a ``best.*`` tag instead.
+        are immutable); a changed best value goes to a ``best.*`` tag instead. A server that is
+        down is waited for, up to :data:`END_WAIT_S`; after that the closing records are not
+        written, and one line says so.
         """
         self._require_parent()
         run_id = self.parent_run_id
+        if not self._answers_within(END_WAIT_S):
+            log.warning("MLflow: %s did not answer by the end of the sweep; its parent run %s is left without "
+                        "its closing records (best config, results, figures; best.yaml is in the work "
+                        "directory's sweeps/ folder)", self.uri, run_id)
+            return
         self._flush()
-        if self._pending:
-            log.warning("MLflow: %d metric batches could not be logged", len(self._pending))
+        if self._pending or self._missed:
+            log.warning("MLflow: not recorded while %s did not answer: %d tracking calls; %d metric batches "
+                        "still unsent", self.uri, self._missed, len(self._pending))
         best = {f"best.{mlflow_key(k)}": _text(v) for k, v in redact(best_config).items()}
         existing = self._retry(lambda: self.client.get_run(run_id)).data.params
         fresh = {k: v for k, v in best.items() if k not in existing}
@@ -453,10 +495,9 @@ class SweepTracker:
         try:
             self._retry(lambda: self.client.log_batch(run_id, metrics=batch))
         except Exception as err:
-            if not _is_transient(err):
+            if not is_transient(err):
                 raise
-            log.warning("MLflow: could not log %d metrics of run %s (%s); will retry", len(batch), run_id, err)
-            self._pending.append((run_id, batch))
+            self._pending.append((run_id, batch))  # the tracker said once that the server is down
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
@@ -464,15 +505,57 @@ class SweepTracker:
             self._send(run_id, batch)
 
     def _retry(self, call: Callable[[], _T]) -> _T:
-        """``call()``, tried up to three times when MLflow or the network fails transiently."""
+        """``call()``, tried up to three times when MLflow or the network fails transiently,
+        within :data:`CALL_BUDGET_S`; not tried at all while the server is taken as down."""
+        now = time.monotonic()
+        if now < self._down_until:
+            self._missed += 1
+            raise TrackingUnavailable(f"MLflow at {self.uri} did not answer; trying again in "
+                                      f"{self._down_until - now:.0f} s")
+        deadline = now + CALL_BUDGET_S
         for attempt in range(1, _TRIES + 1):
             try:
-                return call()
+                result = call()
             except Exception as err:
-                if attempt == _TRIES or not _is_transient(err):
+                if not is_transient(err):
                     raise
-                self._sleep(_BACKOFF_S * 2 ** (attempt - 1))
+                wait = _BACKOFF_S * 2 ** (attempt - 1)
+                if attempt == _TRIES or time.monotonic() + wait > deadline:
+                    self._went_down(err)
+                    raise
+                self._sleep(wait)
+                continue
+            if self._down:
+                log.warning("MLflow at %s answers again; %d metric batches kept meanwhile are sent now",
+                            self.uri, len(self._pending))
+            self._down, self._down_until = False, 0.0
+            return result
         raise AssertionError("unreachable")
+
+    def _answers_within(self, wait_s: float) -> bool:
+        """True once the server answers a cheap request (at once when it is not taken as down),
+        asking again each time its pause ends, for at most ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        while self._down:
+            pause = self._down_until - time.monotonic()
+            if pause > 0:
+                if time.monotonic() + pause > deadline:
+                    return False
+                self._sleep(pause)
+            try:
+                self._retry(lambda: self.client.get_experiment(self.experiment_id))
+            except Exception as err:
+                if not is_transient(err):
+                    raise
+        return True
+
+    def _went_down(self, err: BaseException) -> None:
+        if not self._down:  # one line when it goes away, not one per call
+            log.warning("MLflow at %s does not answer (%s); trials go on, metrics are kept and sent when it "
+                        "answers again", self.uri, " ".join(str(err).split())[:160])
+        self._down = True
+        self._missed += 1
+        self._down_until = time.monotonic() + DOWN_PAUSE_S
 
 
 def _yaml(tree: dict) -> str:
