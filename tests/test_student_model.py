@@ -112,6 +112,7 @@ def test_champion_moves_only_to_a_better_version_on_the_same_test_set(trained, s
     from mlflow import MlflowClient
 
     student, _, _, _ = trained
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     name = registered_model_name("digits", "kd")
     run_id = _parent_run(sqlite_uri, "digits")
     model_uri = log_student_model(sqlite_uri, run_id, student)
@@ -129,3 +130,5 @@ def test_champion_moves_only_to_a_better_version_on_the_same_test_set(trained, s
     assert not other_set.champion and "another test set" in other_set.reason and champion() == first.version
     better = register_student(sqlite_uri, model_uri, name, test_acc=0.95, protocol="p", sweep_run_id=run_id)
     assert better.champion and champion() == better.version == "5"
+    # MLflow's process-wide URI (and MLFLOW_TRACKING_URI, which it sets) is left as it was.
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before

@@ -18,7 +18,10 @@ it beats the current champion on the same protocol (same data, split and test se
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +81,23 @@ def registered_model_name(experiment: str, method: str) -> str:
     return f"{experiment}-{method}"
 
 
+@contextlib.contextmanager
+def _fluent_uri(uri: str) -> Iterator[None]:
+    """MLflow's model functions use its process-wide tracking URI, and setting it also sets
+    ``MLFLOW_TRACKING_URI`` for every later MLflow call and child process: set it for the
+    calls here only, and put back what the process had."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)  # unsets the URI and the variable
+        if before is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def _pip_requirements() -> list[str]:
     # The pt2 graph needs torch only (no torchvision, no edray); mlflow adds itself.
     return [f"torch=={torch.__version__.split('+')[0]}"]
@@ -93,8 +113,7 @@ def log_student_model(tracking_uri: str, run_id: str, student: StudentModel, *, 
     with torch.no_grad():
         outputs = model(example)
     inputs = example.numpy()
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with _fluent_uri(tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             model,
             name=name,
@@ -130,10 +149,10 @@ def register_student(tracking_uri: str, model_uri: str, name: str, *, test_acc: 
     import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     marks = {tags.TEST_ACC: repr(float(test_acc)), tags.TEST_PROTOCOL: protocol, tags.SWEEP_RUN: sweep_run_id}
-    version = mlflow.register_model(model_uri, name, tags=marks).version
+    with _fluent_uri(tracking_uri):
+        version = mlflow.register_model(model_uri, name, tags=marks).version
     current = _current_champion(client, name)
     if current is None:
         champion, reason = True, "the first champion"
