@@ -16,6 +16,7 @@ from edray.distributed.space import resolve_config
 from edray.distributed.trial_rows import RESULT_COLUMNS, trial_rows
 from edray.layout import Layout
 from edray.names import METRIC
+from edray.search_space import search_section
 from edray.spec import Spec
 from edray.trial_status import TrialStatus
 
@@ -116,7 +117,7 @@ def finish_tracking(spec: Spec, tracker, grid, result: SweepResult, best_text: s
         results.append({**{key: row[key] for key in RESULT_COLUMNS}, "epochs": row["epoch"]})
         df = r.metrics_dataframe
         history[row["trial_id"]] = df.to_dict("records") if df is not None else []
-    figures = render_figures(results, history, spec.search.params, sweep_dir / "figures", metric=METRIC)
+    figures = render_figures(results, history, search_section(spec).params, sweep_dir / "figures", metric=METRIC)
     summary = {k: v for k, v in result.summary().items() if isinstance(v, int | float) and v is not None}
     tracker.finish_sweep(
         best_config=result.best_config or {}, best_spec_yaml=best_text, results=results, figures=figures,

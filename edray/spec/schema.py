@@ -269,6 +269,18 @@ class SearchParam(_Strict):
             raise ValueError(f"search param {self.path}: temperatures must be > 0, got low {self.low}")
         return self
 
+    def bounds(self) -> tuple[float, float]:
+        """``(low, high)``; every type but categorical and switch_epochs has both (checked above)."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"search param {self.path}: {self.type} has no low/high")
+        return self.low, self.high
+
+    def options(self) -> list[Any]:
+        """The choices of a categorical param (checked non-empty above)."""
+        if self.choices is None:
+            raise ValueError(f"search param {self.path}: {self.type} has no choices")
+        return self.choices
+
 
 class EarlyStoppingSpec(_Strict):
     """How a sweep stops unpromising trials before their last epoch (README "The sweep").
