@@ -352,12 +352,16 @@ class SearchSpec(_Strict):
         return self
 
 
+def _one_cpu() -> dict[str, float]:
+    return {"CPU": 1}
+
+
 class ScalingSpec(_Strict):
     """Workers per trial (Ray Train's ScalingConfig)."""
 
     num_workers: int = Field(1, ge=1, description="data-parallel workers per trial")
     use_gpu: bool = False
-    resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1})
+    resources_per_worker: dict[str, float] = Field(default_factory=lambda: _one_cpu())
     max_failures: int = Field(2, ge=0, description="restarts of a trial from its last checkpoint")
     trainer: Literal["auto", "inline", "torch_trainer"] = Field(
         "auto", description="auto: single-worker trials train inside the Tune trial, others via TorchTrainer"
