@@ -275,8 +275,9 @@ class LiveTeachers:
     views: int | None = None  # no store: the loop draws any view, a fresh augmentation
 
     def __init__(
-        self, teachers: list[TeacherCheckpoint], classes: ClassGroups, group_teachers: tuple[tuple[int, ...], ...]
-    ):
+        self, teachers: list[TeacherCheckpoint | None], classes: ClassGroups,
+        group_teachers: tuple[tuple[int, ...], ...],
+    ):  # None: a teacher that no group uses, never loaded
         self.teachers = teachers
         self.classes = classes
         self.group_teachers = group_teachers
@@ -287,6 +288,7 @@ class LiveTeachers:
         outs = []
         for i in self.group_teachers[group]:
             teacher = self.teachers[i]
+            assert teacher is not None  # every teacher a group uses is loaded
             logits = teacher.model(x)
             if teacher.classes != wanted:
                 # A shared teacher: pick the group's columns (its outputs are natural ids).
