@@ -352,7 +352,7 @@ class SearchSpec(_Strict):
         return self
 
 
-def _one_cpu() -> dict[str, float]:
+def _one_cpu() -> dict[str, float]:  # typed: mypy reads a lambda's {"CPU": 1} as dict[str, int]
     return {"CPU": 1}
 
 
@@ -361,7 +361,7 @@ class ScalingSpec(_Strict):
 
     num_workers: int = Field(1, ge=1, description="data-parallel workers per trial")
     use_gpu: bool = False
-    resources_per_worker: dict[str, float] = Field(default_factory=lambda: _one_cpu())
+    resources_per_worker: dict[str, float] = Field(default_factory=_one_cpu)
     max_failures: int = Field(2, ge=0, description="restarts of a trial from its last checkpoint")
     trainer: Literal["auto", "inline", "torch_trainer"] = Field(
         "auto", description="auto: single-worker trials train inside the Tune trial, others via TorchTrainer"
