@@ -176,8 +176,8 @@ def prepare(plan: PreparationPlan, spec: Spec, data: DataSplits, layout: Layout,
             key = store_key(spec, t, data, job.split, views=job.views)
             rows, outputs = len(getattr(data, job.split)), len(t.classes)
             # One shard per node at least (the work spreads), never above the writer's size.
-            per = default_rows_per_shard(job.views, outputs)
-            per = min(per, math.ceil(rows / runner.spread)) if runner.spread > 1 else None
+            most = default_rows_per_shard(job.views, outputs)
+            per = min(most, math.ceil(rows / runner.spread)) if runner.spread > 1 else None
             store = stack.enter_context(building(layout.stores, key, rows=rows, views=job.views, outputs=outputs,
                                                  sample_ids=torch.arange(rows), rows_per_shard=per))
             built.append((job, key, store))

@@ -13,16 +13,29 @@ import copy
 from typing import Any
 
 from edray.errors import EdrayError
-from edray.spec import SearchParam, Spec, get_path, set_path, spec_from_dict
+from edray.spec import SearchParam, SearchSpec, Spec, get_path, set_path, spec_from_dict
 
 __all__ = [
-    "BUDGET_KEY", "check_space", "drawn_names", "fidelity_spec", "resolve_config", "switch_bounds", "with_derived",
+    "BUDGET_KEY", "check_space", "drawn_names", "fidelity_spec", "resolve_config", "search_section", "switch_bounds",
+    "with_derived",
 ]
 
 BUDGET_KEY = "budget_epochs"  # in a trial's config: train the copy of the spec at this many epochs
 
 # Each structured kind draws one value per grade, or per grade but one.
 _DRAWS = {"switch_epochs": -1, "temperatures": 0, "split_ratios": -1}
+
+
+def search_section(spec: Spec) -> SearchSpec:
+    """``spec.search``, which every sweep needs.
+
+    Raises:
+        EdrayError: the spec has no search section.
+    """
+    if spec.search is None:
+        raise EdrayError("search", "the spec has no search section",
+                         "add search.params (see search_spaces/digits.yaml)")
+    return spec.search
 
 
 def check_space(spec: Spec) -> None:
@@ -34,11 +47,9 @@ def check_space(spec: Spec) -> None:
             or that admit no config (``search.params[i]``); a misspelt or invalid
             ``search.points_to_evaluate[j]``.
     """
-    if spec.search is None:
-        raise EdrayError("search", "the spec has no search section",
-                         "add search.params (see search_spaces/digits.yaml)")
+    search = search_section(spec)
     raw = spec.model_dump(mode="json")
-    for i, p in enumerate(spec.search.params):
+    for i, p in enumerate(search.params):
         where = f"search.params[{i}].path"
         try:
             get_path(raw, p.path, where=where)
@@ -48,14 +59,15 @@ def check_space(spec: Spec) -> None:
             raise EdrayError(where, f"type {p.type} applies to ed.{p.type}, got {p.path}", f"set path: ed.{p.type}")
         if p.type == "split_ratios":
             g = spec.ed.grades
-            if p.low * g > 1 + 1e-9 or p.high * g < 1 - 1e-9:
-                raise EdrayError(f"search.params[{i}]", f"{g} ratios in [{p.low}, {p.high}] cannot sum to 1",
+            low, high = p.bounds()
+            if low * g > 1 + 1e-9 or high * g < 1 - 1e-9:
+                raise EdrayError(f"search.params[{i}]", f"{g} ratios in [{low}, {high}] cannot sum to 1",
                                  "widen low/high")
         if p.type in ("int", "float", "categorical"):
-            for value in p.choices if p.type == "categorical" else (p.low, p.high):
+            for value in p.options() if p.type == "categorical" else p.bounds():
                 _check_value(spec, i, p, int(value) if p.type == "int" else value)
     _check_points(spec)
-    for p in spec.search.params:
+    for p in search.params:
         if p.type == "switch_epochs":
             switch_bounds(spec, p)
 
@@ -77,7 +89,7 @@ def drawn_names(spec: Spec) -> set[str]:
     """The names the compiled space draws: ``ed.alpha``, ``ed.switch_epochs[0]``, ..."""
     names: set[str] = set()
     grades = spec.ed.grades
-    for p in spec.search.params:
+    for p in search_section(spec).params:
         if p.type in _DRAWS:
             names.update(f"{p.path}[{i}]" for i in range(grades + _DRAWS[p.type]))
         else:
@@ -89,7 +101,7 @@ def with_derived(spec: Spec, point: dict[str, Any]) -> dict[str, Any]:
     """``point`` plus what the space derives from it (the last split ratio), as its trial gets them."""
     out = dict(point)
     g = spec.ed.grades
-    for p in spec.search.params:
+    for p in search_section(spec).params:
         drawn = [f"{p.path}[{k}]" for k in range(g - 1)]
         if p.type == "split_ratios" and all(k in point for k in drawn):
             out[f"{p.path}[{g - 1}]"] = round(1.0 - sum(point[k] for k in drawn), 10)
@@ -161,7 +173,7 @@ def _check_value(spec: Spec, index: int, p: SearchParam, value: Any) -> None:
 def _check_points(spec: Spec) -> None:
     """``search.points_to_evaluate``: a misspelt name would be ignored by Optuna, silently."""
     names = drawn_names(spec)
-    for j, point in enumerate(spec.search.points_to_evaluate or []):
+    for j, point in enumerate(search_section(spec).points_to_evaluate or []):
         where = f"search.points_to_evaluate[{j}]"
         unknown = sorted(set(point) - names)
         if unknown:

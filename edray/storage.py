@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TypedDict
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -70,11 +71,18 @@ def resolve(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     return fs, inner.rstrip("/")
 
 
-def ray_storage(location: str) -> dict[str, object]:
+class RayStorage(TypedDict):
+    """The keyword arguments of a Ray ``RunConfig`` (and ``Tuner.restore``) that say where it writes."""
+
+    storage_path: str
+    storage_filesystem: pafs.FileSystem | None  # None (Ray's default): a local path
+
+
+def ray_storage(location: str) -> RayStorage:
     """``storage_path`` (+ ``storage_filesystem`` for a URI) for a Ray Tune/Train ``RunConfig``,
     so Ray writes through the same filesystem settings as edray."""
     if local_path(location) is not None:
-        return {"storage_path": str(local_path(location))}
+        return {"storage_path": str(local_path(location)), "storage_filesystem": None}
     fs, inner = resolve(location)
     return {"storage_path": inner, "storage_filesystem": fs}
 

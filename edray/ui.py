@@ -300,7 +300,7 @@ def _stop_signals() -> Iterator[None]:
     def _raise(signum: int, _frame) -> None:
         raise _Stop(signal.Signals(signum).name)
 
-    old: dict[int, Callable | int | None] = {}
+    old: dict[signal.Signals, Callable | int | None] = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         old[sig] = signal.signal(sig, _raise)
     try:

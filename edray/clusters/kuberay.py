@@ -105,7 +105,8 @@ def _labels(docs: list[Any], src: str) -> list[DocLabel]:
 
 @lru_cache(maxsize=None)
 def _crd_schema(kind: str) -> dict:
-    text = importlib_resources.files("edray.clusters").joinpath("schemas", _SCHEMA_FILES[kind]).read_text("utf-8")
+    schemas = importlib_resources.files("edray.clusters").joinpath("schemas")
+    text = schemas.joinpath(_SCHEMA_FILES[kind]).read_text("utf-8")
     return _closed(json.loads(text))
 
 

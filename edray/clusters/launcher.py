@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator
 from functools import lru_cache
 from importlib import resources as importlib_resources
-from typing import Any
+from typing import Any, cast
 
 from edray.clusters import ray_private
 from edray.clusters.credentials import check_secrets, check_secrets_in_text
@@ -194,7 +194,7 @@ def _check_node_config(spec: dict, where: list[Part], is_head: bool, ptype: str,
             raise error_at(src, [*where, "node_config", "guestAccelerators"], "must be a list of "
                            "{acceleratorType, acceleratorCount} with integer counts",
                            "write guestAccelerators: [{acceleratorType: nvidia-tesla-t4, acceleratorCount: 1}]")
-        count = sum(counts)
+        count = sum(cast(list[int], counts))  # all checked to be integers just above
         if res.get("GPU", 0) != count:
             raise error_at(src, [*where, "resources", "GPU"],
                            f"says {res.get('GPU', 0)} but node_config.guestAccelerators attaches {count}",

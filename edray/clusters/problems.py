@@ -106,7 +106,7 @@ def schema_error(
         return error_at(src, [*parts, key], f"missing (required by {schema})", fix)
     if error.validator == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        names = " or ".join(_JSON_TYPES.get(t, t) for t in wanted if t != "null")
+        names = " or ".join(str(_JSON_TYPES.get(t, t)) for t in wanted if t != "null")
         fix = 'quote it, e.g. "0"' if wanted == ["string"] else f"write {names} here"
         return error_at(src, parts, f"{short(repr(given), 60)} is not {names} ({schema})", fix)
     if error.schema.get("x-kubernetes-int-or-string") and error.validator in ("anyOf", "pattern"):

@@ -75,10 +75,9 @@ def load_cifar100_source(spec: DatasetSpec) -> DatasetSource:
     identity = hashlib.sha256(
         "|".join(f"{name}:{(folder / name).stat().st_size}" for name in _FILES).encode()
     ).hexdigest()
-    stats = dict(mean=CIFAR100_MEAN, std=CIFAR100_STD, image_size=size)
     return DatasetSource(
-        train=TensorImageSet(train_x, train_y, **stats),
-        test=TensorImageSet(test_x, test_y, **stats),
+        train=TensorImageSet(train_x, train_y, mean=CIFAR100_MEAN, std=CIFAR100_STD, image_size=size),
+        test=TensorImageSet(test_x, test_y, mean=CIFAR100_MEAN, std=CIFAR100_STD, image_size=size),
         class_names=names,
         in_channels=3,
         image_size=size,

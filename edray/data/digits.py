@@ -56,7 +56,8 @@ def read_digits() -> tuple[np.ndarray, np.ndarray]:
     not where it has always been.
     """
     found = importlib.util.find_spec("sklearn")
-    csv = Path(found.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if found else None
+    where = found.submodule_search_locations if found else None  # None for a module, sklearn is a package
+    csv = Path(where[0]) / "datasets" / "data" / "digits.csv.gz" if where else None
     if csv is not None and csv.is_file():
         with gzip.open(csv, "rb") as f:
             table = np.loadtxt(f, delimiter=",", dtype=np.float64)

@@ -180,14 +180,16 @@ class BatchLoader:
         """In-memory batches cut by ``num_workers`` threads, in order, a few batches ahead:
         the gather, crop and normalisation are numpy/torch copies that release the GIL, so
         the trial's other CPUs prepare the next batches while this one trains."""
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import Future, ThreadPoolExecutor
 
         workers = self.settings.num_workers
         ahead = workers * (self.settings.prefetch_factor or 2)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edray-batches") as pool:
-            pending = [pool.submit(self._rows.__getitem__, idx) for idx in batches[:ahead]]
+            pending: list[Future | None] = [pool.submit(self._rows.__getitem__, idx) for idx in batches[:ahead]]
             for i in range(len(batches)):
-                batch = pending[i].result()
+                future = pending[i]
+                assert future is not None  # each is taken once, in order
+                batch = future.result()
                 pending[i] = None  # release it once handed over
                 if i + ahead < len(batches):
                     pending.append(pool.submit(self._rows.__getitem__, batches[i + ahead]))

@@ -20,6 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import torch
@@ -161,6 +162,11 @@ def _fingerprint(spec: DatasetSpec, source: DatasetSource, parts: list[tuple[str
 def _cached(spec: DatasetSpec, source: DatasetSource, root: Path, *, verify: bool) -> DatasetSource:
     """The source with its file sets read from decoded-image caches (same rows, labels, pixels)."""
     from edray.data.image_cache import cache_image_set
+
+    @overload
+    def cached(images: ImageSet) -> ImageSet: ...
+    @overload
+    def cached(images: None) -> None: ...
 
     def cached(images: ImageSet | None) -> ImageSet | None:
         if not isinstance(images, FileImageSet):

@@ -208,19 +208,20 @@ def pixel_views(
             return apply_views(normalise_pixels(pixels, mean, std), params, aug)
         if not len(pixels):
             return torch.empty((0, pixels.shape[3], *pixels.shape[1:3]), dtype=torch.float32)
-        pixels = pixels.numpy()
-    if len(params) != len(pixels):
-        raise ValueError(f"{len(params)} view params for a batch of {len(pixels)} images")
-    if not len(pixels):
+    # On the CPU: the rows as numpy arrays, a zero-copy view of a tensor batch.
+    rows: np.ndarray | Sequence[np.ndarray] = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
+    if len(params) != len(rows):
+        raise ValueError(f"{len(params)} view params for a batch of {len(rows)} images")
+    if not len(rows):
         raise ValueError("pixel_views needs at least one image row")
-    h, w, c = pixels[0].shape
+    h, w, c = rows[0].shape
     pad = aug.crop_padding
-    out = torch.empty((len(pixels), c, h, w), dtype=torch.float32)
+    out = torch.empty((len(rows), c, h, w), dtype=torch.float32)
     chw = np.zeros((c, h, w), dtype=np.uint8)  # one image's crop; what the window leaves is zeroed as floats
     chw_t = torch.from_numpy(chw)
     scale, shift = _affine(mean, std, (c, 1, 1), out.device)
     for i, (dx, dy, flip) in enumerate(zip(params.dx.tolist(), params.dy.tolist(), params.flip.tolist())):
-        image = pixels[i]
+        image = rows[i]
         if image.shape != (h, w, c) or image.dtype != np.uint8:
             raise ValueError(f"pixels must be uint8 rows of one shape {(h, w, c)}, got {image.dtype} {image.shape}")
         # The crop window in image coordinates, clipped to the image; t* are its rows/cols in the crop.

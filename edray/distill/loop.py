@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -156,7 +156,10 @@ def _evaluate(
     """(accuracy over all samples, accuracy over samples of seen classes), ordered space."""
     student.eval()
     precision = precision or resolve_precision("fp32", device)
-    correct = total = correct_seen = total_seen = 0
+    correct: float = 0  # .item() of a sum is typed int | float
+    correct_seen: float = 0
+    total: float = 0
+    total_seen: float = 0
     for x, y, _ in iterate_batches(images, torch.arange(len(images)), batch_size):
         target = rank[y]
         with precision.autocast():
@@ -203,7 +206,7 @@ def _restore_rng(state: dict[str, Any]) -> None:
 def _export(student: GrowingStudent, plan: Plan) -> Backbone:
     """The finished student as a plain model whose outputs are natural class ids."""
     model = copy.deepcopy(student.to_backbone()).cpu().eval()
-    fc = model.classifier[-1]
+    fc = cast(torch.nn.Linear, model.classifier[-1])  # Backbone's head ends in its Linear layer
     rank = plan.classes.rank
     with torch.no_grad():
         fc.weight.copy_(fc.weight[rank])
@@ -236,6 +239,12 @@ class _Run:
     grade: int = 0
     optimizer: torch.optim.Optimizer | None = None
     history: list[EpochMetrics] = field(default_factory=list)
+
+    @property
+    def live_optimizer(self) -> torch.optim.Optimizer:
+        """The grade's optimizer: _switch_grade builds it before the first epoch trains."""
+        assert self.optimizer is not None, "no optimizer before the first grade"
+        return self.optimizer
 
     @property
     def grade_spec(self):
@@ -368,7 +377,7 @@ def _views_for(num_views: int | None, n: int, gen: torch.Generator) -> torch.Ten
 def _train_one_epoch(run: _Run, passes: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """One epoch over ``passes``; returns the mean training loss per sample."""
     spec, dist = run.spec, run.dist
-    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    params = [p for group in run.live_optimizer.param_groups for p in group["params"]]
     run.student.train()
     loss_sum, seen_samples = 0.0, 0
     for order, views_all in passes:
@@ -407,10 +416,10 @@ def _train_step(
         sample_groups.to(run.device), run.plan.classes.offsets,
         alpha=run.plan.alpha, temperature=run.grade_spec.temperature,
     ) * len(y)
-    run.optimizer.zero_grad(set_to_none=True)
+    run.live_optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss / global_size).backward()  # fp16: scaled so small gradients do not underflow
     _sync_gradients(params, run.dist)
-    run.scaler.step(run.optimizer)  # fp16: unscales, skips the step on inf/NaN; otherwise optimizer.step()
+    run.scaler.step(run.live_optimizer)  # fp16: unscales, skips the step on inf/NaN; otherwise optimizer.step()
     run.scaler.update()
     return loss.item()
 
@@ -433,7 +442,7 @@ def _run_epoch(run: _Run, epoch: int) -> EpochMetrics:
     tic = time.monotonic()
     _switch_grade(run, epoch)
     lr = lr_at(run.spec.optim, epoch)
-    set_lr(run.optimizer, lr)
+    set_lr(run.live_optimizer, lr)
     train_loss = _train_one_epoch(run, _epoch_order(run, epoch))
     metrics = _epoch_metrics(run, epoch, lr, train_loss, tic)
     run.history.append(metrics)
@@ -459,7 +468,7 @@ def _checkpoint(run: _Run, epoch: int) -> dict[str, Any]:
         "format": CHECKPOINT_FORMAT, "method": run.plan.method, "epoch": epoch + 1, "grade": run.grade,
         # Copies, not views of live tensors: the next step must not change a
         # checkpoint the caller still holds.
-        "student": copy.deepcopy(run.student.state_dict()), "optimizer": copy.deepcopy(run.optimizer.state_dict()),
+        "student": copy.deepcopy(run.student.state_dict()), "optimizer": copy.deepcopy(run.live_optimizer.state_dict()),
         "history": [asdict(m) for m in run.history], "rng": _rng_state(),
         "scaler": run.scaler.state_dict(),  # empty unless fp16
     }

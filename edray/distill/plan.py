@@ -88,6 +88,7 @@ def make_plan(spec: Spec, num_classes: int) -> Plan:
         classes = _ed_classes(spec, num_classes)
         starts = [0, *ed.switch_epochs]
         grades = tuple(Grade(s, g + 1, ed.temperatures[g]) for g, s in enumerate(starts))
+        teachers: tuple[tuple[int, ...], ...]
         if spec.teachers.mode == "per_group":
             teachers = tuple((k,) for k in range(ed.grades))
         else:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
@@ -33,6 +33,7 @@ __all__ = ["Precision", "configure_backends", "prepare_model", "resolve_precisio
 
 PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
 _FIELD = "optim.precision"
+_M = TypeVar("_M", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def configure_backends(*, deterministic: bool, device: str | torch.device) -> No
         torch.backends.cudnn.allow_tf32 = not deterministic
 
 
-def prepare_model(model: nn.Module, device: str | torch.device) -> nn.Module:
+def prepare_model(model: _M, device: str | torch.device) -> _M:
     """Move ``model`` to ``device``; conv nets on CUDA go ``channels_last``."""
     model = model.to(device)
     if _device_type(device) == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):

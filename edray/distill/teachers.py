@@ -192,7 +192,8 @@ def train_teacher(
     classes = teacher_classes(spec, index, data.num_classes)
 
     def epoch_line(m: EpochMetrics) -> None:
-        progress(f"teacher {index} ({t.arch}) epoch {m.epoch}/{t.train.epochs} loss {m.train_loss:.3f}")
+        if progress is not None:  # passed to run_ed only when progress is given
+            progress(f"teacher {index} ({t.arch}) epoch {m.epoch}/{t.train.epochs} loss {m.train_loss:.3f}")
 
     start = time.monotonic()
     try:
@@ -202,12 +203,14 @@ def train_teacher(
         if err.path != "student.pretrained":
             raise
         raise EdrayError(f"teachers.models[{index}].pretrained", err.problem, err.fix) from None
+    model = result.model
+    assert model is not None, "run_ed returns its finished model"
     path = layout.node_teachers() / teacher_name(spec, index, data)
-    write_torch(path, {"arch": t.arch, "classes": classes, "state_dict": result.model.state_dict(),
+    write_torch(path, {"arch": t.arch, "classes": classes, "state_dict": model.state_dict(),
                        "val_acc": result.val_acc, "train_s": time.monotonic() - start})
     if layout.teachers_apart():
         publish_teacher(path, layout, result.val_acc)
-    return TeacherCheckpoint(t.arch, classes, result.model.to(device).eval(), result.val_acc, path)
+    return TeacherCheckpoint(t.arch, classes, model.to(device).eval(), result.val_acc, path)
 
 
 def publish_teacher(path: Path, layout: Layout, val_acc: float) -> None:
@@ -272,8 +275,9 @@ class LiveTeachers:
     views: int | None = None  # no store: the loop draws any view, a fresh augmentation
 
     def __init__(
-        self, teachers: list[TeacherCheckpoint], classes: ClassGroups, group_teachers: tuple[tuple[int, ...], ...]
-    ):
+        self, teachers: list[TeacherCheckpoint | None], classes: ClassGroups,
+        group_teachers: tuple[tuple[int, ...], ...],
+    ):  # None: a teacher that no group uses, never loaded
         self.teachers = teachers
         self.classes = classes
         self.group_teachers = group_teachers
@@ -284,6 +288,7 @@ class LiveTeachers:
         outs = []
         for i in self.group_teachers[group]:
             teacher = self.teachers[i]
+            assert teacher is not None  # every teacher a group uses is loaded
             logits = teacher.model(x)
             if teacher.classes != wanted:
                 # A shared teacher: pick the group's columns (its outputs are natural ids).

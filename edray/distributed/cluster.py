@@ -268,7 +268,9 @@ def _evaluate(raw: dict[str, Any], seed: int, layout: Layout) -> tuple[float, st
     spec = spec_from_dict({**raw, "seed": seed})
     device = choose_device(use_gpu=spec.scaling.use_gpu)
     # The sweep prepared the teachers and stores before its first trial.
-    return float(train(spec, layout, device=device, prepare_stores=False).test_acc), node_name()
+    result = train(spec, layout, device=device, prepare_stores=False)
+    assert result.test_acc is not None  # train evaluates the test split unless told not to
+    return float(result.test_acc), node_name()
 
 
 @dataclass

@@ -22,6 +22,7 @@ from typing import Any
 from edray.errors import EdrayError
 from edray.layout import Layout
 from edray.names import BASELINES
+from edray.search_space import search_section
 from edray.spec import Spec, spec_from_dict
 from edray.stats import paired_difference
 
@@ -63,7 +64,7 @@ def parse_methods(text: str | Sequence[str], where: str = "--compare") -> list[s
 
 def _bounds(spec: Spec, path: str, fallback: tuple[float, float, bool]) -> dict[str, Any]:
     """ED's own search range for a value, so that both sides search the same range."""
-    for p in spec.search.params:
+    for p in search_section(spec).params:
         if p.path == path or (p.type == "temperatures" and path.startswith(p.path)):
             return {"low": p.low, "high": p.high, "log": p.log}
     low, high, log = fallback
@@ -106,9 +107,9 @@ def compare_plan(specs: dict[str, Spec], num_samples: int | None, *, final_eval:
 
     lines, total = [], 0
     for method, s in specs.items():
-        n = num_samples or s.search.num_samples
+        n = num_samples or search_section(s).num_samples
         trials, epochs = planned_epochs(s, n)
-        seeds = s.search.final_eval.seeds if final_eval else 0
+        seeds = search_section(s).final_eval.seeds if final_eval else 0
         lines.append(f"  {method:<5} {trials} trials, {epochs} epochs + final evaluation {seeds} seeds x "
                      f"{s.optim.epochs} epochs")
         total += epochs + seeds * s.optim.epochs
@@ -167,11 +168,11 @@ def run_compare(spec: Spec, layout: Layout, options, methods: Sequence[str], *,
 
     specs = {"ed": spec, **{m: method_spec(spec, m) for m in methods}}
     lines, total = compare_plan(specs, options.num_samples, final_eval=options.final_eval)
-    log(f"--compare: {len(specs)} sweeps of {options.num_samples or spec.search.num_samples} configs each, "
+    log(f"--compare: {len(specs)} sweeps of {options.num_samples or search_section(spec).num_samples} configs each, "
         f"{total} epochs in all:")
     for line in lines:
         log(line)
-    if not options.final_eval or spec.search.final_eval.seeds < 1:
+    if not options.final_eval or search_section(spec).final_eval.seeds < 1:
         log("warning: no final evaluation, so no test accuracy and no paired differences")
     results = {}
     for method, s in specs.items():

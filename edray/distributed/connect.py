@@ -68,6 +68,7 @@ def _answering(address: str) -> str:
             pass
     except (OSError, ValueError) as err:
         shown = resolved if address == "auto" else address
-        raise EdrayError("--address", f"no Ray cluster answers at {shown} ({err.strerror or err})", _FIX_ADDRESS,
+        reason = err.strerror if isinstance(err, OSError) else None  # a ValueError (a port not a number) has none
+        raise EdrayError("--address", f"no Ray cluster answers at {shown} ({reason or err})", _FIX_ADDRESS,
                          exit_code=RUNTIME_ERROR) from None
     return resolved

@@ -32,7 +32,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from edray.errors import EdrayError
-from edray.search_space import BUDGET_KEY, fidelity_spec
+from edray.search_space import BUDGET_KEY, fidelity_spec, search_section
 from edray.spec import Spec
 
 __all__ = ["BUDGET_KEY", "Rung", "SuccessiveHalving", "fidelity_spec", "halving_plan", "rung_epochs"]
@@ -45,7 +45,7 @@ def rung_epochs(spec: Spec) -> list[int]:
     Raises:
         EdrayError: a budget too short for one epoch per grade, or two budgets that round alike.
     """
-    es = spec.search.early_stopping
+    es = search_section(spec).early_stopping
     total = spec.optim.epochs
     # ED's grades, whatever the method: KD / CE specs still carry (unused) switch epochs that
     # must fit in the copy for the copy to be a valid spec.

@@ -10,7 +10,7 @@ a run, configs are stopped between rungs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from ray.tune.search import Searcher
@@ -48,7 +48,8 @@ class HalvingOptunaSearch(OptunaSearch):
     def _budgeted(self, config: dict[str, Any], epochs: int) -> dict[str, Any]:
         return {**config, BUDGET_KEY: epochs} if epochs < self._full else dict(config)
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Ray annotates suggest as dict | None, but its own Searcher.FINISHED, a str, is a documented return.
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
         rungs = self._halving.rungs
         if self._queue:
             key, epochs = self._queue.pop(0)
@@ -88,7 +89,7 @@ class HalvingOptunaSearch(OptunaSearch):
             self.study.tell(ot_trial, value if state is optuna.trial.TrialState.COMPLETE else None, state=state)
             return
         try:
-            if status is TrialStatus.ERRORED or value is None:
+            if status is TrialStatus.ERRORED or value is None or result is None:  # (value None if result is)
                 raise ValueError("no result")
             self._halving.record(key, epochs, value, grade=int(result["grade"]), epoch=int(result["epoch"]))
         except (ValueError, KeyError):  # failed, or ended before the end of its copy: out of the rung
@@ -105,6 +106,7 @@ class HalvingOptunaSearch(OptunaSearch):
             return
         promoted, pruned = decision
         next_epochs = self._halving.rungs[self._halving.rung_of(epochs) + 1].epochs
-        self._queue.extend((key, next_epochs) for key in promoted)
+        # This searcher records its configs under their Optuna trial numbers.
+        self._queue.extend((cast(int, key), next_epochs) for key in promoted)
         for key in pruned:
-            self.study.tell(self._optuna_trial_of[key], None, state=optuna.trial.TrialState.PRUNED)
+            self.study.tell(self._optuna_trial_of[cast(int, key)], None, state=optuna.trial.TrialState.PRUNED)

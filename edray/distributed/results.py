@@ -16,6 +16,7 @@ from edray.distributed.space import resolve_config
 from edray.distributed.trial_rows import RESULT_COLUMNS, trial_rows
 from edray.layout import Layout
 from edray.names import METRIC
+from edray.search_space import search_section
 from edray.spec import Spec
 from edray.trial_status import TrialStatus
 
@@ -88,6 +89,8 @@ def collect(grid, tracker, parent_id: str, tic: float) -> SweepResult:
 
 def write_best(spec: Spec, layout: Layout, result: SweepResult) -> tuple[dict[str, Any], str]:
     """The best config as a spec ``edray train`` runs (``best.yaml``); returns it and its text."""
+    # The sweep calls this only after it found a best trial (best_config is not None).
+    assert result.best_config is not None, "write_best needs a sweep with a best trial"
     best = best_spec_dict(spec, result.best_config)
     best_path = layout.sweep_dir(spec.name) / "best.yaml"
     best_text = yaml.safe_dump(best, sort_keys=False)
@@ -116,7 +119,7 @@ def finish_tracking(spec: Spec, tracker, grid, result: SweepResult, best_text: s
         results.append({**{key: row[key] for key in RESULT_COLUMNS}, "epochs": row["epoch"]})
         df = r.metrics_dataframe
         history[row["trial_id"]] = df.to_dict("records") if df is not None else []
-    figures = render_figures(results, history, spec.search.params, sweep_dir / "figures", metric=METRIC)
+    figures = render_figures(results, history, search_section(spec).params, sweep_dir / "figures", metric=METRIC)
     summary = {k: v for k, v in result.summary().items() if isinstance(v, int | float) and v is not None}
     tracker.finish_sweep(
         best_config=result.best_config or {}, best_spec_yaml=best_text, results=results, figures=figures,
@@ -135,6 +138,8 @@ def register_best_student(spec: Spec, layout: Layout, tracker, result: SweepResu
     from edray.tracking import tags
     from edray.tracking.student_model import StudentModel, log_student_model, register_student, registered_model_name
 
+    # The sweep registers a student only when the best trial saved one.
+    assert result.best_model_path is not None, "register_best_student needs the best trial's model"
     student = evaluate_student(spec, result.best_model_path, layout)
     logged = log_student_model(tracker.uri, result.parent_run_id, StudentModel(
         model=student.model, example=student.example, class_names=student.class_names,

@@ -6,8 +6,11 @@ the cost before anything starts.
 
 from __future__ import annotations
 
+from typing import Any
+
 from edray.distributed.space import compile_space, default_point
 from edray.names import METRIC
+from edray.search_space import search_section
 from edray.spec import Spec
 
 __all__ = ["halving_for", "make_scheduler", "make_searcher", "plan_line", "planned_epochs"]
@@ -18,7 +21,7 @@ def make_scheduler(spec: Spec):
     which stops configs between rungs in the searcher)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    es = spec.search.early_stopping
+    es = search_section(spec).early_stopping
     if es.kind in ("none", "halving"):  # halving stops configs between rungs, in the searcher
         return FIFOScheduler()
     # Rungs count epochs in the final grade (see trial._extra_metrics): trials are only
@@ -41,7 +44,7 @@ def halving_for(spec: Spec, num_samples: int):
     """
     from edray.distributed.halving import SuccessiveHalving, rung_epochs
 
-    es = spec.search.early_stopping
+    es = search_section(spec).early_stopping
     if es.kind != "halving":
         return None
     grades = spec.ed.grades if spec.method == "ed" else 1
@@ -60,7 +63,7 @@ def plan_line(spec: Spec, num_samples: int) -> str:
     """What the sweep will cost, said before it starts."""
     trials, epochs = planned_epochs(spec, num_samples)
     full = num_samples * spec.optim.epochs
-    es = spec.search.early_stopping
+    es = search_section(spec).early_stopping
     if es.kind == "halving":
         halving = halving_for(spec, num_samples)
         rungs = ", ".join(f"{n} at {e}" for n, e in zip(halving.plan.configs, halving.plan.rungs))
@@ -82,7 +85,7 @@ def make_searcher(spec: Spec, max_concurrent: int, num_samples: int | None = Non
     from edray.distributed.searcher import PruneStoppedOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    search = spec.search
+    search = search_section(spec)
     points = search.points_to_evaluate
     if points is None:
         point = default_point(spec)
@@ -93,8 +96,8 @@ def make_searcher(spec: Spec, max_concurrent: int, num_samples: int | None = Non
         else optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=min(4, search.num_samples))
     )
     storage = optuna.storages.RDBStorage(search.storage) if search.storage else None
-    kwargs = dict(space=compile_space(spec), metric=METRIC, mode="max", points_to_evaluate=points, sampler=sampler,
-                  storage=storage, study_name=spec.name if storage else None)
+    kwargs: dict[str, Any] = dict(space=compile_space(spec), metric=METRIC, mode="max", points_to_evaluate=points,
+                                  sampler=sampler, storage=storage, study_name=spec.name if storage else None)
     halving = halving_for(spec, num_samples or search.num_samples)
     searcher = PruneStoppedOptunaSearch(**kwargs) if halving is None else HalvingOptunaSearch(halving=halving, **kwargs)
     return searcher, ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)

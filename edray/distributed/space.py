@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from edray.search_space import check_space, resolve_config, switch_bounds
+from edray.search_space import check_space, resolve_config, search_section, switch_bounds
 from edray.spec import Spec, get_path
 
 __all__ = ["compile_space", "default_point", "describe_space", "resolve_config", "sample_configs"]
@@ -43,13 +43,14 @@ class _DefineByRun:
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         spec = self.spec
         constants: dict[str, Any] = {}
-        for p in spec.search.params:
+        for p in search_section(spec).params:
             if p.type == "int":
-                trial.suggest_int(p.path, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+                low, high = p.bounds()
+                trial.suggest_int(p.path, int(low), int(high), step=int(p.step or 1), log=p.log)
             elif p.type == "float":
-                trial.suggest_float(p.path, p.low, p.high, log=p.log, step=p.step)
+                trial.suggest_float(p.path, *p.bounds(), log=p.log, step=p.step)
             elif p.type == "categorical":
-                trial.suggest_categorical(p.path, p.choices)
+                trial.suggest_categorical(p.path, p.options())
             elif p.type == "switch_epochs":
                 grades, epochs, min_len = switch_bounds(spec, p)
                 prev = 0
@@ -57,13 +58,14 @@ class _DefineByRun:
                     prev = trial.suggest_int(f"{p.path}[{i}]", prev + min_len, epochs - (grades - 1 - i) * min_len)
             elif p.type == "temperatures":
                 for g in range(spec.ed.grades):
-                    trial.suggest_float(f"{p.path}[{g}]", p.low, p.high, log=p.log)
+                    trial.suggest_float(f"{p.path}[{g}]", *p.bounds(), log=p.log)
             elif p.type == "split_ratios":
                 g, used = spec.ed.grades, 0.0
+                low, high = p.bounds()
                 for k in range(g - 1):
                     left = g - 1 - k  # ratios still to place after this one
-                    lo = max(p.low, 1.0 - used - p.high * left)
-                    hi = min(p.high, 1.0 - used - p.low * left)
+                    lo = max(low, 1.0 - used - high * left)
+                    hi = min(high, 1.0 - used - low * left)
                     used += trial.suggest_float(f"{p.path}[{k}]", lo, max(lo, hi))
                 constants[f"{p.path}[{g - 1}]"] = round(1.0 - used, 10)
         return constants
@@ -74,20 +76,21 @@ def default_point(spec: Spec) -> dict[str, Any] | None:
     or None when one of them falls outside the searched range."""
     raw = spec.model_dump(mode="json")
     point: dict[str, Any] = {}
-    for p in spec.search.params:
+    for p in search_section(spec).params:
         value = get_path(raw, p.path)
         if p.type in ("switch_epochs", "temperatures", "split_ratios"):
             items = value[:-1] if p.type == "split_ratios" else value
             for i, v in enumerate(items):
-                if p.type != "switch_epochs" and not p.low <= v <= p.high:
+                if p.type != "switch_epochs" and not p.bounds()[0] <= v <= p.bounds()[1]:
                     return None
                 point[f"{p.path}[{i}]"] = v
         elif p.type == "categorical":
-            if value not in p.choices:
+            if value not in p.options():
                 return None
             point[p.path] = value
         else:
-            if not p.low <= value <= p.high:
+            low, high = p.bounds()
+            if not low <= value <= high:
                 return None
             point[p.path] = value
     return point
@@ -97,7 +100,8 @@ def sample_configs(spec: Spec, n: int, *, seed: int | None = None) -> list[dict[
     """Draw ``n`` configs from the compiled space (for ``--dry-run``), constants included."""
     define = compile_space(spec)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=spec.search.seed if seed is None else seed))
+    seed = search_section(spec).seed if seed is None else seed
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     out = []
     for _ in range(n):
         trial = study.ask()
@@ -112,7 +116,7 @@ def sample_configs(spec: Spec, n: int, *, seed: int | None = None) -> list[dict[
 def describe_space(spec: Spec) -> list[str]:
     """One human-readable line per searched parameter."""
     lines = []
-    for p in spec.search.params:
+    for p in search_section(spec).params:
         if p.type == "categorical":
             lines.append(f"{p.path}: one of {p.choices}")
         elif p.type == "switch_epochs":

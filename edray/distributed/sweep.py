@@ -42,6 +42,7 @@ from edray.distributed.space import compile_space
 from edray.distributed.sweep_state import SweepState, load_state, start_tracking, state_path
 from edray.distributed.tune_run import build_tuner, fit
 from edray.layout import Layout
+from edray.search_space import search_section
 from edray.spec import Spec
 
 __all__ = [
@@ -117,7 +118,7 @@ def run_sweep(spec: Spec, layout: Layout, options: SweepOptions, *, log: Callabl
         _await_nodes(spec, options, "the sweep's work (teachers, stores, trials)", log)
     # The cost, once nothing can refuse the sweep any more (a refusal is the only line):
     # after joining Ray, so an --address that does not answer is refused in one line too.
-    num_samples = options.num_samples or spec.search.num_samples
+    num_samples = options.num_samples or search_section(spec).num_samples
     log(plan_line(spec, num_samples))
     timings, clock, placement = SweepTimings(), _Clock(), {}
     if layout.on_cluster:
@@ -143,7 +144,7 @@ def run_sweep(spec: Spec, layout: Layout, options: SweepOptions, *, log: Callabl
             join_ray(options.address)
     clock.lap()
     tuner = build_tuner(spec, num_samples=num_samples, resume=options.resume, progress=options.progress,
-                        max_concurrent=options.max_concurrent or spec.search.max_concurrent, tracker=tracker,
+                        max_concurrent=options.max_concurrent or search_section(spec).max_concurrent, tracker=tracker,
                         state=state, layout=layout, log=log, progress_lines=options.progress_lines)
     # The driver only waits while trials train: it imports the end-of-sweep figures' stack meanwhile.
     threading.Thread(target=_preload_figures, name="edray-preload-figures", daemon=True).start()
@@ -161,7 +162,7 @@ def run_sweep(spec: Spec, layout: Layout, options: SweepOptions, *, log: Callabl
 def _check(spec: Spec, layout: Layout) -> None:
     """Everything that can be wrong with the spec, before any teacher trains."""
     compile_space(spec)  # no search section, or a space with no valid trial: before anything starts
-    halving_for(spec, spec.search.num_samples)  # budgets too short for the grades
+    halving_for(spec, search_section(spec).num_samples)  # budgets too short for the grades
     from edray.pipeline import local_dataset
     from edray.preflight import preflight
 
@@ -220,7 +221,7 @@ def _finish(spec: Spec, options: SweepOptions, tracker, grid, result: SweepResul
         tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="FAILED")
         return
     best, best_text = write_best(spec, layout, result)
-    seeds = spec.search.final_eval.seeds
+    seeds = search_section(spec).final_eval.seeds
     if options.final_eval and seeds > 0:
         if options.address or layout.on_cluster:
             _await_nodes(spec, options, "the final evaluation", log)  # idle nodes may have scaled down meanwhile

@@ -165,7 +165,9 @@ def _run_torch_trainer(spec: Spec, ctx: TrialContext, trial_id: str) -> None:
             **ray_storage(ctx.layout.ray_train),
             failure_config=train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],
+            # Ray's static types see Train V1's RunConfig (callbacks: Tune's Callback); at runtime Train V2's
+            # RunConfig takes this UserCallback.
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
         ),
     )
     trainer.fit()

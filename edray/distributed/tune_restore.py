@@ -88,7 +88,9 @@ def repair_missing_checkpoints(fs: pafs.FileSystem, experiment: str) -> list[str
             trial_dir = f"{experiment.rstrip('/')}/{trial}"
             if fs.get_file_info(f"{trial_dir}/{name}").type != pafs.FileType.NotFound:
                 continue
-            index = int(_CHECKPOINT.search(name).group(1))
+            match = _CHECKPOINT.search(name)
+            assert match is not None  # _referenced keeps only names that match
+            index = int(match.group(1))
             later = [i for i in _checkpoints(fs, trial_dir) if i > index]
             if not later:
                 continue  # nothing to resume from: Tune restarts or fails the trial as before

@@ -108,6 +108,7 @@ class LogitStore:
             IndexError: a row or view out of range, or ``views`` not matching ``rows`` in length.
         """
         row = _as_index(rows)
+        view: np.ndarray
         if isinstance(views, (int, np.integer)):
             view = np.full(row.shape, int(views), dtype=np.int64)
         else:
@@ -152,7 +153,7 @@ class LogitStore:
         return {"location": self._location, "manifest": self.manifest}  # no buffers: the child maps its own
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["location"], state["manifest"])
+        type(self).__init__(self, state["location"], state["manifest"])
 
 
 def open_store(

@@ -172,6 +172,7 @@ def building(
     if rows_per_shard is None and all(isinstance(n, (int, np.integer)) for n in (views, outputs)):
         rows_per_shard = default_rows_per_shard(views, outputs)
     _check_layout(key, rows=rows, views=views, outputs=outputs, rows_per_shard=rows_per_shard)
+    assert rows_per_shard is not None  # _check_layout rejects None
     ids = _as_sample_ids(sample_ids, rows)
     plan = StorePlan(location, key.name, key.fields(), key.digest(), rows, views, outputs, rows_per_shard, ids)
     if _is_finished(plan.location, key, local):
@@ -245,6 +246,7 @@ def finish_store(plan: StorePlan, done: dict[int, ShardInfo] | None = None) -> P
     )
     write_bytes(join(plan.staging, MANIFEST_NAME), manifest.to_json().encode())
     local = local_path(plan.root)
+    final: Path | str
     if local is not None:
         final = local / plan.name
         with _io(final):
@@ -266,7 +268,7 @@ def _check_root(root: str | os.PathLike[str]) -> tuple[str, Path | None]:
     return str(path), path
 
 
-def _check_layout(key: StoreKey, *, rows: int, views: int, outputs: int, rows_per_shard: int) -> None:
+def _check_layout(key: StoreKey, *, rows: int, views: int, outputs: int, rows_per_shard: int | None) -> None:
     for name, value in (("rows", rows), ("outputs", outputs), ("rows_per_shard", rows_per_shard)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"write_store: {name} must be an integer >= 1, got {value!r}")

@@ -8,6 +8,7 @@ per-architecture formula.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -47,8 +48,10 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
-        counter = _conv_macs if isinstance(module, nn.modules.conv._ConvNd) else _linear_macs
-        total += counter(module, inputs, output)
+        if isinstance(module, nn.modules.conv._ConvNd):
+            total += _conv_macs(module, inputs, output)
+        else:  # hooked only on convolutions and Linear layers
+            total += _linear_macs(cast(nn.Linear, module), inputs, output)
 
     handles = [
         m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))

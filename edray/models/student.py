@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -140,7 +141,7 @@ class GrowingStudent(nn.Module):
 
     def to_backbone(self) -> Backbone:
         """The plain target model, sharing this student's trained weights (no TR heads)."""
-        units = [unit for segment in self.segments for unit in segment]
+        units = [unit for segment in self.segments for unit in cast(nn.Sequential, segment)]
         model = Backbone(units, self.widths, num_classes=self.num_classes, classifier=self.classifier)
         model.training = self.training
         return model

@@ -251,7 +251,7 @@ def _best(r: SweepRecord) -> str:
 
 def _best_trial(trials: list[TrialRow]) -> TrialRow | None:
     done = [t for t in trials if t.status == "completed" and t.metric is not None]
-    return max(done, key=lambda t: t.metric) if done else None
+    return max(done, key=lambda t: t.metric or 0.0) if done else None  # every metric is set (filtered)
 
 
 def _results(r: SweepRecord) -> str:

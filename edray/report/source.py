@@ -183,11 +183,13 @@ def _trial_runs(client, experiment_id: str, parent_id: str,
     """
     from edray.tracking.figures import TOP_CURVES
 
+    children: dict[str, Any]
     if any("epochs" not in row for row in results):
         children = _children(client, experiment_id, parent_id)
         return children, {tid: _history(client, run.info.run_id) for tid, run in children.items()}
-    ranked = sorted((r for r in results if finite(r.get(METRIC)) is not None), key=lambda r: -finite(r.get(METRIC)))
-    children: dict[str, Any] = {}
+    ranked = sorted((r for r in results if finite(r.get(METRIC)) is not None),
+                    key=lambda r: -(finite(r.get(METRIC)) or 0.0))  # all finite (filtered)
+    children = {}
     history: dict[str, list[dict]] = {}
     for row in ranked:
         trial_id = str(row["trial_id"])

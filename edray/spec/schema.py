@@ -269,6 +269,18 @@ class SearchParam(_Strict):
             raise ValueError(f"search param {self.path}: temperatures must be > 0, got low {self.low}")
         return self
 
+    def bounds(self) -> tuple[float, float]:
+        """``(low, high)``; every type but categorical and switch_epochs has both (checked above)."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"search param {self.path}: {self.type} has no low/high")
+        return self.low, self.high
+
+    def options(self) -> list[Any]:
+        """The choices of a categorical param (checked non-empty above)."""
+        if self.choices is None:
+            raise ValueError(f"search param {self.path}: {self.type} has no choices")
+        return self.choices
+
 
 class EarlyStoppingSpec(_Strict):
     """How a sweep stops unpromising trials before their last epoch (README "The sweep").
@@ -340,12 +352,16 @@ class SearchSpec(_Strict):
         return self
 
 
+def _one_cpu() -> dict[str, float]:  # typed: mypy reads a lambda's {"CPU": 1} as dict[str, int]
+    return {"CPU": 1}
+
+
 class ScalingSpec(_Strict):
     """Workers per trial (Ray Train's ScalingConfig)."""
 
     num_workers: int = Field(1, ge=1, description="data-parallel workers per trial")
     use_gpu: bool = False
-    resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1})
+    resources_per_worker: dict[str, float] = Field(default_factory=_one_cpu)
     max_failures: int = Field(2, ge=0, description="restarts of a trial from its last checkpoint")
     trainer: Literal["auto", "inline", "torch_trainer"] = Field(
         "auto", description="auto: single-worker trials train inside the Tune trial, others via TorchTrainer"

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -31,6 +31,9 @@ from edray.spec import SearchParam
 from edray.tracking.values import finite
 from edray.trial_status import TrialStatus
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = ["FIGURES", "TOP_CURVES", "build_study", "preload", "render_figures"]
 
 log = logging.getLogger(__name__)
@@ -38,8 +41,8 @@ log = logging.getLogger(__name__)
 FIGURES = ("optimization_history", "param_importances", "parallel_coordinates", "learning_curves")
 TOP_CURVES = 5  # trials the learning curves draw
 _INDEXED = re.compile(r"^(?P<path>.+)\[(?P<i>\d+)\]$")
-_STATES = {TrialStatus.COMPLETED: TrialState.COMPLETE, TrialStatus.PRUNED: TrialState.PRUNED,
-           TrialStatus.ERRORED: TrialState.FAIL}
+_STATES: dict[str, TrialState] = {TrialStatus.COMPLETED: TrialState.COMPLETE, TrialStatus.PRUNED: TrialState.PRUNED,
+                                  TrialStatus.ERRORED: TrialState.FAIL}  # rows hold the values
 _OWN = ("optimization_history", "learning_curves")  # drawn here, not by Optuna
 _COLORS = {TrialStatus.COMPLETED: "tab:blue", TrialStatus.PRUNED: "tab:orange", TrialStatus.ERRORED: "tab:red"}
 
@@ -134,7 +137,7 @@ def _distribution(param: SearchParam | None, values: list) -> BaseDistribution:
     numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
     kind = param.type if param is not None else None
     if kind == "categorical" or not numeric:
-        choices = list(param.choices) if kind == "categorical" else []
+        choices = list(param.options()) if param is not None and kind == "categorical" else []
         choices = [_choice(c) for c in choices]
         for v in map(_choice, values):
             if v not in choices:
@@ -151,13 +154,13 @@ def _distribution(param: SearchParam | None, values: list) -> BaseDistribution:
         if log_scale or (high - low) % step:
             step = 1  # Optuna allows no step on a log scale; widened bounds may be off the grid
         return IntDistribution(low, high, log=log_scale, step=step)
-    low = float(min(param.low, lo)) if param is not None and param.low is not None else float(lo)
-    high = float(max(param.high, hi)) if param is not None and param.high is not None else float(hi)
-    log_scale = bool(param and param.log and low > 0 and kind in ("float", "temperatures"))
-    step = param.step if param is not None and kind == "float" and not log_scale else None
-    if step is not None and not _on_grid(low, high, step):
-        step = None
-    return FloatDistribution(low, high, log=log_scale, step=step)
+    f_low = float(min(param.low, lo)) if param is not None and param.low is not None else float(lo)
+    f_high = float(max(param.high, hi)) if param is not None and param.high is not None else float(hi)
+    f_log = bool(param and param.log and f_low > 0 and kind in ("float", "temperatures"))
+    f_step = param.step if param is not None and kind == "float" and not f_log else None
+    if f_step is not None and not _on_grid(f_low, f_high, f_step):
+        f_step = None
+    return FloatDistribution(f_low, f_high, log=f_log, step=f_step)
 
 
 def _on_grid(low: float, high: float, step: float) -> bool:
@@ -260,15 +263,16 @@ def _parallel_figure(plt, study: optuna.Study, metric: str):
 
     shown = _varying(complete) or sorted({k for t in complete for k in t.params})
     ax = plot_parallel_coordinate(study, params=shown, target_name=metric)
-    ax.figure.set_size_inches(max(7.0, 1.4 * (2 + len(shown))), 5)
+    figure = cast("Figure", ax.figure)  # the Axes of a whole figure, not of a SubFigure
+    figure.set_size_inches(max(7.0, 1.4 * (2 + len(shown))), 5)
     ax.set_title("Parallel coordinates (completed trials, searched values that varied)")
-    return ax.figure
+    return figure
 
 
 def _curves_figure(plt, results: list[dict], history: dict[str, list[dict]], metric: str):
     """``metric`` per epoch of the top trials, one panel per grade, dashed lines at switches."""
     ranked = sorted((r for r in results if finite(r.get(metric)) is not None and history.get(str(r.get("trial_id")))),
-                    key=lambda r: finite(r.get(metric)), reverse=True)[:TOP_CURVES]
+                    key=lambda r: finite(r.get(metric)) or 0.0, reverse=True)  # all finite (filtered)[:TOP_CURVES]
     curves = {str(r["trial_id"]): _epochs(history[str(r["trial_id"])], metric) for r in ranked}
     curves = {k: v for k, v in curves.items() if v}
     if not curves:

@@ -37,6 +37,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -233,7 +234,10 @@ class SweepTracker:
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            return self.client.get_experiment_by_name(name).experiment_id  # created meanwhile by another driver
+            existing = self.client.get_experiment_by_name(name)  # created meanwhile by another driver
+            if existing is None:
+                raise
+            return existing.experiment_id
 
     def start_sweep(self, *, run_name: str, spec_dict: dict, resume_run_id: str | None = None) -> str:
         """Open the parent run and return its id; ``resume_run_id`` reopens that run.
@@ -281,7 +285,8 @@ class SweepTracker:
         query = tags.tag_filter(tags.PARENT_RUN, self.parent_run_id)
         if trial_id is not None:
             query += " and " + tags.tag_filter(tags.TRIAL_ID, trial_id)
-        runs, token = [], None
+        runs: list[Any] = []
+        token: str | None = None
         while True:
             page = self._retry(lambda: self.client.search_runs(
                 [self.experiment_id], filter_string=query, max_results=1000, page_token=token,
@@ -309,8 +314,9 @@ class SweepTracker:
         if run_id is not None:
             self._runs[trial_id] = run_id
             self._seed_last_step(run_id)
-            self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))
-            self._retry(lambda: self.client.set_tag(run_id, tags.STATUS, "running"))
+            known: str = run_id  # narrowed for the lambdas below
+            self._retry(lambda: self.client.update_run(known, status="RUNNING"))
+            self._retry(lambda: self.client.set_tag(known, tags.STATUS, "running"))
             return run_id
         columns, numbers = self._columns(resolved_spec)
         marks = {tags.PARENT_RUN: self.parent_run_id, tags.KIND: tags.KIND_TRIAL, tags.TRIAL_ID: trial_id,
@@ -353,7 +359,7 @@ class SweepTracker:
         run = self._retry(lambda: self.client.get_run(run_id))
         last = -1
         for key in run.data.metrics:
-            history = self._retry(lambda k=key: self.client.get_metric_history(run_id, k))
+            history = self._retry(partial(self.client.get_metric_history, run_id, key))
             last = max([last, *(m.step for m in history)])
         self._last_step[run_id] = last
 
@@ -454,13 +460,13 @@ class SweepTracker:
         for i in range(0, max(len(params), 1 if metrics else 0), _BATCH):
             chunk = params[i:i + _BATCH]
             extra = metrics if i == 0 and metrics else []
-            self._retry(lambda c=chunk, m=extra: self.client.log_batch(run_id, params=c, metrics=m))
+            self._retry(partial(self.client.log_batch, run_id, params=chunk, metrics=extra))
 
     def _log_tags(self, run_id: str, values: dict[str, str]) -> None:
         run_tags = [RunTag(k, _clip(v, _MAX_TAG_VALUE)) for k, v in values.items()]
         for i in range(0, len(run_tags), _BATCH):
             chunk = run_tags[i:i + _BATCH]
-            self._retry(lambda c=chunk: self.client.log_batch(run_id, tags=c))
+            self._retry(partial(self.client.log_batch, run_id, tags=chunk))
 
     def _log_file(self, run_id: str, path: str | Path, folder: str, name: str) -> None:
         """Log a file as ``folder/name``: a local path, or a URI on the shared location (a
