@@ -93,7 +93,8 @@ def _fluent_uri(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(None)  # unsets the URI and the variable
+        # None unsets the URI and the variable (MLflow handles it; its annotation omits it).
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
         if before is not None:
             os.environ["MLFLOW_TRACKING_URI"] = before
 
