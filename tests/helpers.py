@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,11 @@ class MlflowServer:
         if self.proc is not None:
             stop_group(self.proc)
             self.proc = None
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a child a test sends Ctrl-C (SIGINT): SIGINT as a terminal's
+    foreground job has it. A shell's background job (CI, a script with ``&``) ignores
+    SIGINT, and its children would inherit that and never stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+

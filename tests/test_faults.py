@@ -34,7 +34,7 @@ from edray.pipeline import train
 from edray.tracking.callback import EPOCH_METRICS
 
 from .conftest import DIGITS_YAML, FAST, fast_spec, one_error_line, remount
-from .helpers import metric_steps
+from .helpers import default_sigint, metric_steps
 
 EPOCHS = 6
 # One fixed config (a single choice), no early stopping, no final evaluation: the trial
@@ -387,7 +387,7 @@ def test_mlflow_ui_binds_to_loopback_unless_asked(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen([sys.executable, "-m", "edray.cli", "ui", "--workdir", str(work), "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
     try:
         seen = []
         for line in proc.stdout:  # until the server answers

@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from .conftest import DIGITS_YAML, FAST
-from .helpers import TIMEOUT_S, edray, edray_args, edray_env, one_line_error, sets
+from .helpers import TIMEOUT_S, default_sigint, edray, edray_args, edray_env, one_line_error, sets
 
 SWEEP = [*FAST, "optim.epochs=3", "ed.switch_epochs=[1, 2]", "search.params[0].min_grade_epochs=1",
          "search.early_stopping.kind=none", "search.final_eval.seeds=2"]
@@ -86,7 +86,7 @@ def test_ctrl_c_during_a_sweep_exits_130_and_leaves_nothing_half_written(teacher
             *sets([*SWEEP, "optim.epochs=8", "ed.switch_epochs=[2, 5]", "search.max_concurrent=1"])]
     proc = subprocess.Popen(edray_args(*args), env=edray_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True,  # its own group, as a terminal's foreground job
-                            preexec_fn=_default_sigint)
+                            preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + TIMEOUT_S
         while "RUNNING" not in _trial_states(workdir).values():
@@ -119,12 +119,6 @@ def test_ctrl_c_during_a_sweep_exits_130_and_leaves_nothing_half_written(teacher
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert not left, "processes of the sweep still running after it exited"
-
-
-def _default_sigint() -> None:
-    """SIGINT as a terminal's foreground job has it: a shell's background job (CI, a script
-    with ``&``) ignores it, and its children would inherit that."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _in_group(pid: int, pgid: int) -> bool:

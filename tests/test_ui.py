@@ -19,7 +19,7 @@ import pytest
 from edray.cli import main
 from edray.errors import EdrayError
 from edray.ui import serve_ui, ui_command
-from tests.helpers import EXPERIMENT, descendants
+from tests.helpers import EXPERIMENT, default_sigint, descendants
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never via a proxy
 
@@ -60,8 +60,7 @@ def test_ui_serves_the_sweep_and_ctrl_c_leaves_no_process(sweep):
     proc = subprocess.Popen(
         [sys.executable, "-m", "edray.cli", "ui", "--workdir", str(sweep), "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        # SIGINT as a terminal's job has it (a shell's background job ignores it, and so would its children).
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=default_sigint,
     )
     out: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, out), daemon=True).start()
