@@ -86,7 +86,8 @@ _WAIT = textwrap.dedent("""
     lines = []
     out = {"types": {t.name: t.resources for t in cluster_node_types() or []}}
     try:
-        wait_for_nodes({"CPU": 1}, "trials", wait_s=2, log=lines.append, report_every_s=1)
+        # Shorter than any node takes (the autoscaler acts once a second, then a raylet starts).
+        wait_for_nodes({"CPU": 1}, "trials", wait_s=0.6, log=lines.append, report_every_s=1)
     except EdrayError as err:
         out["bounded"] = str(err)
     tic = time.monotonic()
@@ -107,7 +108,7 @@ def test_waiting_for_a_node_says_what_the_autoscaler_does(autoscaling):
     # The node types, read from the running autoscaler's own config.
     assert out["types"] == {name: {k: float(v) for k, v in t["resources"].items()} for name, t in NODE_TYPES.items()}
     # --wait-for-nodes: a bound hit is one line saying what was waited for.
-    assert out["bounded"].startswith("--wait-for-nodes: no node with {CPU: 1} for trials joined in 2 s")
+    assert out["bounded"].startswith("--wait-for-nodes: no node with {CPU: 1} for trials joined in 1 s")
     waiting = [line for line in out["lines"] if line.startswith("waiting for a node with {CPU: 1} for trials: ")]
     assert waiting, out["lines"]
     assert any("autoscaler launching 1 cpu_worker" in line or "autoscaler starting 1 cpu_worker" in line

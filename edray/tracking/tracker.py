@@ -13,7 +13,8 @@ MLflow's metric history when a run is found again) and older epochs are skipped.
 
 Tune calls the tracker from its driver process only: there is one writer to the store.
 
-A tracking server that stops answering must not stall the sweep. Tune runs the tracker on
+A tracking server that stops answering (no connection, or a timeout; not a 503, which is
+an answer and is only retried) must not stall the sweep. Tune runs the tracker on
 its own loop, and MLflow's HTTP client retries a dead server itself (7 times with backoff,
 each request up to 120 s): under edray's three tries one call could block the driver for
 many minutes. So MLflow tries once, for at most ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (8 s unless
@@ -128,6 +129,15 @@ def _bound_mlflow_http() -> None:
     """MLflow's own HTTP retries off and its request timeout short, unless the user set them."""
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def _unreachable(err: BaseException) -> bool:
+    """No answer at all: the connection failed or timed out (MLflow wraps the requests error)."""
+    import requests
+
+    cause = err.__cause__ or err.__context__
+    return isinstance(err, OSError | TimeoutError) or isinstance(
+        cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout | OSError)
 
 
 def is_transient(err: BaseException) -> bool:
@@ -527,7 +537,8 @@ class SweepTracker:
                     raise
                 wait = _BACKOFF_S * 2 ** (attempt - 1)
                 if attempt == _TRIES or time.monotonic() + wait > deadline:
-                    self._went_down(err)
+                    if _unreachable(err):  # a server that answers (a 503, a locked database) is not paused
+                        self._went_down(err)
                     raise
                 self._sleep(wait)
                 continue
