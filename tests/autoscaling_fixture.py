@@ -27,14 +27,13 @@ are its children, in its session); :func:`stop_autoscaling_cluster` checks that 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import time
 import urllib.request
 from pathlib import Path
 
 from .cluster_fixture import SimCluster, start_cluster
+from .helpers import kill_pids
 
 HEAD_TYPE = "ray.head.default"  # the fake provider's name for the head
 GPU_STAND_IN = "accel"  # the custom resource playing the GPU
@@ -142,10 +141,6 @@ def stop_autoscaling_cluster(cluster: SimCluster) -> list[int]:
         left = _session_pids(leader)
         if not left:
             return []
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_pids(left)
         time.sleep(0.5)
     return _session_pids(leader)

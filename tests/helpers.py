@@ -147,3 +147,12 @@ def default_sigint() -> None:
     SIGINT, and its children would inherit that and never stop."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
+
+def kill_pids(pids) -> None:
+    """SIGKILL each of ``pids``; one that has exited meanwhile is skipped."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+

@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import kill_pids
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_YAML = ROOT / "clusters" / "local.yaml"
 SSHD = Path("/usr/sbin/sshd")
@@ -195,11 +197,7 @@ def _kill_user(uid: int) -> None:
         pids = [pid for pid, u, _ in _procs() if u == uid]
         if not pids:
             return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_pids(pids)
         time.sleep(0.5)
 
 
