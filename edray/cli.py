@@ -151,6 +151,7 @@ def _cmd_sweep(args: argparse.Namespace) -> Summary:
     from dataclasses import asdict
 
     from edray.distributed.compare import format_compare, parse_methods, run_compare
+    from edray.distributed.interrupt import catch_ctrl_c
     from edray.distributed.space import describe_space, sample_configs
     from edray.distributed.sweep import SweepOptions, plan_line, run_sweep
 
@@ -182,6 +183,7 @@ def _cmd_sweep(args: argparse.Namespace) -> Summary:
     # Ctrl-C stops the sweep (exit 130, below). Tune's own SIGINT handler would only stop
     # the trials and let the sweep end as if it had finished (exit 0, a "best" of a part).
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    catch_ctrl_c()
     methods = methods or spec.search.compare
     rows = None
     if methods:

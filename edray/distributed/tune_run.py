@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from edray.distributed.interrupt import raise_if_interrupted
 from edray.distributed.search_setup import make_scheduler, make_searcher, planned_epochs
 from edray.distributed.space import resolve_config
 from edray.distributed.sweep_state import SweepState
@@ -52,7 +53,9 @@ def build_tuner(spec: Spec, *, num_samples: int, max_concurrent: int, resume: bo
 def fit(tuner, tracker):
     """Run the trials; a sweep stopped by an error or Ctrl-C leaves its parent run KILLED, not RUNNING."""
     try:
-        return tuner.fit()
+        grid = tuner.fit()
+        raise_if_interrupted()  # Ctrl-C that Ray or Tune swallowed: nothing is written from a part of a sweep
+        return grid
     except BaseException:
         # The parent run must not stay RUNNING forever; --resume reopens it.
         tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="KILLED")
