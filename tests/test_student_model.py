@@ -73,7 +73,10 @@ def _parent_run(uri: str, experiment: str) -> str:
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    # A SQLite store's artifacts beside it, not in MLflow's default ./mlruns (the repository).
+    where = {"artifact_location": str(Path(uri.removeprefix("sqlite:///")).parent / "artifacts")} \
+        if uri.startswith("sqlite:") else {}
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, **where)
     return client.create_run(exp_id, run_name="sweep").info.run_id
 
 
@@ -117,6 +120,12 @@ def test_champion_moves_only_to_a_better_version_on_the_same_test_set(trained, s
     run_id = _parent_run(sqlite_uri, "digits")
     model_uri = log_student_model(sqlite_uri, run_id, student)
     client = MlflowClient(sqlite_uri)
+    # Logged by run id, not inside a fluent run: the sweep's run is still running (the sweep
+    # sets its final status itself), and the model is in the run's experiment, on its Models tab.
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and run.info.end_time is None
+    [logged] = client.search_logged_models([run.info.experiment_id])
+    assert logged.source_run_id == run_id and model_uri == logged.model_uri
 
     def champion() -> str:
         return str(client.get_model_version_by_alias(name, CHAMPION).version)
