@@ -452,6 +452,7 @@ def test_tracking_callback_in_a_real_tune_run(store, tmp_path, digits_data):
     # log_models: all -> the trial's student is an MLflow model on its own run (its Models tab), nowhere else.
     models = client.search_logged_models([tracker.experiment_id])
     assert [(m.name, m.source_run_id) for m in models] == [("student", done.info.run_id)]
+    assert {(m.key, m.step) for m in models[0].metrics} == {("val_acc", 3), ("grade", 3), ("train_loss", 3)}
     mlflow.set_tracking_uri(tracker.uri)
     try:
         loaded = mlflow.pytorch.load_model(f"runs:/{done.info.run_id}/student")

@@ -136,8 +136,10 @@ def read_student(model_path: str) -> StudentModel:
                         normalisation=state["normalisation"])
 
 
-def log_student_model(tracking_uri: str, run_id: str, student: StudentModel, *, name: str = "student") -> str:
+def log_student_model(tracking_uri: str, run_id: str, student: StudentModel, *, name: str = "student",
+                      step: int = 0) -> str:
     """Log ``student`` to run ``run_id`` as an MLflow model; returns its ``models:/`` URI.
+    The run's metrics at ``step`` (a trial's last epoch) are the model's metrics in MLflow's UI.
 
     The run's status is left as it is (no fluent ``start_run``): its model is created in
     the run's experiment with the run's params, as ``log_model`` inside the run would."""
@@ -161,6 +163,7 @@ def log_student_model(tracking_uri: str, run_id: str, student: StudentModel, *, 
             name=name,
             run_id=run_id,
             model_id=logged.model_id,
+            step=step,
             signature=infer_signature(inputs, outputs.numpy()),
             input_example=inputs,
             serialization_format="pt2",

@@ -418,8 +418,9 @@ class SweepTracker:
 
         run_id = self._run_for(trial_id)
         student = read_student(str(model_path))
-        # Not retried: a second try would leave the first one's half-logged model behind.
-        return log_student_model(self.uri, run_id, student)
+        # Not retried: a second try would leave the first one's half-logged model behind. The last
+        # epoch's metrics (val_acc, ...) become the model's, shown beside it on the Models tab.
+        return log_student_model(self.uri, run_id, student, step=max(self._last_step.get(run_id, 0), 0))
 
     # ------------------------------------------------------------------ the end of the sweep
 
