@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from edray.spec import Spec, load_spec
+from tests.helpers import with_tty_stderr
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_YAML = ROOT / "search_spaces" / "digits.yaml"
@@ -59,20 +60,29 @@ def teacher_workdir(tmp_path_factory, digits_data) -> Path:
 
 @pytest.fixture(scope="session")
 def small_sweep(tmp_path_factory, teacher_workdir) -> Path:
-    """The work directory of one real ``edray sweep`` (3 trials), run once per session
-    (test_report, test_ui and test_atomic read it)."""
+    """The work directory of one real ``edray sweep`` (3 trials, ``tracking.log_models: all``),
+    run once per session (test_report, test_ui, test_atomic, test_student_model read it)."""
     import shutil
     import sys
 
     workdir = tmp_path_factory.mktemp("sweep")
     shutil.copytree(teacher_workdir / "teachers", workdir / "teachers")  # trained once for the session
-    overrides = [*FAST, "search.params[0].min_grade_epochs=1", "search.early_stopping.kind=asha"]
+    overrides = [*FAST, "search.params[0].min_grade_epochs=1", "search.early_stopping.kind=asha",
+                 "tracking.log_models=all"]
     cmd = [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--workdir", str(workdir),
-           "--num-samples", "3", "--no-final-eval", "--quiet", *(a for o in overrides for a in ("--set", o))]
+           "--num-samples", "3", "--no-final-eval", *(a for o in overrides for a in ("--set", o))]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    done = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # In a terminal, as a user runs it: what it showed is kept beside the work directory
+    # (Tune prints its table to stdout, edray its lines to stderr).
+    code, out, err = with_tty_stderr(cmd, env={**env, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert code == 0, err[-3000:]
+    sweep_terminal(workdir).write_text(f"{out}\n{err}")
     return workdir
+
+
+def sweep_terminal(workdir: Path) -> Path:
+    """Where ``small_sweep`` keeps what the sweep showed in its terminal (stdout, then stderr)."""
+    return workdir.with_name(f"{workdir.name}-terminal.txt")
 
 
 @pytest.fixture

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,35 @@ def edray(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
     """``edray ARGS`` in a fresh interpreter, its output captured."""
     return subprocess.run(edray_args(*args), env=env or edray_env(), cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def with_tty_stderr(args: list[str], *, env: dict[str, str] | None = None,
+                    timeout: float = TIMEOUT_S) -> tuple[int, str, str]:
+    """Run ``args`` with stderr on a terminal (a pty: where edray shows progress and Tune its
+    live table), stdout captured; returns (code, stdout, stderr)."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(args, env=env or edray_env(), stdout=subprocess.PIPE, stderr=follower, text=True)
+    os.close(follower)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([leader], [], [], 1.0)[0]:
+                continue
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # the terminal closed: the process has exited
+                break
+            if not data:
+                break
+            chunks.append(data)
+        else:
+            proc.kill()
+            raise subprocess.TimeoutExpired(args, timeout)
+        out = proc.stdout.read() if proc.stdout else ""
+        proc.wait(timeout=60)
+    finally:
+        os.close(leader)
+    return proc.returncode, out, b"".join(chunks).decode(errors="replace")
 
 
 def sets(overrides: list[str]) -> list[str]:

@@ -6,10 +6,7 @@ and a failure at run time (exit 1, one line). Tiny teachers, three epochs."""
 from __future__ import annotations
 
 import json
-import os
-import pty
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ import torch
 from edray import cli
 
 from .conftest import DIGITS_YAML, FAST
-from .helpers import edray, edray_args, edray_env, json_summary, one_line_error, sets
+from .helpers import edray, edray_args, edray_env, json_summary, one_line_error, sets, with_tty_stderr
 
 TEACHER = "{arch: cnn_small, train: {epochs: 1, lr: 0.05, batch_size: 64}}"
 TINY = [*FAST, f"teachers.models=[{TEACHER}, {TEACHER}]", "optim.epochs=3", "ed.switch_epochs=[1, 2]",
@@ -97,31 +94,11 @@ def test_train_runs_the_method_the_set_flag_names(method, taught, tmp_path, caps
     assert len(built) == {"kd": 2, "mtkd": 4, "ce": 0}[method]  # train and val store per teacher
 
 
-def _with_tty_stderr(args: list[str]) -> tuple[int, str, str]:
-    """Run with stderr on a terminal (where progress lines are shown); returns (code, stdout, stderr)."""
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(args, env=edray_env(), stdout=subprocess.PIPE, stderr=follower, text=True)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            data = os.read(leader, 4096)
-        except OSError:  # the terminal closed: the process has exited
-            break
-        if not data:
-            break
-        chunks.append(data)
-    out = proc.stdout.read()
-    proc.wait(timeout=120)
-    os.close(leader)
-    return proc.returncode, out, b"".join(chunks).decode()
-
-
 def test_quiet_prints_nothing_but_the_result(taught):
     args = edray_args("train", str(DIGITS_YAML), "--workdir", str(taught), *sets([*TINY, "method=ce"]))
-    code, out, err = _with_tty_stderr(args)
+    code, out, err = with_tty_stderr(args)
     assert code == 0 and "epoch   1/3" in err and "training ce on digits" in err  # progress on a terminal
-    code, out, err = _with_tty_stderr([*args, "--quiet"])
+    code, out, err = with_tty_stderr([*args, "--quiet"])
     assert code == 0 and err == ""
     assert len(out.strip().splitlines()) == 1 and out.startswith("ce: val_acc ")
 

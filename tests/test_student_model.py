@@ -73,7 +73,10 @@ def _parent_run(uri: str, experiment: str) -> str:
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    # A SQLite store's artifacts beside it, not in MLflow's default ./mlruns (the repository).
+    where = {"artifact_location": str(Path(uri.removeprefix("sqlite:///")).parent / "artifacts")} \
+        if uri.startswith("sqlite:") else {}
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, **where)
     return client.create_run(exp_id, run_name="sweep").info.run_id
 
 
@@ -117,6 +120,12 @@ def test_champion_moves_only_to_a_better_version_on_the_same_test_set(trained, s
     run_id = _parent_run(sqlite_uri, "digits")
     model_uri = log_student_model(sqlite_uri, run_id, student)
     client = MlflowClient(sqlite_uri)
+    # Logged by run id, not inside a fluent run: the sweep's run is still running (the sweep
+    # sets its final status itself), and the model is in the run's experiment, on its Models tab.
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and run.info.end_time is None
+    [logged] = client.search_logged_models([run.info.experiment_id])
+    assert logged.source_run_id == run_id and model_uri == logged.model_uri
 
     def champion() -> str:
         return str(client.get_model_version_by_alias(name, CHAMPION).version)
@@ -132,3 +141,45 @@ def test_champion_moves_only_to_a_better_version_on_the_same_test_set(trained, s
     assert better.champion and champion() == better.version == "5"
     # MLflow's process-wide URI (and MLFLOW_TRACKING_URI, which it sets) is left as it was.
     assert os.environ.get("MLFLOW_TRACKING_URI") == before
+
+
+@pytest.mark.slow
+def test_a_log_models_all_sweep_logs_each_finished_trials_student_on_its_own_run(small_sweep):
+    """conftest's sweep sets ``tracking.log_models: all``: every trial that trained to the end
+    has its student as an MLflow model on its child run (the run's Models tab); stopped ones
+    have none. (test_sweep checks that the default logs only the best, on the parent.)"""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{small_sweep / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("digits").experiment_id
+    trials = client.search_runs([experiment], "tags.`edray.kind` = 'trial'")
+    models = {m.source_run_id: m for m in client.search_logged_models([experiment])}
+    completed = {r.info.run_id for r in trials if r.data.tags["edray.status"] == "completed"}
+    assert completed and set(models) == completed
+    mlflow.set_tracking_uri(uri)
+    try:
+        for run_id in completed:
+            assert models[run_id].name == "student"
+            student = mlflow.pytorch.load_model(f"runs:/{run_id}/student")
+            assert student(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    assert all(r.info.status == "FINISHED" for r in trials)
+
+
+@pytest.mark.slow
+def test_tunes_live_table_in_a_terminal_shows_val_acc_and_the_searched_values(small_sweep):
+    """conftest's sweep runs with stderr on a terminal: Tune's table has a column for
+    val_acc and one for each value the digits space searches (headed by the path's last part)."""
+    from tests.conftest import sweep_terminal
+
+    terminal = sweep_terminal(small_sweep).read_text()
+    headers = [line for line in terminal.splitlines() if "Trial name" in line]
+    assert headers, terminal[-3000:]
+    columns = {c.strip() for c in headers[-1].split("|")}
+    searched = {"switch_epochs[0]", "switch_epochs[1]", "split_ratios[0]", "split_ratios[1]", "split_ratios[2]",
+                "temperatures[0]", "temperatures[1]", "temperatures[2]", "alpha", "lr", "replay",
+                "optimizer_at_switch"}
+    assert {"val_acc", "seen acc", "grade", "epoch", *searched} <= columns, headers[-1]

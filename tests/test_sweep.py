@@ -211,6 +211,10 @@ def test_parent_holds_best_config_results_figures_and_the_best_student(swept):
         with Image.open(swept.artifact(parent_id, f.path)) as img:
             assert img.format == "PNG" and min(img.size) > 100
 
+    # The default tracking.log_models (best): the best student is the one MLflow model, on the parent run.
+    models = swept.client.search_logged_models([swept.parent.info.experiment_id])
+    assert [(m.name, m.source_run_id) for m in models] == [("student", parent_id)]
+
     # The trained student of the best trial: a real model that scores the best val_acc.
     saved = torch.load(swept.artifact(parent_id, "model/student.pt"), weights_only=False)
     spec = spec_from_dict(best)

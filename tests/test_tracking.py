@@ -403,17 +403,23 @@ def _trainable(config):
         raise RuntimeError("trial failed on purpose")
 
 
-def test_tracking_callback_in_a_real_tune_run(store, tmp_path):
+def test_tracking_callback_in_a_real_tune_run(store, tmp_path, digits_data):
+    import mlflow
     import ray
     from ray import tune
 
+    from edray.distributed.trial import _model_file
+    from edray.models import build_backbone
     from edray.tracking import TrackingCallback
 
     tracker = _tracker(store)
     client = MlflowClient(tracking_uri=tracker.uri)
     parent = tracker.start_sweep(run_name="tune", spec_dict={"name": "t"})
-    model = tmp_path / "whatever.pt"
-    torch.save({"w": torch.ones(2)}, model)
+    # A student file as a trial saves it (an untrained cnn_small: its shape is what is checked).
+    model = tmp_path / "student-of-a-trial.pt"
+    student = build_backbone("cnn_small", num_classes=10, in_channels=1, image_size=digits_data.image_size,
+                             load_weights=False)
+    torch.save(_model_file(fast_spec(), digits_data, student.state_dict()), model)
     callback = TrackingCallback(tracker, resolve=lambda c: {"optim": {"epochs": 3}, "ed": {"alpha": c["alpha"]}},
                                 total_epochs=3)
     started = not ray.is_initialized()
@@ -443,3 +449,15 @@ def test_tracking_callback_in_a_real_tune_run(store, tmp_path):
     assert set(done.data.metrics) == {"val_acc", "grade", "train_loss", "budget_epochs"}
     assert [f.path for f in client.list_artifacts(done.info.run_id, "model")] == ["model/student.pt"]
     assert client.list_artifacts(by_alpha["0.2"].info.run_id, "model") == []
+    # log_models: all -> the trial's student is an MLflow model on its own run (its Models tab), nowhere else.
+    models = client.search_logged_models([tracker.experiment_id])
+    assert [(m.name, m.source_run_id) for m in models] == [("student", done.info.run_id)]
+    assert {(m.key, m.step) for m in models[0].metrics} == {("val_acc", 3), ("grade", 3), ("train_loss", 3)}
+    mlflow.set_tracking_uri(tracker.uri)
+    try:
+        loaded = mlflow.pytorch.load_model(f"runs:/{done.info.run_id}/student")
+        class_names = mlflow.models.get_model_info(models[0].model_uri).metadata["class_names"]
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    assert loaded(digits_data.val.load(torch.arange(3))).shape == (3, 10)
+    assert class_names == digits_data.class_names

@@ -301,15 +301,13 @@ def _student_on_test(spec_json: str, model_path: str, layout: Layout) -> Student
     import torch
 
     from edray.distill.loop import accuracy
-    from edray.models import build_backbone
     from edray.pipeline import load_run_data
+    from edray.tracking.student_model import build_student
 
     spec = Spec.model_validate_json(spec_json)
     data = load_run_data(spec, layout)
     state = torch.load(io.BytesIO(read_bytes(model_path)), map_location="cpu", weights_only=False)
-    model = build_backbone(state["arch"], num_classes=state["num_classes"], in_channels=data.in_channels,
-                           image_size=data.image_size, load_weights=False)
-    model.load_state_dict(state["state_dict"])
+    model = build_student(state, in_channels=data.in_channels, image_size=data.image_size)
     acc = accuracy(model, data.test, choose_device(use_gpu=spec.scaling.use_gpu))
     return StudentEval(model=model.cpu().eval(), test_acc=float(acc), example=data.test.load(torch.arange(4)),
                        class_names=list(data.class_names), normalisation=data.normalisation,

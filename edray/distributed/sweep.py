@@ -148,7 +148,7 @@ def run_sweep(spec: Spec, layout: Layout, options: SweepOptions, *, log: Callabl
                         state=state, layout=layout, log=log, progress_lines=options.progress_lines)
     # The driver only waits while trials train: it imports the end-of-sweep figures' stack meanwhile.
     threading.Thread(target=_preload_figures, name="edray-preload-figures", daemon=True).start()
-    grid = fit(tuner, tracker)
+    grid = fit(tuner, tracker, table=options.progress)
     timings.tune_s = clock.lap()
     result = collect(grid, tracker, state.parent_run_id, tic)
     result.placement.update(placement)

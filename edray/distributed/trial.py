@@ -88,6 +88,15 @@ def _save_model(ctx: TrialContext, trial_id: str, state: dict[str, Any]) -> str:
     return location
 
 
+def _model_file(spec: Spec, data: DataSplits, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The student and what logging it as an MLflow model needs besides (shape, two input
+    images, class names, normalisation): the driver of a cluster has no data to read them from."""
+    example = data.val.load(torch.arange(min(2, len(data.val))))
+    return {"arch": spec.student.arch, "num_classes": data.num_classes, "state_dict": state_dict,
+            "in_channels": data.in_channels, "image_size": data.image_size, "example": example,
+            "class_names": list(data.class_names), "normalisation": data.normalisation}
+
+
 def _load_state(checkpoint) -> dict[str, Any] | None:
     if checkpoint is None:
         return None
@@ -118,9 +127,7 @@ def train_trial(spec: Spec, ctx: TrialContext, *, trial_id: str, report_fn: Tria
         metrics = _extra_metrics(spec, metrics, data.num_classes, total_epochs)
         final = state.pop("final_model", None) if state else None
         if final is not None and dist.rank == 0 and spec.optim.epochs == total_epochs:  # a short copy: no model
-            metrics["model_path"] = _save_model(
-                ctx, trial_id, {"arch": spec.student.arch, "num_classes": data.num_classes, "state_dict": final}
-            )
+            metrics["model_path"] = _save_model(ctx, trial_id, _model_file(spec, data, final))
         if dist.rank != 0:
             report_fn(metrics, None)
             return

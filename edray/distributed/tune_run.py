@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 
 from edray.distributed.interrupt import raise_if_interrupted
 from edray.distributed.search_setup import make_scheduler, make_searcher, planned_epochs
-from edray.distributed.space import resolve_config
+from edray.distributed.space import resolve_config, sample_configs
 from edray.distributed.sweep_state import SweepState
 from edray.distributed.tune_restore import repair_missing_checkpoints
 from edray.layout import Layout
@@ -14,7 +16,9 @@ from edray.names import METRIC
 from edray.spec import Spec
 from edray.storage import is_uri, ray_storage, resolve
 
-__all__ = ["build_tuner", "fit"]
+__all__ = ["build_tuner", "fit", "table_reporter"]
+
+_NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"
 
 
 def build_tuner(spec: Spec, *, num_samples: int, max_concurrent: int, resume: bool, progress: bool, tracker,
@@ -50,16 +54,37 @@ def build_tuner(spec: Spec, *, num_samples: int, max_concurrent: int, resume: bo
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
-def fit(tuner, tracker):
-    """Run the trials; a sweep stopped by an error or Ctrl-C leaves its parent run KILLED, not RUNNING."""
+def fit(tuner, tracker, *, table: bool = False):
+    """Run the trials; a sweep stopped by an error or Ctrl-C leaves its parent run KILLED, not RUNNING.
+
+    ``table``: the live table is edray's ``CLIReporter`` (val_acc and the searched values).
+    Tune's default output (``RAY_AIR_NEW_OUTPUT``, on since Ray 2.5) ignores a given reporter
+    and shows the first four result keys and no searched values (its columns come from a
+    ``param_space``; a searcher's own space has none), so it is turned off while Tune runs."""
     try:
-        grid = tuner.fit()
+        with _legacy_output(table):
+            grid = tuner.fit()
         raise_if_interrupted()  # Ctrl-C that Ray or Tune swallowed: nothing is written from a part of a sweep
         return grid
     except BaseException:
         # The parent run must not stay RUNNING forever; --resume reopens it.
         tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="KILLED")
         raise
+
+
+@contextlib.contextmanager
+def _legacy_output(on: bool) -> Iterator[None]:
+    before = os.environ.get(_NEW_OUTPUT)
+    if on:
+        os.environ[_NEW_OUTPUT] = "0"  # read by tune.run when fit() starts
+    try:
+        yield
+    finally:
+        if on:
+            if before is None:
+                os.environ.pop(_NEW_OUTPUT, None)
+            else:
+                os.environ[_NEW_OUTPUT] = before
 
 
 def _trainable(spec: Spec, run_name: str, layout: Layout):
@@ -97,15 +122,29 @@ def _run_config(spec: Spec, layout: Layout, progress: bool, tracker, run_name: s
         # more checkpoint kept per trial; a state naming a deleted checkpoint is repaired on --resume.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=1 if progress else 0,
-        progress_reporter=_reporter() if progress else None,
+        progress_reporter=table_reporter(spec) if progress else None,
     )
 
 
-def _reporter():
+def table_reporter(spec: Spec):
+    """Tune's live table in a terminal: a row per trial with its grade, epoch, val_acc and
+    seen-class acc, and a column per searched value (headed by the path's last part), best first."""
     from ray.tune import CLIReporter
 
     return CLIReporter(
         metric_columns={"grade": "grade", "epoch": "epoch", METRIC: METRIC, "val_acc_seen": "seen acc"},
+        parameter_columns=_parameter_columns(spec),
+        metric=METRIC,
+        mode="max",
         max_report_frequency=10,
         sort_by_metric=True,
     )
+
+
+def _parameter_columns(spec: Spec) -> dict[str, str]:
+    """The names a trial's config has (``ed.switch_epochs[0]``, ``optim.lr``) -> short headers
+    (``switch_epochs[0]``, ``lr``); the whole path where two would read alike."""
+    names = list(sample_configs(spec, 1, seed=0)[0])
+    short = {name: name.rsplit(".", 1)[-1] for name in names}
+    clash = {h for h in short.values() if list(short.values()).count(h) > 1}
+    return {name: name if header in clash else header for name, header in short.items()}

@@ -36,8 +36,8 @@ class TrackingCallback(Callback):
         total_epochs: a trial whose last epoch is below this was stopped early (pruned),
             unless its results carry their own ``total_epochs``.
         metrics: which numeric result keys are logged per epoch.
-        log_models: ``all`` logs each trial's ``model_path`` result as ``model/student.pt``;
-            ``best`` and ``none`` leave that to the end of the sweep.
+        log_models: ``all`` logs each trial's ``model_path`` result as ``model/student.pt`` and
+            as the MLflow model ``student``; ``best`` and ``none`` leave that to the end of the sweep.
     """
 
     def __init__(self, tracker: SweepTracker, *, resolve: Callable[[dict], dict], total_epochs: int,
@@ -71,6 +71,8 @@ class TrackingCallback(Callback):
         result = trial.last_result or {}
         status = trial_status(result, total_epochs=result.get("total_epochs", self.total_epochs))
         model = result.get("model_path") if self.log_models == "all" else None
+        if model:  # before the run is closed: a failure here still closes it below
+            self._safely(trial, "student model", lambda: self.tracker.log_trial_model(trial.trial_id, str(model)))
         self._safely(trial, "complete", lambda: self.tracker.end_trial(
             trial.trial_id, status, model_path=str(model) if model else None))
 

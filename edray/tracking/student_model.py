@@ -10,6 +10,12 @@ the training size, as edray's evaluation feeds them (the per-channel statistics 
 model's metadata as ``normalisation``); what it returns: one logit per class, in the order
 of the metadata's ``class_names`` (the dataset's class ids, not ED's group order).
 
+Where: the best student on the sweep's parent run, and with ``tracking.log_models: all``
+each finished trial's on its child run (:func:`read_student` builds it from the file the
+trial saved to the shared location, so the driver needs no data). A model is logged to its
+run by id, outside MLflow's fluent run context: leaving that context would mark the run
+FINISHED before the sweep sets its real status.
+
 Registration: the model is registered under ``<experiment>-<method>`` (``digits-ed``),
 each version tagged with its test accuracy, the test protocol that accuracy was measured
 on, and the sweep's parent run. The alias ``champion`` moves to a new version only when
@@ -19,6 +25,7 @@ it beats the current champion on the same protocol (same data, split and test se
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 from collections.abc import Iterator
@@ -27,13 +34,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edray.storage import read_bytes
 from edray.tracking import tags
 
 __all__ = [
     "CHAMPION",
     "Registration",
     "StudentModel",
+    "build_student",
     "log_student_model",
+    "read_student",
     "register_student",
     "registered_model_name",
 ]
@@ -104,9 +114,37 @@ def _pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}"]
 
 
-def log_student_model(tracking_uri: str, run_id: str, student: StudentModel, *, name: str = "student") -> str:
-    """Log ``student`` to run ``run_id`` as an MLflow model; returns its ``models:/`` URI."""
+def build_student(state: dict, *, in_channels: int, image_size: int) -> nn.Module:
+    """The plain student of a saved trial model (``arch``, ``num_classes``, ``state_dict``)."""
+    from edray.models import build_backbone  # torchvision: only when a model is built
+
+    model = build_backbone(state["arch"], num_classes=state["num_classes"], in_channels=in_channels,
+                           image_size=image_size, load_weights=False)
+    model.load_state_dict(state["state_dict"])
+    return model.cpu().eval()
+
+
+def read_student(model_path: str) -> StudentModel:
+    """The student a trial saved at ``model_path`` (a path or a shared URI) with what MLflow
+    records beside it, which the trial saved too (edray.distributed.trial)."""
+    state = torch.load(io.BytesIO(read_bytes(model_path)), map_location="cpu", weights_only=False)
+    missing = {"in_channels", "image_size", "example", "class_names", "normalisation"} - set(state)
+    if missing:  # saved by an edray before trials kept them
+        raise ValueError(f"{model_path} lacks {sorted(missing)}; it cannot be logged as an MLflow model")
+    return StudentModel(model=build_student(state, in_channels=state["in_channels"], image_size=state["image_size"]),
+                        example=state["example"], class_names=list(state["class_names"]),
+                        normalisation=state["normalisation"])
+
+
+def log_student_model(tracking_uri: str, run_id: str, student: StudentModel, *, name: str = "student",
+                      step: int = 0) -> str:
+    """Log ``student`` to run ``run_id`` as an MLflow model; returns its ``models:/`` URI.
+    The run's metrics at ``step`` (a trial's last epoch) are the model's metrics in MLflow's UI.
+
+    The run's status is left as it is (no fluent ``start_run``): its model is created in
+    the run's experiment with the run's params, as ``log_model`` inside the run would."""
     import mlflow
+    from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
     model = student.model.eval().cpu()
@@ -114,10 +152,18 @@ def log_student_model(tracking_uri: str, run_id: str, student: StudentModel, *, 
     with torch.no_grad():
         outputs = model(example)
     inputs = example.numpy()
-    with _fluent_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    with _fluent_uri(tracking_uri):
+        # Without an active run, log_model would create its model in the fluent default
+        # experiment ("Default"), not the run's: the model is created here, then filled.
+        logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, params=run.data.params,
+                                                experiment_id=run.info.experiment_id)
         info = mlflow.pytorch.log_model(
             model,
             name=name,
+            run_id=run_id,
+            model_id=logged.model_id,
+            step=step,
             signature=infer_signature(inputs, outputs.numpy()),
             input_example=inputs,
             serialization_format="pt2",

@@ -411,6 +411,17 @@ class SweepTracker:
         self._retry(lambda: self.client.set_tag(run_id, tags.STATUS, status.value))
         self._retry(lambda: self.client.set_terminated(run_id, status.mlflow_run_status))
 
+    def log_trial_model(self, trial_id: str, model_path: str | Path) -> str:
+        """The student a trial saved at ``model_path`` as an MLflow model ``student`` on its child
+        run (``tracking.log_models: all``); returns the model's URI."""
+        from edray.tracking.student_model import log_student_model, read_student
+
+        run_id = self._run_for(trial_id)
+        student = read_student(str(model_path))
+        # Not retried: a second try would leave the first one's half-logged model behind. The last
+        # epoch's metrics (val_acc, ...) become the model's, shown beside it on the Models tab.
+        return log_student_model(self.uri, run_id, student, step=max(self._last_step.get(run_id, 0), 0))
+
     # ------------------------------------------------------------------ the end of the sweep
 
     def finish_sweep(self, *, best_config: dict, best_spec_yaml: str, results: list[dict], figures: dict[str, Path],
