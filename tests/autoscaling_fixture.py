@@ -89,7 +89,11 @@ def start_autoscaling_cluster(base: Path, logs: Path, *, idle_timeout_minutes: f
         config = logs / "autoscaling.json"
         config.write_text(json.dumps(autoscaling_config(cluster.gcs_address,
                                                         idle_timeout_minutes=idle_timeout_minutes)))
-        env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "EDRAY_CACHE": str(node_cache)}
+        # A cloud provider reports a lost instance itself; the fake one never learns that a raylet
+        # died, so the autoscaler finds it by its missing heartbeat (10 s here, Ray's default 30)
+        # and only then terminates it and may start its replacement.
+        env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "10",
+               "EDRAY_CACHE": str(node_cache)}
         return [f"--autoscaling-config={config}"], env
 
     return start_cluster(base, logs, workers=0, head_extra=head_extra)

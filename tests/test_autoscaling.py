@@ -143,6 +143,7 @@ class _NodeLog:
     def __init__(self, cluster) -> None:
         self.cluster, self.seen, self.first_worker_s = cluster, {}, None
         self.joined: dict[str, float] = {}  # node id -> when it was first seen (time.monotonic())
+        self.last_seen: dict[str, float] = {}  # node id -> when it was last seen alive
         self._stop = threading.Event()
         self._tic = time.monotonic()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -158,6 +159,7 @@ class _NodeLog:
                 if not n["head"]:
                     self.seen.setdefault(n["node_id"], n["type"])
                     self.joined.setdefault(n["node_id"], time.monotonic())
+                    self.last_seen[n["node_id"]] = time.monotonic()
                     if self.first_worker_s is None:
                         self.first_worker_s = time.monotonic() - self._tic
 
@@ -277,6 +279,7 @@ def test_a_sweep_from_zero_workers_runs_on_nodes_the_autoscaler_started(autoscal
     replacements = {n: t for n, t in nodes.joined.items() if n not in killed["alive"] and t > killed["at"]}
     assert replacements, (killed, nodes.joined)
     replaced_s = min(replacements.values()) - killed["at"]
+    dead_s = nodes.last_seen[killed["node"]] - killed["at"]  # until the GCS no longer listed it alive
     # Its trial restarted from its last checkpoint (Tune's own record: a failure, and fewer
     # iterations since the restore than epochs), on another node; no trial ran twice.
     tune = _tune_trials(autoscaling, prefix)
@@ -284,6 +287,7 @@ def test_a_sweep_from_zero_workers_runs_on_nodes_the_autoscaler_started(autoscal
     failed = {t: r for t, r in tune.items() if r["num_failures"]}
     assert failed and set(failed) <= set(killed["running"]), (failed, killed)
     for trial, record in failed.items():
+        assert f"trial {trial} lost its worker" in stderr.read_text()  # what a user watching the driver sees
         last = record["last_result"]
         assert last["epoch"] == 4 and 0 < last["iterations_since_restore"] < 4, (trial, last)
         assert killed["node"] not in placement["trials"][trial], (trial, placement["trials"][trial])
@@ -302,5 +306,6 @@ def test_a_sweep_from_zero_workers_runs_on_nodes_the_autoscaler_started(autoscal
           f"steps {placement.get('steps')}, timings {placement.get('timings')}; nodes started: {len(started)}; "
           f"what each did: { {n: {s: steps.count(s) for s in dict.fromkeys(steps)} for n, steps in did.items()} }; "
           f"node {killed['node'][-5:]} killed {killed['at'] - tic:.0f} s in (running {killed['running']}), "
-          f"replaced {replaced_s:.0f} s later by {[n[-5:] for n in replacements]}; resumed: "
+          f"listed dead {dead_s:.0f} s later, replaced {replaced_s:.0f} s later by {[n[-5:] for n in replacements]}; "
+          "resumed: "
           f"{ {t: r['last_result']['iterations_since_restore'] for t, r in failed.items()} } epochs after the restore")
