@@ -39,7 +39,7 @@ from .autoscaling_fixture import (
     trial_actor_nodes,
     why_not,
 )
-from .cluster_fixture import BUCKET, SimCluster
+from .cluster_fixture import BUCKET, SimCluster, s3_client, s3_keys
 from .conftest import DIGITS_YAML, FAST
 from .helpers import json_summary
 
@@ -173,18 +173,6 @@ def _node_of(entry: str) -> str:
     return entry.rstrip(")").split(" ")[-1]
 
 
-def _s3(cluster: SimCluster):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=cluster.s3_endpoint, aws_access_key_id="testing",
-                        aws_secret_access_key="testing", region_name="us-east-1")
-
-
-def _s3_keys(cluster: SimCluster, prefix: str) -> list[str]:
-    pages = _s3(cluster).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    return [o["Key"] for page in pages for o in page.get("Contents", [])]
-
-
 def _running_trials(stderr: str) -> list[str]:
     """Trials started and not ended, from the driver's progress lines (no terminal: plain lines)."""
     ended = set(re.findall(r"^trial (\S+) (?:completed|pruned|errored)", stderr, re.M))
@@ -199,7 +187,7 @@ def _kill_a_trials_node(cluster: SimCluster, proc: subprocess.Popen, stderr: Pat
         assert proc.poll() is None, f"the sweep ended before a trial's node was killed:\n{stderr.read_text()[-3000:]}"
         running = _running_trials(stderr.read_text())
         if running:
-            keys = _s3_keys(cluster, f"{prefix}/")
+            keys = s3_keys(cluster, f"{prefix}/")
             checkpointed = {t for t in running if any(t in k and "/checkpoint_" in k for k in keys)}
             finished = {t for t in running if any(k.startswith(f"{prefix}/models/") and k.endswith(f"{t}.pt")
                                                   for k in keys)}
@@ -218,11 +206,11 @@ def _kill_a_trials_node(cluster: SimCluster, proc: subprocess.Popen, stderr: Pat
 def _tune_trials(cluster: SimCluster, prefix: str) -> dict[str, dict]:
     """Tune's own record of each trial (its newest experiment state on the shared location):
     trial id -> ``num_failures`` and ``last_result``."""
-    states = sorted(k for k in _s3_keys(cluster, f"{prefix}/ray_results/")
+    states = sorted(k for k in s3_keys(cluster, f"{prefix}/ray_results/")
                     if k.rsplit("/", 1)[-1].startswith("experiment_state-") and k.endswith(".json"))
     assert states, "no Tune experiment state on the shared location"
     out = {}
-    for item in json.loads(_s3(cluster).get_object(Bucket=BUCKET, Key=states[-1])["Body"].read())["trial_data"]:
+    for item in json.loads(s3_client(cluster).get_object(Bucket=BUCKET, Key=states[-1])["Body"].read())["trial_data"]:
         meta = json.loads(item[1])
         last = meta["last_result"] if isinstance(meta["last_result"], dict) else json.loads(meta["last_result"])
         out[last["trial_id"]] = {"num_failures": meta["num_failures"], "last_result": last}
