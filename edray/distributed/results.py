@@ -47,9 +47,9 @@ class SweepResult:
     model_uri: str | None = None  # its registered MLflow model version, models:/NAME/VERSION
     champion: bool | None = None  # whether that version now holds the alias ``champion``
     epochs_trained: int = 0
-    # Which node did what: teachers (index -> node), stores (name -> node per shard),
-    # trials (trial id -> node of its last result), final_eval (node per seed); and the
-    # wall time of each step (steps, timings).
+    # Which node did what: nodes (on a cluster, every node checked), teachers (index -> node),
+    # stores (name -> node per shard), trials (trial id -> node of its last result),
+    # final_eval (node per seed); and the wall time of each step (steps, timings).
     placement: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
