@@ -147,7 +147,7 @@ def test_a_killed_worker_node_loses_no_finished_trial(sim, first):
             os.killpg(proc.pid, signal.SIGKILL)
         start_worker(sim, "worker2")  # for the tests after this one
     summary = json_summary((proc.returncode, out, err))
-    assert summary["trials"] == 4 and summary["errored"] == 0, summary
+    assert summary["trials"] == 4 and summary["errored"] == 0, (summary, err[-5000:])
     assert summary["placement"]["teachers"] == {} and summary["placement"]["stores"] == {}  # trained once
     assert len([k for k in _keys(sim, "run/teachers/") if k.endswith(".pt")]) == TEACHERS
 
