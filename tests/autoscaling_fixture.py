@@ -20,6 +20,14 @@ its own process group. Unlike that fixture's hand-started workers, these nodes a
 their own mount namespace (the provider starts them itself): they share the driver's disk,
 so the tests give them only what a cloud node would have, ``EDRAY_SHARED`` on the S3 API.
 
+A lost node (:func:`kill_node`) is not replaced here: the provider lists every node it
+started until the autoscaler terminates it, and Ray's (v1) autoscaler terminates a node
+that stops answering only once its status is up to date, which this provider never sets
+(it has no node updaters). So the dead node stays "pending, uninitialized" in the
+autoscaler's eyes, counted as a node still starting, and the work it stood for waits for
+the live nodes. A cloud provider reports a lost instance as terminated, and the
+autoscaler starts another for the work that waits.
+
 Stopping the head's process group stops the autoscaler and every raylet it started (they
 are its children, in its session); :func:`stop_autoscaling_cluster` checks that none is left.
 """
@@ -95,15 +103,62 @@ def start_autoscaling_cluster(base: Path, logs: Path, *, idle_timeout_minutes: f
     return start_cluster(base, logs, workers=0, head_extra=head_extra)
 
 
+def _state(cluster: SimCluster, what: str) -> list[dict]:
+    """Ray's state API on the head's dashboard: ``nodes``, ``actors``..., in detail."""
+    request = urllib.request.Request(f"{cluster.dashboard_url}/api/v0/{what}?limit=10000&detail=1",
+                                     headers={"Authorization": f"Bearer {cluster.token}"})
+    with urllib.request.urlopen(request, timeout=20) as r:
+        return json.load(r)["data"]["result"]["result"]
+
+
 def live_nodes(cluster: SimCluster) -> list[dict]:
     """The nodes the GCS lists alive now (Ray's state API): ``{"node_id", "head", "type",
     "resources"}`` each; ``type`` is the node type whose resources the node offers."""
-    request = urllib.request.Request(f"{cluster.dashboard_url}/api/v0/nodes?limit=1000&detail=1",
-                                     headers={"Authorization": f"Bearer {cluster.token}"})
-    with urllib.request.urlopen(request, timeout=20) as r:
-        nodes = json.load(r)["data"]["result"]["result"]
+    nodes = _state(cluster, "nodes")
     return [{"node_id": n["node_id"], "head": bool(n.get("is_head_node")), "type": _type_of(n["resources_total"]),
              "resources": n["resources_total"]} for n in nodes if n.get("state") == "ALIVE"]
+
+
+def trial_actor_nodes(cluster: SimCluster) -> set[str]:
+    """The nodes where a Tune trial's actor (a function trainable: ``ImplicitFunc``) is alive now."""
+    return {a["node_id"] for a in _state(cluster, "actors")
+            if a.get("state") == "ALIVE" and "ImplicitFunc" in (a.get("class_name") or "")}
+
+
+def kill_node(cluster: SimCluster, node_id: str) -> list[int]:
+    """Kill worker node ``node_id`` at once, like a lost machine: SIGKILL to its raylet and
+    every process under it (its workers and agents); returns their pids.
+
+    The fake provider's raylets are children of the head's autoscaler, in the head's process
+    group (killing that group would take the head too), so the raylet is found by its
+    ``--node_id`` flag among the head session's processes, never by name alone.
+    """
+    session = _session_pids(cluster.nodes["head"].proc.pid)
+    raylets = [pid for pid in session if _cmdline(pid)[:1] and _cmdline(pid)[0].endswith("raylet")
+               and f"--node_id={node_id}" in _cmdline(pid)]
+    assert len(raylets) == 1, f"no single raylet of node {node_id} in the head's session: {raylets}"
+    tree, parents = list(raylets), _parents(session)
+    for pid in tree:  # breadth first: each process's children are appended as it is reached
+        tree.extend(child for child, parent in parents.items() if parent == pid)
+    kill_pids(tree)
+    return tree
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _parents(pids: list[int]) -> dict[int, int]:
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
 
 
 def _type_of(resources: dict[str, float]) -> str:

@@ -255,6 +255,19 @@ def _start_s3(cluster: SimCluster, port: int) -> None:
     boto3.client("s3", endpoint_url=cluster.s3_endpoint, **_boto_kwargs()).create_bucket(Bucket=BUCKET)
 
 
+def s3_client(cluster: SimCluster):
+    """A boto3 client of the cluster's S3 API (the test reads what the nodes wrote)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=cluster.s3_endpoint, **_boto_kwargs())
+
+
+def s3_keys(cluster: SimCluster, prefix: str) -> list[str]:
+    """The keys under ``prefix`` in the cluster's bucket."""
+    pages = s3_client(cluster).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
 def _boto_kwargs() -> dict[str, str]:
     return {"aws_access_key_id": _KEY["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": _KEY["AWS_SECRET_ACCESS_KEY"],
             "region_name": _KEY["AWS_DEFAULT_REGION"]}

@@ -28,6 +28,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from .cluster_fixture import BUCKET, SimCluster, start_cluster, start_worker, why_not
+from .cluster_fixture import s3_client as _s3
+from .cluster_fixture import s3_keys as _keys
 from .conftest import DIGITS_YAML, FAST
 from .helpers import json_summary, sets
 
@@ -44,18 +46,6 @@ _TIMEOUT_S = 1500  # a bound for a machine shared with other jobs; unloaded, a s
 def _sweep_cmd(workdir: Path, *extra: str, samples: int = 4) -> list[str]:
     return [sys.executable, "-m", "edray.cli", "sweep", str(DIGITS_YAML), "--address", "auto", "--json",
             "--workdir", str(workdir), "--num-samples", str(samples), "--max-concurrent", "2", *sets(SPEC), *extra]
-
-
-def _s3(cluster: SimCluster):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=cluster.s3_endpoint, aws_access_key_id="testing",
-                        aws_secret_access_key="testing", region_name="us-east-1")
-
-
-def _keys(cluster: SimCluster, prefix: str) -> list[str]:
-    pages = _s3(cluster).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 def _objects(cluster: SimCluster, prefix: str) -> dict[str, dict]:
@@ -157,7 +147,7 @@ def test_a_killed_worker_node_loses_no_finished_trial(sim, first):
             os.killpg(proc.pid, signal.SIGKILL)
         start_worker(sim, "worker2")  # for the tests after this one
     summary = json_summary((proc.returncode, out, err))
-    assert summary["trials"] == 4 and summary["errored"] == 0, summary
+    assert summary["trials"] == 4 and summary["errored"] == 0, (summary, err[-5000:])
     assert summary["placement"]["teachers"] == {} and summary["placement"]["stores"] == {}  # trained once
     assert len([k for k in _keys(sim, "run/teachers/") if k.endswith(".pt")]) == TEACHERS
 

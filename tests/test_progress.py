@@ -24,6 +24,8 @@ class _Trial:
     trial_id: str
     config: dict = field(default_factory=dict)
     last_result: dict = field(default_factory=dict)
+    num_failures: int = 0
+    max_failures: int = 2
 
 
 class _Clock:
@@ -48,6 +50,10 @@ def test_lines_for_trial_events_and_a_status_at_most_every_minute():
         clock.now += 20
         progress.on_trial_result(0, [], a, {"epoch": epoch, "val_acc": 0.5 + epoch / 10 + 1e-9})
     progress.on_trial_result(0, [], b, {"epoch": 1, "val_acc": 0.2})
+    b.num_failures = 1
+    progress.on_trial_recover(0, [], b)  # its node lost: Tune restarts it
+    assert lines[-1] == ("trial a_00001 lost its worker (a node gone or a process ended) after epoch 1/4: "
+                         "restarting it from its last checkpoint (restart 1 of at most 2)")
     status = [line for line in lines if line.startswith("status:")]
     assert len(status) == 1  # 80 s of results: one status line, not one per result
     assert status[0].startswith("status: 2 running, 0 completed, 0 pruned, 0 errored; best val_acc 0.8000;")

@@ -2,9 +2,11 @@
 
 On a cluster the sweep driver only plans, waits and records. Here is what it waits on:
 
-- :func:`probe_nodes`: one tiny task per worker node: can it read the shared location,
+- :func:`probe_nodes`: the node check (:mod:`~edray.distributed.node_check`) as one tiny
+  task on each worker node alive when the sweep starts: can it read the shared location,
   and does it have the dataset? A node that cannot fails the sweep at once, in one line
-  naming the node, the path and the fix, instead of every trial failing on it later.
+  naming the node, the path and the fix. Every unit of work below runs the same check
+  first on a node that joined since (an autoscaler's node), once per node.
 - :class:`RayRunner`: the runner of a preparation plan (:mod:`edray.preparation`) on the
   nodes. Each missing teacher is a Ray Train job (``TorchTrainer``, GPU workers when
   ``scaling.use_gpu``), all at once; each publishes its checkpoint to ``<shared>/teachers``
@@ -23,21 +25,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
 
-from edray.cache import node_name, unreachable
+from edray.cache import node_name
 from edray.data import DataSplits
 from edray.device import choose_device
+from edray.distributed.node_check import NodeCheck
 from edray.distributed.resources import task_options
 from edray.errors import RUNTIME_ERROR, EdrayError
 from edray.layout import Layout
 from edray.logits.manifest import ShardInfo
 from edray.preparation import ShardWork
 from edray.spec import Spec
-from edray.storage import discard, is_uri, join, list_files, ray_storage, read_bytes, write_bytes
+from edray.storage import ray_storage, read_bytes
 
 __all__ = [
     "RayRunner", "StudentEval", "evaluate_student", "final_eval", "probe_nodes", "require_shared", "worker_nodes",
@@ -103,8 +105,9 @@ def _get_all(refs: list, step: str, *, skip_lost_nodes: bool = False) -> list:
 # ------------------------------------------------------------------------------ probe
 
 
-def probe_nodes(spec: Spec, layout: Layout) -> list[str]:
-    """Check from every worker node that the shared location and the dataset are there.
+def probe_nodes(check: NodeCheck, layout: Layout) -> list[str]:
+    """Check every worker node alive now (a static cluster fails here, before any teacher
+    trains); a node that joins later is checked by the first work landing on it.
 
     Returns:
         the names of the nodes checked.
@@ -118,48 +121,19 @@ def probe_nodes(spec: Spec, layout: Layout) -> list[str]:
     if not nodes:
         raise EdrayError("--address", "the Ray cluster has no node that offers CPUs or GPUs",
                          "start worker nodes (ray up / ray start --address ...) and run again", exit_code=RUNTIME_ERROR)
-    token = uuid.uuid4().hex
-    probe = join(layout.shared, ".edray-probe", token)
-    try:
-        write_bytes(probe, token.encode())
-    except Exception as err:
-        raise EdrayError(layout.shared, f"the driver cannot write the shared location ({err})",
-                         "check EDRAY_SHARED and the driver's credentials") from None
-    task = ray.remote(_probe)
+    task = ray.remote(_check_node)
     refs = [task.options(num_cpus=0, max_retries=0,
                          scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(probe, token, spec.dataset.root) for n in nodes]
-    try:
-        checked = _get_all(refs, "probe", skip_lost_nodes=True)
-    finally:
-        discard(probe)  # only once every node has read it
+            .remote(check, layout) for n in nodes]
+    checked = _get_all(refs, "probe", skip_lost_nodes=True)
     if not checked:
         raise EdrayError("--address", "every worker node left the Ray cluster while it was being checked",
                          "start worker nodes (ray up / ray start --address ...) and run again", exit_code=RUNTIME_ERROR)
     return checked
 
 
-def _probe(probe: str, token: str, dataset_root: str | None) -> str:
-    try:
-        seen = read_bytes(probe).decode()
-    except Exception as err:
-        raise unreachable(probe, err) from None
-    if seen != token:
-        raise EdrayError(probe, f"node {node_name()} reads another file than the driver wrote",
-                         "point EDRAY_SHARED at the same location on every node")
-    if dataset_root and is_uri(dataset_root):
-        try:
-            files = list_files(dataset_root)
-        except Exception as err:
-            raise unreachable(dataset_root, err) from None
-        if not files:
-            raise EdrayError("dataset.root", f"no files under {dataset_root} (seen from node {node_name()})",
-                             "upload the dataset there first, or fix dataset.root")
-    elif dataset_root and not Path(dataset_root).expanduser().is_dir():
-        raise EdrayError("dataset.root", f"node {node_name()} has no dataset at {dataset_root}",
-                         "copy it to that path on every node (the cluster files' setup commands do), or put it "
-                         "under EDRAY_SHARED and give dataset.root as its URI")
-    return node_name()
+def _check_node(check: NodeCheck, layout: Layout) -> str:
+    return check.ensure(layout)
 
 
 # ------------------------------------------------------------------------------ teachers and stores
@@ -173,11 +147,12 @@ class RayRunner:
 
     log: Callable[[str], None]
     spread: int = 1
+    check: NodeCheck | None = None  # run on each node where work first lands
 
     @classmethod
-    def for_cluster(cls, log: Callable[[str], None]) -> RayRunner:
+    def for_cluster(cls, log: Callable[[str], None], check: NodeCheck) -> RayRunner:
         """A runner spreading each store over the cluster's worker nodes (one shard each at least)."""
-        return cls(log, max(1, len(worker_nodes())))
+        return cls(log, max(1, len(worker_nodes())), check)
 
     def train_teachers(self, spec: Spec, data: DataSplits, layout: Layout, indices: tuple[int, ...]) -> dict[int, str]:
         from edray.distill.teachers import trained_by
@@ -186,7 +161,8 @@ class RayRunner:
         # max_calls=1: the waiting process exits after its job, and with it the Train controller
         # actors it owns (~0.7 GB each), which would otherwise live as long as the sweep.
         job = ray.remote(num_cpus=0, max_retries=0, max_calls=1)(_teacher_job)
-        _get([job.remote(spec.model_dump_json(), layout, i) for i in indices], f"teachers.models{list(indices)}")
+        refs = [job.remote(spec.model_dump_json(), layout, i, self.check) for i in indices]
+        _get(refs, f"teachers.models{list(indices)}")
         return {i: trained_by(spec, i, data, layout) for i in indices}  # the record each job left
 
     def compute_shards(self, spec: Spec, data: DataSplits, layout: Layout,
@@ -198,11 +174,12 @@ class RayRunner:
             self.log(f"building store {w.store.name} (teacher {w.job.teacher}, {w.job.split}): "
                      f"{len(w.store.todo)} shards on worker nodes")
             ref = ray.put(w.store)
-            pending.append((w.store.name, [task.remote(ref, spec_json, layout, w.job, s) for s in w.store.todo]))
+            pending.append((w.store.name, [task.remote(ref, spec_json, layout, w.job, s, self.check)
+                                          for s in w.store.todo]))
         return {name: dict(_get(refs, f"precompute {name}")) for name, refs in pending}
 
 
-def _teacher_job(spec_json: str, layout: Layout, index: int) -> None:
+def _teacher_job(spec_json: str, layout: Layout, index: int, check: NodeCheck | None) -> None:
     """Waits on one teacher's TorchTrainer (this task holds no CPU)."""
     from ray import train
     from ray.train.torch import TorchTrainer
@@ -211,14 +188,19 @@ def _teacher_job(spec_json: str, layout: Layout, index: int) -> None:
     scaling = spec.scaling
     trainer = TorchTrainer(
         _teacher_worker,
-        train_loop_config={"spec": spec_json, "layout": layout, "index": index},
+        train_loop_config={"spec": spec_json, "layout": layout, "index": index, "check": check},
         scaling_config=train.ScalingConfig(num_workers=1, use_gpu=scaling.use_gpu,
                                            resources_per_worker=scaling.resources_per_worker),
         run_config=train.RunConfig(name=f"teacher-{spec.name}-{index}-{uuid.uuid4().hex[:6]}",
                                    **ray_storage(layout.ray_train),
                                    failure_config=train.FailureConfig(max_failures=scaling.max_failures)),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception:
+        if check is not None:
+            check.raise_failure()  # a node that failed its check: that line, not Train's wrapped error
+        raise
 
 
 def _teacher_worker(config: dict[str, Any]) -> None:
@@ -230,17 +212,24 @@ def _teacher_worker(config: dict[str, Any]) -> None:
 
     spec = Spec.model_validate_json(config["spec"])
     layout: Layout = config["layout"]
+    _ensure(config["check"], layout)
     data = load_run_data(spec, layout)  # decoded once a node
     teacher = train_teacher(spec, config["index"], data, layout, device=choose_device(use_gpu=spec.scaling.use_gpu))
     train.report({"val_acc": teacher.val_acc, "node": node_name()})
 
 
-def _shard_task(store, spec_json: str, layout: Layout, job, index: int):
+def _ensure(check: NodeCheck | None, layout: Layout) -> None:
+    if check is not None:
+        check.ensure(layout)
+
+
+def _shard_task(store, spec_json: str, layout: Layout, job, index: int, check: NodeCheck | None):
     from edray.distill.precompute import teacher_logits
     from edray.distill.teachers import load_teacher
     from edray.logits.writer import write_shard
     from edray.pipeline import load_run_data
 
+    _ensure(check, layout)
     spec = Spec.model_validate_json(spec_json)
     device = choose_device(use_gpu=spec.scaling.use_gpu)
     data = load_run_data(spec, layout)  # decoded once a node
@@ -253,18 +242,20 @@ def _shard_task(store, spec_json: str, layout: Layout, job, index: int):
 # ------------------------------------------------------------------------------ final evaluation
 
 
-def final_eval(spec: Spec, best: dict[str, Any], seeds: int, layout: Layout) -> list[tuple[float, str]]:
+def final_eval(spec: Spec, best: dict[str, Any], seeds: int, layout: Layout,
+               check: NodeCheck | None = None) -> list[tuple[float, str]]:
     """Test accuracy of ``best`` for ``seeds`` seeds, one task each, with the trials'
     resources (a GPU when ``use_gpu``). Returns ``(test_acc, node)`` per seed."""
     task = ray.remote(_evaluate).options(**task_options(spec))
-    refs = [task.remote(best, best.get("seed", 0) + s, layout) for s in range(seeds)]
+    refs = [task.remote(best, best.get("seed", 0) + s, layout, check) for s in range(seeds)]
     return [tuple(r) for r in _get(refs, "final evaluation")]
 
 
-def _evaluate(raw: dict[str, Any], seed: int, layout: Layout) -> tuple[float, str]:
+def _evaluate(raw: dict[str, Any], seed: int, layout: Layout, check: NodeCheck | None) -> tuple[float, str]:
     from edray.pipeline import train
     from edray.spec import spec_from_dict
 
+    _ensure(check, layout)
     spec = spec_from_dict({**raw, "seed": seed})
     device = choose_device(use_gpu=spec.scaling.use_gpu)
     # The sweep prepared the teachers and stores before its first trial.
@@ -288,14 +279,14 @@ class StudentEval:
     node: str
 
 
-def evaluate_student(spec: Spec, model_path: str, layout: Layout) -> StudentEval:
+def evaluate_student(spec: Spec, model_path: str, layout: Layout, check: NodeCheck | None = None) -> StudentEval:
     """The test accuracy of the student saved at ``model_path``, as one task with the trials'
     resources (a node has the data; the driver of a cluster may not)."""
     task = ray.remote(_student_on_test).options(**task_options(spec))
-    return _get([task.remote(spec.model_dump_json(), model_path, layout)], "the best student's test accuracy")[0]
+    return _get([task.remote(spec.model_dump_json(), model_path, layout, check)], "the best student's test accuracy")[0]
 
 
-def _student_on_test(spec_json: str, model_path: str, layout: Layout) -> StudentEval:
+def _student_on_test(spec_json: str, model_path: str, layout: Layout, check: NodeCheck | None) -> StudentEval:
     import io
 
     import torch
@@ -304,6 +295,7 @@ def _student_on_test(spec_json: str, model_path: str, layout: Layout) -> Student
     from edray.pipeline import load_run_data
     from edray.tracking.student_model import build_student
 
+    _ensure(check, layout)
     spec = Spec.model_validate_json(spec_json)
     data = load_run_data(spec, layout)
     state = torch.load(io.BytesIO(read_bytes(model_path)), map_location="cpu", weights_only=False)

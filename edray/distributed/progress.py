@@ -5,7 +5,8 @@ Under ``ray job submit`` stdout and stderr are not a terminal: Tune's live table
 (a Tune callback) writes plain lines instead:
 
 - one when a trial starts (with its searched values) and one when it ends (completed,
-  pruned or errored, as :mod:`edray.trial_status` decides, with its ``val_acc``);
+  pruned or errored, as :mod:`edray.trial_status` decides, with its ``val_acc``); one when
+  Tune restarts a trial whose worker was lost (a node gone, a process killed);
 - a status line at most every 60 s: trials running / completed / pruned / errored, the
   best ``val_acc`` so far (of each trial's latest result, as the sweep ranks them), epochs
   done of those planned, the time elapsed and an estimate of what is left (the epochs left
@@ -98,6 +99,14 @@ class ProgressLines(Callback):
         epoch = self.epochs.get(trial.trial_id)
         at = f" at epoch {epoch}/{self.total_epochs}" if epoch is not None else ""
         self._end(trial.trial_id, status, f"trial {trial.trial_id} {status.value}{at}{said}")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        epoch = self.epochs.get(trial.trial_id)
+        limit = getattr(trial, "max_failures", None)
+        self.write(f"trial {trial.trial_id} lost its worker (a node gone or a process ended)"
+                   + (f" after epoch {epoch}/{self.total_epochs}" if epoch is not None else "")
+                   + f": restarting it from its last checkpoint (restart {getattr(trial, 'num_failures', '?')}"
+                   + (f" of at most {limit})" if limit is not None else ")"))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._end(trial.trial_id, TrialStatus.ERRORED, f"trial {trial.trial_id} errored (see its error file: "

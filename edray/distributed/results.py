@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from edray.atomic import write_text
+from edray.distributed.node_check import NodeCheck
 from edray.distributed.space import resolve_config
 from edray.distributed.trial_rows import RESULT_COLUMNS, trial_rows
 from edray.layout import Layout
@@ -46,9 +47,9 @@ class SweepResult:
     model_uri: str | None = None  # its registered MLflow model version, models:/NAME/VERSION
     champion: bool | None = None  # whether that version now holds the alias ``champion``
     epochs_trained: int = 0
-    # Which node did what: teachers (index -> node), stores (name -> node per shard),
-    # trials (trial id -> node of its last result), final_eval (node per seed); and the
-    # wall time of each step (steps, timings).
+    # Which node did what: nodes (on a cluster, every node checked), teachers (index -> node),
+    # stores (name -> node per shard), trials (trial id -> node of its last result),
+    # final_eval (node per seed); and the wall time of each step (steps, timings).
     placement: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -100,13 +101,13 @@ def write_best(spec: Spec, layout: Layout, result: SweepResult) -> tuple[dict[st
 
 
 def final_eval(spec: Spec, best: dict[str, Any], seeds: int, layout: Layout,
-               log: Callable[[str], None]) -> list[tuple[float, str]]:
+               log: Callable[[str], None], node_check: NodeCheck | None = None) -> list[tuple[float, str]]:
     """Test accuracy of the best config over ``seeds`` seeds, as parallel Ray tasks with
     the trials' resources (on worker nodes, on a cluster); ``(test_acc, node)`` per seed."""
     from edray.distributed.cluster import final_eval as evaluate
 
     log(f"final evaluation of the best config on the test split, {seeds} seeds")
-    return evaluate(spec, best, seeds, layout)
+    return evaluate(spec, best, seeds, layout, node_check)
 
 
 def finish_tracking(spec: Spec, tracker, grid, result: SweepResult, best_text: str, sweep_dir: Path) -> None:
@@ -130,7 +131,7 @@ def finish_tracking(spec: Spec, tracker, grid, result: SweepResult, best_text: s
 
 
 def register_best_student(spec: Spec, layout: Layout, tracker, result: SweepResult,
-                          log: Callable[[str], None]) -> None:
+                          log: Callable[[str], None], node_check: NodeCheck | None = None) -> None:
     """The best trial's student as an MLflow model on the parent run, registered as
     ``<experiment>-<method>``; the alias ``champion`` moves to it if it beats the champion's
     test accuracy on the same test set (:mod:`edray.tracking.student_model`)."""
@@ -140,7 +141,7 @@ def register_best_student(spec: Spec, layout: Layout, tracker, result: SweepResu
 
     # The sweep registers a student only when the best trial saved one.
     assert result.best_model_path is not None, "register_best_student needs the best trial's model"
-    student = evaluate_student(spec, result.best_model_path, layout)
+    student = evaluate_student(spec, result.best_model_path, layout, node_check)
     logged = log_student_model(tracker.uri, result.parent_run_id, StudentModel(
         model=student.model, example=student.example, class_names=student.class_names,
         normalisation=student.normalisation))

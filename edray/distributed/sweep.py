@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from edray.distributed.connect import join_ray
+from edray.distributed.node_check import NodeCheck
 from edray.distributed.results import (
     SweepResult,
     best_spec_dict,
@@ -120,9 +121,21 @@ def run_sweep(spec: Spec, layout: Layout, options: SweepOptions, *, log: Callabl
     # after joining Ray, so an --address that does not answer is refused in one line too.
     num_samples = options.num_samples or search_section(spec).num_samples
     log(plan_line(spec, num_samples))
+    node_check = NodeCheck.write(layout, spec.dataset.root) if layout.on_cluster else None
+    try:
+        return _run(spec, layout, options, log, tic=tic, state=state, tracker=tracker, num_samples=num_samples,
+                    node_check=node_check)
+    finally:
+        if node_check is not None:
+            node_check.discard()  # no work is left to land on a node
+
+
+def _run(spec: Spec, layout: Layout, options: SweepOptions, log: Callable[[str], None], *, tic: float,
+         state: SweepState | None, tracker, num_samples: int, node_check: NodeCheck | None) -> SweepResult:
+    """The sweep once it is accepted: preparation, the trials, the final records."""
     timings, clock, placement = SweepTimings(), _Clock(), {}
-    if layout.on_cluster:
-        placement = _prepare_on_cluster(spec, layout, timings, log)
+    if node_check is not None:
+        placement = _prepare_on_cluster(spec, layout, timings, log, node_check)
         timings.prepare_s = clock.lap()
         state = start_tracking(spec, tracker, state, layout)
     else:
@@ -145,15 +158,22 @@ def run_sweep(spec: Spec, layout: Layout, options: SweepOptions, *, log: Callabl
     clock.lap()
     tuner = build_tuner(spec, num_samples=num_samples, resume=options.resume, progress=options.progress,
                         max_concurrent=options.max_concurrent or search_section(spec).max_concurrent, tracker=tracker,
-                        state=state, layout=layout, log=log, progress_lines=options.progress_lines)
+                        state=state, layout=layout, log=log, progress_lines=options.progress_lines,
+                        node_check=node_check)
     # The driver only waits while trials train: it imports the end-of-sweep figures' stack meanwhile.
     threading.Thread(target=_preload_figures, name="edray-preload-figures", daemon=True).start()
     grid = fit(tuner, tracker, table=options.progress)
     timings.tune_s = clock.lap()
     result = collect(grid, tracker, state.parent_run_id, tic)
     result.placement.update(placement)
-    _finish(spec, options, tracker, grid, result, timings, log, layout)
+    if node_check is not None and result.errored and (failed := node_check.failure()) is not None:
+        # Trials failed on a node that failed its check: that node's line, not a sweep of errored trials.
+        tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="FAILED")
+        raise failed
+    _finish(spec, options, tracker, grid, result, timings, log, layout, node_check)
     timings.finish_s = clock.lap()
+    if node_check is not None:
+        result.placement["nodes"] = node_check.checked()  # also those that joined after the first check
     result.placement.update(timings.placement())
     result.wall_s = time.monotonic() - tic
     return result
@@ -198,24 +218,25 @@ def _prepare_teachers(spec: Spec, data, layout: Layout, runner):
     return prepare(plan_preparation(spec, data, layout), spec, data, layout, runner)
 
 
-def _prepare_on_cluster(spec: Spec, layout: Layout, timings: SweepTimings,
-                        log: Callable[[str], None]) -> dict[str, Any]:
-    """Nodes checked, then missing teachers and stores built by worker nodes; returns who did what."""
+def _prepare_on_cluster(spec: Spec, layout: Layout, timings: SweepTimings, log: Callable[[str], None],
+                        node_check: NodeCheck) -> dict[str, Any]:
+    """The nodes alive now checked, then missing teachers and stores built by worker nodes
+    (each node that joins since checked by the first work on it); returns who did what."""
     from edray.data import load_data
     from edray.distributed import cluster
     from edray.pipeline import local_dataset
 
     clock = _Clock()
-    nodes = cluster.probe_nodes(spec, layout)
+    nodes = cluster.probe_nodes(node_check, layout)
     timings.probe_s = clock.lap()
     data = load_data(local_dataset(spec.dataset, layout))  # sizes and fingerprints: what the plan needs
-    prepared = _prepare_teachers(spec, data, layout, cluster.RayRunner.for_cluster(log))
+    prepared = _prepare_teachers(spec, data, layout, cluster.RayRunner.for_cluster(log, node_check))
     timings.teachers_s, timings.stores_s = prepared.teachers_s, prepared.stores_s
     return {"nodes": nodes, "teachers": prepared.teachers, "stores": prepared.shards}
 
 
 def _finish(spec: Spec, options: SweepOptions, tracker, grid, result: SweepResult, timings: SweepTimings,
-            log: Callable[[str], None], layout: Layout) -> None:
+            log: Callable[[str], None], layout: Layout, node_check: NodeCheck | None) -> None:
     """best.yaml, the final evaluation on the test split, and the parent run's closing records."""
     if result.best_config is None:
         tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="FAILED")
@@ -226,14 +247,14 @@ def _finish(spec: Spec, options: SweepOptions, tracker, grid, result: SweepResul
         if options.address or layout.on_cluster:
             _await_nodes(spec, options, "the final evaluation", log)  # idle nodes may have scaled down meanwhile
         clock = _Clock()
-        runs = final_eval(spec, best, seeds, layout, log)
+        runs = final_eval(spec, best, seeds, layout, log, node_check)
         timings.final_eval_s = clock.lap()
         result.placement["final_eval"] = [node for _, node in runs]
         result.final_test_accs = accs = [acc for acc, _ in runs]
         result.final_test_acc_mean = statistics.fmean(accs)
         result.final_test_acc_std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
         if result.best_model_path and spec.tracking.log_models != "none":
-            register_best_student(spec, layout, tracker, result, log)
+            register_best_student(spec, layout, tracker, result, log, node_check)
     finish_tracking(spec, tracker, grid, result, best_text, layout.sweep_dir(spec.name))
 
 

@@ -31,6 +31,7 @@ from edray.data import DataSplits, load_data
 from edray.device import choose_device
 from edray.distill.loop import DistContext, run_ed
 from edray.distill.plan import make_plan
+from edray.distributed.node_check import NodeCheck
 from edray.distributed.space import resolve_config
 from edray.layout import Layout
 from edray.pipeline import local_dataset, make_teacher_logits
@@ -51,6 +52,7 @@ class TrialContext:
     base_spec: dict[str, Any]
     layout: Layout  # teachers, stores and images: read through this node's cache when shared
     models_dir: str  # a path or a URI (the shared location on a cluster)
+    node_check: NodeCheck | None = None  # on a cluster: run once on each node a trial lands on
 
 
 def uses_torch_trainer(spec: Spec) -> bool:
@@ -114,6 +116,8 @@ def train_trial(spec: Spec, ctx: TrialContext, *, trial_id: str, report_fn: Tria
     trial, a Ray Train worker, or a test calls it alike. ``checkpoint`` (a Ray
     ``Checkpoint``) resumes the trial after its epoch.
     """
+    if ctx.node_check is not None:
+        ctx.node_check.ensure(ctx.layout)
     # Decoded images in this node's cache (the work directory on one machine): on a
     # cluster each node decodes its own copy once, under a lock, for its trials to map.
     device = choose_device(use_gpu=spec.scaling.use_gpu)

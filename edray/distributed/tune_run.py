@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Iterator
 
 from edray.distributed.interrupt import raise_if_interrupted
+from edray.distributed.node_check import NodeCheck
 from edray.distributed.search_setup import make_scheduler, make_searcher, planned_epochs
 from edray.distributed.space import resolve_config, sample_configs
 from edray.distributed.sweep_state import SweepState
@@ -22,14 +23,16 @@ _NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"
 
 
 def build_tuner(spec: Spec, *, num_samples: int, max_concurrent: int, resume: bool, progress: bool, tracker,
-                state: SweepState, layout: Layout, log: Callable[[str], None], progress_lines: bool = False):
+                state: SweepState, layout: Layout, log: Callable[[str], None], progress_lines: bool = False,
+                node_check: NodeCheck | None = None):
     """A new Tuner, or the stopped one restored (``--resume``): finished trials are not re-run.
 
     ``progress`` shows Tune's live table (a terminal); ``progress_lines`` prints plain lines
-    instead (``ray job logs``: :mod:`edray.distributed.progress`)."""
+    instead (``ray job logs``: :mod:`edray.distributed.progress`). ``node_check`` (a cluster)
+    runs on each node where a trial first lands."""
     from ray import tune
 
-    trainable = _trainable(spec, state.run_name, layout)
+    trainable = _trainable(spec, state.run_name, layout, node_check)
     lines = None
     if progress_lines:
         from edray.distributed.progress import ProgressLines
@@ -87,14 +90,14 @@ def _legacy_output(on: bool) -> Iterator[None]:
                 os.environ[_NEW_OUTPUT] = before
 
 
-def _trainable(spec: Spec, run_name: str, layout: Layout):
+def _trainable(spec: Spec, run_name: str, layout: Layout, node_check: NodeCheck | None):
     from ray import tune
 
     from edray.distributed.resources import trial_resources
     from edray.distributed.trial import TrialContext, run_trial  # torch: not needed by --dry-run
 
     ctx = TrialContext(base_spec=spec.model_dump(mode="json"), layout=layout,
-                       models_dir=layout.models(spec.name, run_name))
+                       models_dir=layout.models(spec.name, run_name), node_check=node_check)
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(spec))
 
 
