@@ -175,6 +175,20 @@ class SimCluster:
         env.update(extra)
         return env
 
+    def s3(self):
+        """A boto3 client of the cluster's S3 API (the test process has no AWS environment)."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.s3_endpoint, **_boto_kwargs())
+
+    def objects(self, prefix: str) -> dict[str, dict]:
+        """Every object of the bucket under ``prefix``: key -> its listing (``LastModified``, ``Size``)."""
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return {o["Key"]: o for page in pages for o in page.get("Contents", [])}
+
+    def read(self, key: str) -> bytes:
+        return self.s3().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
     def alive_workers(self) -> list[str]:
         return [n for n, node in self.nodes.items() if n != "head" and node.proc.poll() is None]
 

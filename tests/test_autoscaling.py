@@ -5,7 +5,9 @@ provider starts raylets on this machine where a cloud would boot machines).
 - a request no node type can satisfy is refused in one line, within a minute;
 - waiting for a node: the waiting line says what the autoscaler does, ``--wait-for-nodes``
   bounds the wait in one line, and a node of the right type joins;
-- a digits sweep from zero workers completes on nodes the autoscaler started.
+- a digits sweep from zero workers completes on nodes the autoscaler started;
+- a sweep submitted with ``ray job submit`` shows its progress in ``ray job logs``; its driver
+  is killed, and a new driver with a fresh work directory and only ``EDRAY_SHARED`` resumes it.
 
 ``-m 'not cluster'`` skips them.
 """
@@ -13,19 +15,25 @@ provider starts raylets on this machine where a cloud would boot machines).
 from __future__ import annotations
 
 import json
+import os
+import re
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from .autoscaling_fixture import NODE_TYPES, live_nodes, start_autoscaling_cluster, stop_autoscaling_cluster, why_not
 from .conftest import DIGITS_YAML, FAST
+from .helpers import json_summary
 
 pytestmark = pytest.mark.cluster
 _TIMEOUT_S = 1500  # a bound for a machine shared with other jobs
@@ -185,3 +193,147 @@ def test_a_sweep_from_zero_workers_runs_on_nodes_the_autoscaler_started(autoscal
     print(f"from zero workers: first worker after {nodes.first_worker_s:.0f} s, sweep {wall:.0f} s, "
           f"steps {placement.get('steps')}, timings {placement.get('timings')}; nodes started: {len(started)}; "
           f"what each did: { {n: {s: steps.count(s) for s in dict.fromkeys(steps)} for n, steps in did.items()} }")
+
+
+# -- a driver you can watch (ray job submit) and lose (a new driver resumes) ----------------
+
+_EPOCHS = 4  # SPEC's optim.epochs
+_STARTED = re.compile(r"^trial (\S+) started: ")
+_COMPLETED = re.compile(rf"^trial (\S+) completed at epoch {_EPOCHS}/{_EPOCHS}, val_acc \d\.\d{{4}}$")
+_STATUS = re.compile(r"^status: \d+ running, \d+ completed, \d+ pruned, \d+ errored; best val_acc (\d\.\d{4}|-); "
+                     r"epochs \d+/12; elapsed ")
+
+
+def _ray_job(cluster, command: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``ray job COMMAND --address DASHBOARD ARGS`` as a user runs it: token auth from the file."""
+    return subprocess.run(["ray", "job", command, "--address", cluster.dashboard_url, *args],
+                          env=cluster.driver_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _job_info(cluster, job_id: str) -> dict:
+    """The job as the dashboard's job API reports it (``status``, ``driver_info``)."""
+    request = urllib.request.Request(f"{cluster.dashboard_url}/api/jobs/{job_id}",
+                                     headers={"Authorization": f"Bearer {cluster.token}"})
+    with urllib.request.urlopen(request, timeout=20) as r:
+        return json.load(r)
+
+
+def _key(location: str) -> str:
+    return location.split("://", 1)[1].split("/", 1)[1]  # s3://bucket/key -> key
+
+
+def _tune_trials(cluster, experiment: str) -> dict[str, str]:
+    """Trial id -> status in the newest experiment state Tune uploaded to ``experiment``."""
+    states = sorted(k for k in cluster.objects(_key(experiment) + "/")
+                    if k.rsplit("/", 1)[-1].startswith("experiment_state-") and k.endswith(".json"))
+    if not states:
+        return {}
+    trials = [json.loads(item[0]) for item in json.loads(cluster.read(states[-1]))["trial_data"]]
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
+@pytest.mark.slow
+def test_a_submitted_sweep_shows_progress_and_a_new_driver_resumes_it_after_its_driver_is_lost(autoscaling, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cluster = autoscaling
+    shared = cluster.shared("zero")  # teachers and stores of the sweep before (same store keys): not rebuilt
+    state_key = f"{_key(shared)}/sweeps/digits/sweep.json"
+    old_state = cluster.objects(state_key).get(state_key, {}).get("ETag")
+    sweep = ["sweep", str(DIGITS_YAML), "--address", "auto", "--json", "--num-samples", "3", "--max-concurrent", "1",
+             "--no-final-eval", *[a for s in SPEC for a in ("--set", s)]]
+    job_id = f"edray-resume-{secrets.token_hex(4)}"
+    tic = time.monotonic()
+    env_vars = {"EDRAY_SHARED": shared, "MLFLOW_TRACKING_URI": cluster.mlflow_uri}
+    submit = _ray_job(cluster, "submit", "--no-wait", "--submission-id", job_id, "--runtime-env-json",
+                      json.dumps({"env_vars": env_vars}), "--", sys.executable, "-m", "edray.cli", *sweep,
+                      "--workdir", str(tmp_path / "lost"))
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    log = tmp_path / "job.log"
+    with open(log, "w") as out:  # what `ray job logs --follow` shows a user
+        follow = subprocess.Popen(["ray", "job", "logs", "--address", cluster.dashboard_url, "--follow", job_id],
+                                  env=cluster.driver_env(), stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    times: dict[str, float] = {}
+    killed = False
+    try:
+        # Wait for a trial to finish (and a status line), and for Tune's upload to record it.
+        state: dict = {}
+        while True:
+            lines = log.read_text(errors="replace").splitlines()
+            if "first trial started" not in times and any(_STARTED.match(line) for line in lines):
+                times["first trial started"] = time.monotonic() - tic
+            done = {m.group(1) for line in lines if (m := _COMPLETED.match(line))}
+            if done and "first trial ended" not in times:
+                times["first trial ended"] = time.monotonic() - tic
+            if not state and cluster.objects(state_key).get(state_key, {}).get("ETag") not in (None, old_state):
+                state = json.loads(cluster.read(state_key))  # this sweep's, on the shared location
+            tune = _tune_trials(cluster, state["experiment_path"]) if state else {}
+            finished = {t for t, status in tune.items() if status == "TERMINATED"}
+            if done and finished >= done and any(_STATUS.match(line) for line in lines):
+                break
+            status = _job_info(cluster, job_id)["status"]
+            assert status in ("PENDING", "RUNNING"), f"the job ended ({status}) before its driver was killed:\n" + \
+                "\n".join(lines[-60:])
+            assert time.monotonic() - tic < _TIMEOUT_S, "no trial finished in time:\n" + "\n".join(lines[-60:])
+            time.sleep(2)
+        # The head's driver is lost: SIGKILL to the entrypoint's process group, nothing runs a handler.
+        # (`ray job stop` would send SIGTERM first: a stop the driver sees, not a lost head.)
+        driver = int(_job_info(cluster, job_id)["driver_info"]["pid"])
+        os.killpg(os.getpgid(driver), signal.SIGKILL)
+        killed = True
+        times["driver killed"] = time.monotonic() - tic
+        deadline = time.monotonic() + 120
+        while _job_info(cluster, job_id)["status"] in ("PENDING", "RUNNING"):
+            assert time.monotonic() < deadline, "the job still runs after its driver was killed"
+            time.sleep(1)
+        follow.wait(timeout=60)
+    finally:
+        if follow.poll() is None:
+            os.killpg(follow.pid, signal.SIGKILL)
+        if not killed:
+            _ray_job(cluster, "stop", job_id)
+    lines = log.read_text(errors="replace").splitlines()
+    print(f"ray job submit: {json.dumps({k: round(v) for k, v in times.items()})} (s)")
+    tail = "\n".join(lines[-60:])
+    started = {m.group(1) for line in lines if (m := _STARTED.match(line))}
+    assert done <= started, tail
+    assert any(_STATUS.match(line) for line in lines), tail
+    tune = _tune_trials(cluster, state["experiment_path"])
+    finished = {t for t, status in tune.items() if status == "TERMINATED"}
+    assert len(finished) < 3, f"every trial had finished before the kill ({tune}):\n{tail}"
+    models = f"{_key(shared)}/models/digits/{state['run_name']}/"
+    students = {k: o["LastModified"] for k, o in cluster.objects(models).items()}
+    assert {f"{models}{t}.pt" for t in finished} <= set(students), (finished, students)
+    shutil.rmtree(tmp_path / "lost", ignore_errors=True)  # the head's work directory went with it
+
+    # A new driver: a fresh work directory and node cache, only EDRAY_SHARED (and the tracking server).
+    tic_resume = time.monotonic()
+    resumed = subprocess.run([sys.executable, "-m", "edray.cli", *sweep, "--workdir", str(tmp_path / "new"),
+                              "--resume"], capture_output=True, text=True, timeout=_TIMEOUT_S,
+                             env=cluster.driver_env(EDRAY_SHARED=shared, EDRAY_CACHE=str(tmp_path / "new-cache")))
+    times["resumed sweep"] = time.monotonic() - tic_resume
+    summary = json_summary(resumed)
+    assert summary["trials"] == 3 and summary["completed"] == 3 and summary["errored"] == 0, summary
+    assert summary["parent_run_id"] == state["parent_run_id"]
+    ids = set(summary["placement"]["trials"])
+    assert len(ids) == 3 and finished < ids
+    assert set(_tune_trials(cluster, state["experiment_path"]).items()) == {(t, "TERMINATED") for t in ids}
+    # Finished trials did not run again: not started by the new driver, their students untouched.
+    new_lines = resumed.stderr.splitlines()
+    assert [line for line in new_lines if line.startswith("resumed: ")][0].startswith(
+        f"resumed: {len(finished)} trial"), resumed.stderr[-4000:]
+    for line in new_lines:
+        assert not any(line.startswith(f"trial {t} ") for t in finished), line
+    assert {m.group(1) for line in new_lines if (m := _COMPLETED.match(line))} == ids - finished
+    assert [line for line in new_lines if _STATUS.match(line)][-1].startswith("status: 0 running, 3 completed, ")
+    after = {k: o["LastModified"] for k, o in cluster.objects(models).items()}
+    assert all(after[k] == when for k, when in students.items() if k.endswith(tuple(f"{t}.pt" for t in finished)))
+    # MLflow: the same parent run, FINISHED, one child per trial.
+    client = MlflowClient(tracking_uri=cluster.mlflow_uri)
+    assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
+    experiment = client.get_experiment_by_name(summary["experiment"]).experiment_id
+    children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{state['parent_run_id']}'")
+    assert sorted(c.data.tags["edray.trial_id"] for c in children) == sorted(ids)
+    print(f"ray job submit, lost driver, --resume: {json.dumps({k: round(v) for k, v in times.items()})} (s); "
+          f"{len(finished)} of 3 trials finished before the kill")

@@ -50,8 +50,11 @@ def test_lines_for_trial_events_and_a_status_at_most_every_minute():
         progress.on_trial_result(0, [], a, {"epoch": epoch, "val_acc": 0.5 + epoch / 10 + 1e-9})
     progress.on_trial_result(0, [], b, {"epoch": 1, "val_acc": 0.2})
     status = [line for line in lines if line.startswith("status:")]
-    assert len(status) == 1  # 80 s of results: one status line, not one per result
-    assert status[0].startswith("status: 2 running, 0 completed, 0 pruned, 0 errored; best val_acc 0.8000;")
+    # The first epoch's (the first estimate), then one a minute later: not one per result.
+    assert len(status) == 2, lines
+    assert status[0] == ("status: 2 running, 0 completed, 0 pruned, 0 errored; best val_acc 0.6000; epochs 1/16; "
+                         "elapsed 20 s, about 5 min left")
+    assert status[1].startswith("status: 2 running, 0 completed, 0 pruned, 0 errored; best val_acc 0.9000;")
     a.last_result = {"epoch": 4, "val_acc": 0.9000000001}
     progress.on_trial_complete(0, [], a)
     b.last_result = {"epoch": 1, "val_acc": 0.2}
@@ -83,9 +86,13 @@ def test_a_resumed_sweep_counts_what_the_stopped_driver_finished_and_times_only_
     assert len(lines) == 1
     progress.on_trial_start(1, trials, halfway)
     assert lines[-1] == "trial a_00002 resumed at epoch 2: ed.alpha=0.3"
-    clock.now += 60  # this driver: 1 epoch a minute, 4 left
+    clock.now += 60  # this driver's first epoch: 1 a minute, 4 left
     progress.on_trial_result(1, trials, halfway, {"epoch": 3, "val_acc": 0.6})
     assert lines[-1].endswith("epochs 8/12; elapsed 60 s, about 4 min left"), lines[-1]
+    said = len(lines)
+    clock.now += 1
+    progress.on_trial_result(1, trials, halfway, {"epoch": 4, "val_acc": 0.7})
+    assert len(lines) == said  # then at most a line a minute
 
 
 def test_durations_read_as_seconds_minutes_hours():

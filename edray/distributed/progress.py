@@ -6,10 +6,11 @@ Under ``ray job submit`` stdout and stderr are not a terminal: Tune's live table
 
 - one when a trial starts (with its searched values) and one when it ends (completed,
   pruned or errored, as :mod:`edray.trial_status` decides, with its ``val_acc``);
-- a status line at most every 60 s: trials running / completed / pruned / errored, the
-  best ``val_acc`` so far (of each trial's latest result, as the sweep ranks them), epochs
-  done of those planned, the time elapsed and an estimate of what is left (the epochs left
-  at the pace so far; pruned trials end early, so it errs long).
+- a status line once the first epoch is in (the first estimate), then at most every 60 s:
+  trials running / completed / pruned / errored, the best ``val_acc`` so far (of each
+  trial's latest result, as the sweep ranks them), epochs done of those planned, the time
+  elapsed and an estimate of what is left (the epochs left at the pace so far; pruned
+  trials end early, so it errs long).
 
 Numbers are rounded for reading (accuracies to 4 places, times to seconds or minutes).
 
@@ -79,6 +80,7 @@ class ProgressLines(Callback):
         self.epochs: dict[str, int] = {}  # trial -> epochs done (its last result)
         self.scores: dict[str, float] = {}  # trial -> its latest score (what the sweep ranks by)
         self.seen_trials = False  # the trials Tune restored (--resume) were taken in
+        self.estimated = False  # a status line with this driver's first epoch was written
         self.epochs_before = 0  # epochs a stopped driver had done: not this driver's pace
 
     # -------------------------------------------------------------- Tune's events
@@ -155,7 +157,9 @@ class ProgressLines(Callback):
 
     def _maybe_status(self) -> None:
         now = self.clock()
-        if now - self.last_status >= self.every_s:
+        first = not self.estimated and sum(self.epochs.values()) > self.epochs_before
+        if first or now - self.last_status >= self.every_s:
+            self.estimated = self.estimated or first
             self.last_status = now
             self.write(self.status_line())
 
