@@ -321,8 +321,9 @@ def test_a_submitted_sweep_shows_progress_and_a_new_driver_resumes_it_after_its_
     assert set(_tune_trials(cluster, state["experiment_path"]).items()) == {(t, "TERMINATED") for t in ids}
     # Finished trials did not run again: not started by the new driver, their students untouched.
     new_lines = resumed.stderr.splitlines()
-    assert [line for line in new_lines if line.startswith("resumed: ")][0].startswith(
-        f"resumed: {len(finished)} trial"), resumed.stderr[-4000:]
+    took_in = [line for line in new_lines if line.startswith("resumed: ")]
+    assert took_in and took_in[0].startswith(f"resumed: {len(finished)} trial"), resumed.stderr[-4000:]
+    print(f"the new driver: {took_in[0]}")
     for line in new_lines:
         assert not any(line.startswith(f"trial {t} ") for t in finished), line
     assert {m.group(1) for line in new_lines if (m := _COMPLETED.match(line))} == ids - finished
