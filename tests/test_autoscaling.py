@@ -232,11 +232,21 @@ def _tune_trials(cluster, experiment: str) -> dict[str, str]:
     return {t["trial_id"]: t["status"] for t in trials}
 
 
+def _await_scale_down(cluster, timeout_s: float = 180) -> None:
+    """Until the worker nodes of the test before are gone (idle timeout 30 s): a node leaving while
+    a sweep starts is the other tests' subject, not this one's."""
+    deadline = time.monotonic() + timeout_s
+    while [n for n in live_nodes(cluster) if not n["head"]]:
+        assert time.monotonic() < deadline, "idle worker nodes did not scale down"
+        time.sleep(2)
+
+
 @pytest.mark.slow
 def test_a_submitted_sweep_shows_progress_and_a_new_driver_resumes_it_after_its_driver_is_lost(autoscaling, tmp_path):
     from mlflow.tracking import MlflowClient
 
     cluster = autoscaling
+    _await_scale_down(cluster)
     shared = cluster.shared("zero")  # teachers and stores of the sweep before (same store keys): not rebuilt
     state_key = f"{_key(shared)}/sweeps/digits/sweep.json"
     old_state = cluster.objects(state_key).get(state_key, {}).get("ETag")
@@ -335,6 +345,7 @@ def test_a_submitted_sweep_shows_progress_and_a_new_driver_resumes_it_after_its_
     assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
     experiment = client.get_experiment_by_name(summary["experiment"]).experiment_id
     children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{state['parent_run_id']}'")
-    assert sorted(c.data.tags["edray.trial_id"] for c in children) == sorted(ids)
+    seen = sorted((c.data.tags["edray.trial_id"], c.info.status, c.info.start_time, c.info.run_id) for c in children)
+    assert sorted(c.data.tags["edray.trial_id"] for c in children) == sorted(ids), (seen, tune, ids, times)
     print(f"ray job submit, lost driver, --resume: {json.dumps({k: round(v) for k, v in times.items()})} (s); "
           f"{len(finished)} of 3 trials finished before the kill")
