@@ -60,10 +60,13 @@ def _renew_run_config(tuner, fresh) -> None:
     driver's tracker (its tracking URI, though a new head may serve MLflow elsewhere), kept
     the old driver's choice of live table or plain lines, and its progress lines timed from the
     old driver's clock. Ray offers no public setter (ray-project/ray#41364 names
-    ``_local_tuner.get_run_config()`` as the way); where it is and the experiment's own fields
-    (name, storage) stay as restored.
+    ``_local_tuner.get_run_config()`` as the way). The experiment's own fields (name, storage)
+    stay as restored.
     """
-    restored = tuner._local_tuner.get_run_config()
+    local = getattr(tuner, "_local_tuner", None)
+    if local is None:  # Ray Client (ray://): the Tuner runs remotely and keeps what it restored
+        return
+    restored = local.get_run_config()
     for name in ("callbacks", "progress_reporter", "verbose", "failure_config", "sync_config"):
         setattr(restored, name, getattr(fresh, name))
 
