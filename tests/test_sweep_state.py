@@ -30,7 +30,8 @@ def setup(tmp_path):
 def test_a_new_driver_with_a_fresh_workdir_resumes_from_the_shared_state(setup):
     spec, shared, uri, tmp = setup
     old = Layout.at(tmp / "old-head", shared=shared)
-    first = start_tracking(spec, SweepTracker(uri, spec.name), None, old)
+    artifacts = tmp / "mlflow-artifacts"  # not the current directory (MLflow's default)
+    first = start_tracking(spec, SweepTracker(uri, spec.name, artifact_root=artifacts), None, old)
     local = json.loads(state_path(old, spec.name).read_text())
     assert json.loads(read_bytes(shared_state_location(old, spec.name))) == local
     assert local["experiment_path"].startswith(f"{shared}/ray_results/")  # Tune's, on the shared root
@@ -39,7 +40,7 @@ def test_a_new_driver_with_a_fresh_workdir_resumes_from_the_shared_state(setup):
     assert has_state(new, spec.name)
     state = load_state(spec, new, resume=True)
     assert state == first
-    again = start_tracking(spec, SweepTracker(uri, spec.name), state, new)
+    again = start_tracking(spec, SweepTracker(uri, spec.name, artifact_root=artifacts), state, new)
     assert again == first  # the same parent run reopened, the same Tune experiment
     assert json.loads(state_path(new, spec.name).read_text()) == local
 
