@@ -46,8 +46,21 @@ def _sweep_cmd(workdir: Path, *extra: str, samples: int = 4) -> list[str]:
             "--workdir", str(workdir), "--num-samples", str(samples), "--max-concurrent", "2", *sets(SPEC), *extra]
 
 
+def _s3(cluster: SimCluster):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=cluster.s3_endpoint, aws_access_key_id="testing",
+                        aws_secret_access_key="testing", region_name="us-east-1")
+
+
 def _keys(cluster: SimCluster, prefix: str) -> list[str]:
-    return list(cluster.objects(prefix))
+    pages = _s3(cluster).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def _objects(cluster: SimCluster, prefix: str) -> dict[str, dict]:
+    pages = _s3(cluster).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {o["Key"]: o for page in pages for o in page.get("Contents", [])}
 
 
 def _worker(node: str | None) -> str:
@@ -104,7 +117,7 @@ def test_a_sweep_runs_every_heavy_step_on_worker_nodes(sim, first, tmp_path):
     assert len(stores) == 2 * TEACHERS and all(len(nodes) == 2 for nodes in stores.values())  # (train, val) each
     assert {_worker(n) for nodes in stores.values() for n in nodes} == workers
     for name, nodes in stores.items():
-        manifest = json.loads(sim.read(f"run/logits/{name}/manifest.json"))
+        manifest = json.loads(_s3(sim).get_object(Bucket=BUCKET, Key=f"run/logits/{name}/manifest.json")["Body"].read())
         assert [s["node"] for s in manifest["shards"]] == nodes
     assert not [k for k in _keys(sim, "run/logits/") if k.endswith((".done", "layout.json"))]
     # Trials and the final evaluation on workers; the driver's head offers no CPU.
@@ -166,7 +179,7 @@ def test_resume_after_the_driver_is_killed(sim, first):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    finished = {k: o["LastModified"] for k, o in sim.objects("run/models/").items() if k not in before}
+    finished = {k: o["LastModified"] for k, o in _objects(sim, "run/models/").items() if k not in before}
     resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=_TIMEOUT_S)
     summary = json_summary(resumed)
     assert summary["trials"] == 4 and summary["errored"] == 0, summary
@@ -174,7 +187,7 @@ def test_resume_after_the_driver_is_killed(sim, first):
     children = client.search_runs([client.get_experiment_by_name(summary["experiment"]).experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'")
     assert len([c for c in children if c.info.status == "FINISHED"]) == 4  # one per trial, none doubled
-    after = sim.objects("run/models/")
+    after = _objects(sim, "run/models/")
     assert all(after[k]["LastModified"] == when for k, when in finished.items())  # finished trials not re-run
 
 
@@ -185,7 +198,7 @@ def test_a_shared_directory_serves_as_the_shared_location(sim, first):
     outside the work area, which every node sees. The first sweep's teachers and stores are
     copied there (as a user would sync them), so this sweep trains only its trials."""
     shared = sim.base.parent / "shared-dir"
-    s3 = sim.s3()
+    s3 = _s3(sim)
     keys = _keys(sim, "run/teachers/") + _keys(sim, "run/logits/")
     for key in keys:
         if any(other.startswith(key.rstrip("/") + "/") for other in keys):
