@@ -175,20 +175,6 @@ class SimCluster:
         env.update(extra)
         return env
 
-    def s3(self):
-        """A boto3 client of the cluster's S3 API (the test process has no AWS environment)."""
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.s3_endpoint, **_boto_kwargs())
-
-    def objects(self, prefix: str) -> dict[str, dict]:
-        """Every object of the bucket under ``prefix``: key -> its listing (``LastModified``, ``Size``)."""
-        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-        return {o["Key"]: o for page in pages for o in page.get("Contents", [])}
-
-    def read(self, key: str) -> bytes:
-        return self.s3().get_object(Bucket=BUCKET, Key=key)["Body"].read()
-
     def alive_workers(self) -> list[str]:
         return [n for n, node in self.nodes.items() if n != "head" and node.proc.poll() is None]
 
@@ -267,6 +253,19 @@ def _start_s3(cluster: SimCluster, port: int) -> None:
     import boto3
 
     boto3.client("s3", endpoint_url=cluster.s3_endpoint, **_boto_kwargs()).create_bucket(Bucket=BUCKET)
+
+
+def s3_client(cluster: SimCluster):
+    """A boto3 client of the cluster's S3 API (the test reads what the nodes wrote)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=cluster.s3_endpoint, **_boto_kwargs())
+
+
+def s3_keys(cluster: SimCluster, prefix: str) -> list[str]:
+    """The keys under ``prefix`` in the cluster's bucket."""
+    pages = s3_client(cluster).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 def _boto_kwargs() -> dict[str, str]:

@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from .autoscaling_fixture import NODE_TYPES, live_nodes, start_autoscaling_cluster, stop_autoscaling_cluster, why_not
+from .cluster_fixture import BUCKET, s3_client
 from .conftest import DIGITS_YAML, FAST
 from .helpers import json_summary
 
@@ -223,13 +224,23 @@ def _key(location: str) -> str:
     return location.split("://", 1)[1].split("/", 1)[1]  # s3://bucket/key -> key
 
 
-def _tune_trials(cluster, experiment: str) -> dict[str, str]:
+def _objects(cluster, prefix: str) -> dict[str, dict]:
+    """Every object under ``prefix``: key -> its listing (``LastModified``)."""
+    pages = s3_client(cluster).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {o["Key"]: o for page in pages for o in page.get("Contents", [])}
+
+
+def _read(cluster, key: str) -> bytes:
+    return s3_client(cluster).get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def _trial_statuses(cluster, experiment: str) -> dict[str, str]:
     """Trial id -> status in the newest experiment state Tune uploaded to ``experiment``."""
-    states = sorted(k for k in cluster.objects(_key(experiment) + "/")
+    states = sorted(k for k in _objects(cluster, _key(experiment) + "/")
                     if k.rsplit("/", 1)[-1].startswith("experiment_state-") and k.endswith(".json"))
     if not states:
         return {}
-    trials = [json.loads(item[0]) for item in json.loads(cluster.read(states[-1]))["trial_data"]]
+    trials = [json.loads(item[0]) for item in json.loads(_read(cluster, states[-1]))["trial_data"]]
     return {t["trial_id"]: t["status"] for t in trials}
 
 
@@ -250,7 +261,7 @@ def test_a_submitted_sweep_shows_progress_and_a_new_driver_resumes_it_after_its_
     _await_scale_down(cluster)
     shared = cluster.shared("zero")  # teachers and stores of the sweep before (same store keys): not rebuilt
     state_key = f"{_key(shared)}/sweeps/digits/sweep.json"
-    old_state = cluster.objects(state_key).get(state_key, {}).get("ETag")
+    old_state = _objects(cluster, state_key).get(state_key, {}).get("ETag")
     sweep = ["sweep", str(DIGITS_YAML), "--address", "auto", "--json", "--num-samples", str(_SAMPLES),
              "--max-concurrent", "1", "--no-final-eval", *[a for s in SPEC for a in ("--set", s)]]
     job_id = f"edray-resume-{secrets.token_hex(4)}"
@@ -271,10 +282,10 @@ def test_a_submitted_sweep_shows_progress_and_a_new_driver_resumes_it_after_its_
         # Wait until Tune's uploaded state records a finished trial (its lines come before that).
         state: dict = {}
         while True:
-            if not state and cluster.objects(state_key).get(state_key, {}).get("ETag") not in (None, old_state):
-                state = json.loads(cluster.read(state_key))  # this sweep's, on the shared location
+            if not state and _objects(cluster, state_key).get(state_key, {}).get("ETag") not in (None, old_state):
+                state = json.loads(_read(cluster, state_key))  # this sweep's, on the shared location
                 times["sweep state on S3"] = time.monotonic() - tic
-            tune = _tune_trials(cluster, state["experiment_path"]) if state else {}
+            tune = _trial_statuses(cluster, state["experiment_path"]) if state else {}
             if "TERMINATED" in tune.values():
                 times["a trial recorded finished"] = time.monotonic() - tic
                 break
@@ -305,13 +316,13 @@ def test_a_submitted_sweep_shows_progress_and_a_new_driver_resumes_it_after_its_
     tail = "\n".join(lines[-60:])
     started = {m.group(1) for line in lines if (m := _STARTED.match(line))}
     done = {m.group(1) for line in lines if (m := _COMPLETED.match(line))}
-    tune = _tune_trials(cluster, state["experiment_path"])
+    tune = _trial_statuses(cluster, state["experiment_path"])
     finished = {t for t, status in tune.items() if status == "TERMINATED"}
     assert finished and finished <= done <= started, (finished, tail)  # what ray job logs showed
     assert any(_STATUS.match(line) for line in lines), tail
     assert len(finished) < _SAMPLES, f"every trial had finished before the kill ({tune}):\n{tail}"
     models = f"{_key(shared)}/models/digits/{state['run_name']}/"
-    students = {k: o["LastModified"] for k, o in cluster.objects(models).items()}
+    students = {k: o["LastModified"] for k, o in _objects(cluster, models).items()}
     assert {f"{models}{t}.pt" for t in finished} <= set(students), (finished, students)
     shutil.rmtree(tmp_path / "lost", ignore_errors=True)  # the head's work directory went with it
 
@@ -326,7 +337,7 @@ def test_a_submitted_sweep_shows_progress_and_a_new_driver_resumes_it_after_its_
     assert summary["parent_run_id"] == state["parent_run_id"]
     ids = set(summary["placement"]["trials"])
     assert len(ids) == _SAMPLES and finished < ids
-    assert set(_tune_trials(cluster, state["experiment_path"]).items()) == {(t, "TERMINATED") for t in ids}
+    assert set(_trial_statuses(cluster, state["experiment_path"]).items()) == {(t, "TERMINATED") for t in ids}
     # Finished trials did not run again: not started by the new driver, their students untouched.
     new_lines = resumed.stderr.splitlines()
     took_in = [line for line in new_lines if line.startswith("resumed: ")]
@@ -337,7 +348,7 @@ def test_a_submitted_sweep_shows_progress_and_a_new_driver_resumes_it_after_its_
     assert {m.group(1) for line in new_lines if (m := _COMPLETED.match(line))} == ids - finished
     last_status = [line for line in new_lines if _STATUS.match(line)][-1]
     assert last_status.startswith(f"status: 0 running, {_SAMPLES} completed, "), last_status
-    after = {k: o["LastModified"] for k, o in cluster.objects(models).items()}
+    after = {k: o["LastModified"] for k, o in _objects(cluster, models).items()}
     assert all(after[k] == when for k, when in students.items() if k.endswith(tuple(f"{t}.pt" for t in finished)))
     # MLflow: the same parent run, FINISHED, one FINISHED child per trial. A trial the lost driver
     # started after Tune's last upload is unknown to the restored experiment (the search ran another
