@@ -11,6 +11,7 @@ anything more than one node needs lives there::
     <shared>/ray_results/      Tune's experiment state (so a trial restarts on another node)
     <shared>/ray_train/        nested TorchTrainer runs
     <shared>/models/           trained students, one file per trial
+    <shared>/sweeps/           each sweep's resume state (a new driver resumes from it)
     <shared>/mlflow-artifacts/ what an MLflow server stores (the cluster files point it here)
 
 and each node keeps its own copy of what trials read, fetched once::
@@ -18,7 +19,9 @@ and each node keeps its own copy of what trials read, fetched once::
     <cache>/logits/  <cache>/teachers/  <cache>/datasets/  <cache>/images/
 
 The driver's work directory keeps what only the driver needs: the sweep's folder (resume
-state, ``best.yaml``, figures), the embedded MLflow store and its artifacts.
+state, ``best.yaml``, figures), the embedded MLflow store and its artifacts. A sweep's
+resume state is copied to ``<shared>/sweeps/`` too, so a driver that lost its work
+directory (a replaced head) can ``--resume`` from the shared root alone.
 
 One machine is the case where the shared root *is* the work directory and the node cache
 is that directory too: the same names then give ``WORKDIR/teachers``, ``WORKDIR/logits``,
@@ -119,6 +122,10 @@ class Layout:
         if self.on_cluster:
             return self.shared_path("models", sweep, run_name)
         return str(self.sweep_dir(sweep) / "models" / run_name)
+
+    def shared_sweep_dir(self, sweep: str) -> str:
+        """A sweep's folder on the shared root: its resume state, for a driver on a new head."""
+        return self.shared_path("sweeps", sweep)
 
     # -- the driver's own folders --------------------------------------------------------
     def sweep_dir(self, sweep: str) -> Path:

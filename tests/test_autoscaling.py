@@ -7,7 +7,9 @@ provider starts raylets on this machine where a cloud would boot machines).
   bounds the wait in one line, and a node of the right type joins;
 - a digits sweep from zero workers completes on nodes the autoscaler started, and a worker
   node killed while it runs a trial costs no trial: the trial resumes from its checkpoint on
-  another node, no trial is lost or run twice.
+  another node, no trial is lost or run twice;
+- a sweep submitted with ``ray job submit`` shows its progress in ``ray job logs``; its driver
+  is killed, and a new driver with a fresh work directory and only ``EDRAY_SHARED`` resumes it.
 
 ``-m 'not cluster'`` skips them.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -25,6 +28,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -301,3 +305,176 @@ def test_a_sweep_from_zero_workers_runs_on_nodes_the_autoscaler_started(autoscal
           f"listed dead {dead_s:.0f} s later; nodes joined after it: {joined_after}; "
           "resumed: "
           f"{ {t: r['last_result']['iterations_since_restore'] for t, r in failed.items()} } epochs after the restore")
+
+
+# -- a driver you can watch (ray job submit) and lose (a new driver resumes) ----------------
+
+_EPOCHS = 4  # SPEC's optim.epochs
+_SAMPLES = 4  # one at a time: a trial takes 5-10 s here, and the kill must come before the last ends
+_STARTED = re.compile(r"^trial (\S+) started: ")
+_COMPLETED = re.compile(rf"^trial (\S+) completed at epoch {_EPOCHS}/{_EPOCHS}, val_acc \d\.\d{{4}}$")
+_STATUS = re.compile(r"^status: \d+ running, \d+ completed, \d+ pruned, \d+ errored; best val_acc (\d\.\d{4}|-); "
+                     rf"epochs \d+/{_SAMPLES * _EPOCHS}; elapsed ")
+
+
+def _ray_job(cluster, command: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``ray job COMMAND --address DASHBOARD ARGS`` as a user runs it: token auth from the file."""
+    return subprocess.run(["ray", "job", command, "--address", cluster.dashboard_url, *args],
+                          env=cluster.driver_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _job_info(cluster, job_id: str) -> dict:
+    """The job as the dashboard's job API reports it (``status``, ``driver_info``)."""
+    request = urllib.request.Request(f"{cluster.dashboard_url}/api/jobs/{job_id}",
+                                     headers={"Authorization": f"Bearer {cluster.token}"})
+    with urllib.request.urlopen(request, timeout=20) as r:
+        return json.load(r)
+
+
+def _key(location: str) -> str:
+    return location.split("://", 1)[1].split("/", 1)[1]  # s3://bucket/key -> key
+
+
+def _objects(cluster, prefix: str) -> dict[str, dict]:
+    """Every object under ``prefix``: key -> its listing (``LastModified``)."""
+    pages = s3_client(cluster).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {o["Key"]: o for page in pages for o in page.get("Contents", [])}
+
+
+def _read(cluster, key: str) -> bytes:
+    return s3_client(cluster).get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def _trial_statuses(cluster, experiment: str) -> dict[str, str]:
+    """Trial id -> status in the newest experiment state Tune uploaded to ``experiment``."""
+    states = sorted(k for k in _objects(cluster, _key(experiment) + "/")
+                    if k.rsplit("/", 1)[-1].startswith("experiment_state-") and k.endswith(".json"))
+    if not states:
+        return {}
+    trials = [json.loads(item[0]) for item in json.loads(_read(cluster, states[-1]))["trial_data"]]
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
+def _await_scale_down(cluster, timeout_s: float = 180) -> None:
+    """Until the worker nodes of the test before are gone (idle timeout 30 s): a node leaving while
+    a sweep starts is the other tests' subject, not this one's."""
+    deadline = time.monotonic() + timeout_s
+    while [n for n in live_nodes(cluster) if not n["head"]]:
+        assert time.monotonic() < deadline, "idle worker nodes did not scale down"
+        time.sleep(2)
+
+
+@pytest.mark.slow
+def test_a_submitted_sweep_shows_progress_and_a_new_driver_resumes_it_after_its_driver_is_lost(autoscaling, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cluster = autoscaling
+    _await_scale_down(cluster)
+    shared = cluster.shared("zero")  # teachers and stores of the sweep before (same store keys): not rebuilt
+    state_key = f"{_key(shared)}/sweeps/digits/sweep.json"
+    old_state = _objects(cluster, state_key).get(state_key, {}).get("ETag")
+    sweep = ["sweep", str(DIGITS_YAML), "--address", "auto", "--json", "--num-samples", str(_SAMPLES),
+             "--max-concurrent", "1", "--no-final-eval", *[a for s in SPEC for a in ("--set", s)]]
+    job_id = f"edray-resume-{secrets.token_hex(4)}"
+    tic = time.monotonic()
+    env_vars = {"EDRAY_SHARED": shared, "MLFLOW_TRACKING_URI": cluster.mlflow_uri}
+    submit = _ray_job(cluster, "submit", "--no-wait", "--submission-id", job_id, "--runtime-env-json",
+                      json.dumps({"env_vars": env_vars}), "--", sys.executable, "-m", "edray.cli", *sweep,
+                      "--workdir", str(tmp_path / "lost"))
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    log = tmp_path / "job.log"
+    with open(log, "w") as out:  # what `ray job logs --follow` shows a user
+        follow = subprocess.Popen(["ray", "job", "logs", "--address", cluster.dashboard_url, "--follow", job_id],
+                                  env=cluster.driver_env(), stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    times: dict[str, float] = {}
+    killed = False
+    try:
+        # Wait until Tune's uploaded state records a finished trial (its lines come before that).
+        state: dict = {}
+        while True:
+            if not state and _objects(cluster, state_key).get(state_key, {}).get("ETag") not in (None, old_state):
+                state = json.loads(_read(cluster, state_key))  # this sweep's, on the shared location
+                times["sweep state on S3"] = time.monotonic() - tic
+            tune = _trial_statuses(cluster, state["experiment_path"]) if state else {}
+            if "TERMINATED" in tune.values():
+                times["a trial recorded finished"] = time.monotonic() - tic
+                break
+            status = _job_info(cluster, job_id)["status"]
+            lines = log.read_text(errors="replace").splitlines()
+            assert status in ("PENDING", "RUNNING"), f"the job ended ({status}) before its driver was killed:\n" + \
+                "\n".join(lines[-60:])
+            assert time.monotonic() - tic < _TIMEOUT_S, "no trial finished in time:\n" + "\n".join(lines[-60:])
+            time.sleep(1)
+        # The head's driver is lost: SIGKILL to the entrypoint's process group, nothing runs a handler.
+        # (`ray job stop` would send SIGTERM first: a stop the driver sees, not a lost head.)
+        driver = int(_job_info(cluster, job_id)["driver_info"]["pid"])
+        os.killpg(os.getpgid(driver), signal.SIGKILL)
+        killed = True
+        times["driver killed"] = time.monotonic() - tic
+        deadline = time.monotonic() + 120
+        while _job_info(cluster, job_id)["status"] in ("PENDING", "RUNNING"):
+            assert time.monotonic() < deadline, "the job still runs after its driver was killed"
+            time.sleep(1)
+        follow.wait(timeout=60)
+    finally:
+        if follow.poll() is None:
+            os.killpg(follow.pid, signal.SIGKILL)
+        if not killed:
+            _ray_job(cluster, "stop", job_id)
+    lines = log.read_text(errors="replace").splitlines()
+    print(f"ray job submit: {json.dumps({k: round(v) for k, v in times.items()})} (s)")
+    tail = "\n".join(lines[-60:])
+    started = {m.group(1) for line in lines if (m := _STARTED.match(line))}
+    done = {m.group(1) for line in lines if (m := _COMPLETED.match(line))}
+    tune = _trial_statuses(cluster, state["experiment_path"])
+    finished = {t for t, status in tune.items() if status == "TERMINATED"}
+    assert finished and finished <= done <= started, (finished, tail)  # what ray job logs showed
+    assert any(_STATUS.match(line) for line in lines), tail
+    assert len(finished) < _SAMPLES, f"every trial had finished before the kill ({tune}):\n{tail}"
+    models = f"{_key(shared)}/models/digits/{state['run_name']}/"
+    students = {k: o["LastModified"] for k, o in _objects(cluster, models).items()}
+    assert {f"{models}{t}.pt" for t in finished} <= set(students), (finished, students)
+    shutil.rmtree(tmp_path / "lost", ignore_errors=True)  # the head's work directory went with it
+
+    # A new driver: a fresh work directory and node cache, only EDRAY_SHARED (and the tracking server).
+    tic_resume = time.monotonic()
+    resumed = subprocess.run([sys.executable, "-m", "edray.cli", *sweep, "--workdir", str(tmp_path / "new"),
+                              "--resume"], capture_output=True, text=True, timeout=_TIMEOUT_S,
+                             env=cluster.driver_env(EDRAY_SHARED=shared, EDRAY_CACHE=str(tmp_path / "new-cache")))
+    times["resumed sweep"] = time.monotonic() - tic_resume
+    summary = json_summary(resumed)
+    assert summary["trials"] == _SAMPLES and summary["completed"] == _SAMPLES and summary["errored"] == 0, summary
+    assert summary["parent_run_id"] == state["parent_run_id"]
+    ids = set(summary["placement"]["trials"])
+    assert len(ids) == _SAMPLES and finished < ids
+    assert set(_trial_statuses(cluster, state["experiment_path"]).items()) == {(t, "TERMINATED") for t in ids}
+    # Finished trials did not run again: not started by the new driver, their students untouched.
+    new_lines = resumed.stderr.splitlines()
+    took_in = [line for line in new_lines if line.startswith("resumed: ")]
+    assert took_in and took_in[0].startswith(f"resumed: {len(finished)} trial"), resumed.stderr[-4000:]
+    print(f"the new driver: {took_in[0]}")
+    for line in new_lines:
+        assert not any(line.startswith(f"trial {t} ") for t in finished), line
+    assert {m.group(1) for line in new_lines if (m := _COMPLETED.match(line))} == ids - finished
+    last_status = [line for line in new_lines if _STATUS.match(line)][-1]
+    assert last_status.startswith(f"status: 0 running, {_SAMPLES} completed, "), last_status
+    after = {k: o["LastModified"] for k, o in _objects(cluster, models).items()}
+    assert all(after[k] == when for k, when in students.items() if k.endswith(tuple(f"{t}.pt" for t in finished)))
+    # MLflow: the same parent run, FINISHED, one FINISHED child per trial. A trial the lost driver
+    # started after Tune's last upload is unknown to the restored experiment (the search ran another
+    # in its place): its run is closed as lost, and the new driver says so.
+    client = MlflowClient(tracking_uri=cluster.mlflow_uri)
+    assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
+    experiment = client.get_experiment_by_name(summary["experiment"]).experiment_id
+    children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{state['parent_run_id']}'")
+    runs: dict[str, list] = {}
+    for child in children:
+        runs.setdefault(child.data.tags["edray.trial_id"], []).append(child)
+    seen = {t: [(c.info.status, c.data.tags.get("edray.status")) for c in cs] for t, cs in runs.items()}
+    assert all([c.info.status for c in runs.get(t, [])] == ["FINISHED"] for t in ids), (seen, ids)
+    lost = set(runs) - ids
+    assert all(seen[t] == [("KILLED", "lost")] for t in lost), seen
+    assert all(f"resume: trial {t} was started by the stopped driver" in resumed.stderr for t in lost), seen
+    print(f"ray job submit, lost driver, --resume: {json.dumps({k: round(v) for k, v in times.items()})} (s); "
+          f"{len(finished)} of {_SAMPLES} trials finished before the kill, {len(lost)} started but unrecorded")

@@ -26,6 +26,7 @@ class _Trial:
     last_result: dict = field(default_factory=dict)
     num_failures: int = 0
     max_failures: int = 2
+    status: str = "PENDING"
 
 
 class _Clock:
@@ -55,8 +56,11 @@ def test_lines_for_trial_events_and_a_status_at_most_every_minute():
     assert lines[-1] == ("trial a_00001 lost its worker (a node gone or a process ended) after epoch 1/4: "
                          "restarting it from its last checkpoint (restart 1 of at most 2)")
     status = [line for line in lines if line.startswith("status:")]
-    assert len(status) == 1  # 80 s of results: one status line, not one per result
-    assert status[0].startswith("status: 2 running, 0 completed, 0 pruned, 0 errored; best val_acc 0.8000;")
+    # The first epoch's (the first estimate), then one a minute later: not one per result.
+    assert len(status) == 2, lines
+    assert status[0] == ("status: 2 running, 0 completed, 0 pruned, 0 errored; best val_acc 0.6000; epochs 1/16; "
+                         "elapsed 20 s, about 5 min left")
+    assert status[1].startswith("status: 2 running, 0 completed, 0 pruned, 0 errored; best val_acc 0.9000;")
     a.last_result = {"epoch": 4, "val_acc": 0.9000000001}
     progress.on_trial_complete(0, [], a)
     b.last_result = {"epoch": 1, "val_acc": 0.2}
@@ -70,6 +74,31 @@ def test_lines_for_trial_events_and_a_status_at_most_every_minute():
     # 90 s elapsed for 5 epochs: 11 left at that pace.
     assert lines[-1] == ("status: 0 running, 1 completed, 1 pruned, 0 errored; best val_acc 0.9000; epochs 5/16; "
                          "elapsed 2 min, about 3 min left")
+
+
+def test_a_resumed_sweep_counts_what_the_stopped_driver_finished_and_times_only_its_own_pace():
+    lines: list[str] = []
+    clock = _Clock()
+    progress = ProgressLines(lines.append, planned_epochs=12, total_epochs=4, clock=clock)
+    done = _Trial("a_00000", {"ed.alpha": 0.1}, {"epoch": 4, "val_acc": 0.9}, "TERMINATED")
+    pruned = _Trial("a_00001", {"ed.alpha": 0.2}, {"epoch": 1, "val_acc": 0.3}, "TERMINATED")
+    halfway = _Trial("a_00002", {"ed.alpha": 0.3}, {"epoch": 2, "val_acc": 0.5}, "PENDING")
+    trials = [done, pruned, halfway]
+    progress.on_step_begin(0, trials)
+    assert lines == ["resumed: 2 trials ended before the stop, 1 continues from a checkpoint; status: 0 running, "
+                     "1 completed, 1 pruned, 0 errored; best val_acc 0.9000; epochs 7/12; elapsed 0 s, "
+                     "no estimate yet"]
+    progress.on_step_begin(1, trials)  # once only
+    assert len(lines) == 1
+    progress.on_trial_start(1, trials, halfway)
+    assert lines[-1] == "trial a_00002 resumed at epoch 2: ed.alpha=0.3"
+    clock.now += 60  # this driver's first epoch: 1 a minute, 4 left
+    progress.on_trial_result(1, trials, halfway, {"epoch": 3, "val_acc": 0.6})
+    assert lines[-1].endswith("epochs 8/12; elapsed 60 s, about 4 min left"), lines[-1]
+    said = len(lines)
+    clock.now += 1
+    progress.on_trial_result(1, trials, halfway, {"epoch": 4, "val_acc": 0.7})
+    assert len(lines) == said  # then at most a line a minute
 
 
 def test_durations_read_as_seconds_minutes_hours():

@@ -413,6 +413,16 @@ def test_a_killed_sweep_resumes_without_running_finished_trials_again(tmp_path_f
         assert max(r["epoch"] for r in rows) == EPOCHS
         assert any(r["timestamp"] >= int(killed_at) for r in rows)
 
+    # The resumed driver's progress lines (stderr is no terminal): what ended before, then the rest.
+    lines = resumed.stderr.splitlines()
+    took_in = [line for line in lines if line.startswith("resumed: ")]
+    assert len(took_in) == 1 and took_in[0].startswith(f"resumed: {len(finished)} trial"), resumed.stderr[-4000:]
+    assert f"{len(finished)} completed" in took_in[0]
+    for tid in ids:
+        ends = [line for line in lines if line.startswith(f"trial {tid} completed at epoch {EPOCHS}/{EPOCHS}")]
+        assert len(ends) == (tid not in finished), (tid, resumed.stderr[-4000:])
+    assert any(line.startswith("status: 0 running, 3 completed, ") for line in lines), resumed.stderr[-4000:]
+
     # MLflow: still one sweep run, one child per trial, each epoch logged once.
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     runs = _runs(client, "digits")

@@ -179,6 +179,23 @@ def test_resume_finds_the_same_runs_and_never_duplicates_steps(store):
         SweepTracker(first.uri, first.experiment).start_sweep(run_name="s", spec_dict={}, resume_run_id="0" * 32)
 
 
+def test_a_resumed_sweep_closes_the_runs_of_trials_its_lost_driver_started_unrecorded(store):
+    first = _tracker(store)
+    client = MlflowClient(tracking_uri=first.uri)
+    parent = first.start_sweep(run_name="s", spec_dict={"name": "x"})
+    done, lost, ended = (first.trial_run(t, params={}, resolved_spec={}) for t in ("t1", "t2", "t3"))
+    first.end_trial("t1", "completed")
+    first.end_trial("t3", "errored")
+    # The driver is lost; Tune's restored state knows t1 only, and the search runs t4 instead of t2.
+    second = SweepTracker(first.uri, first.experiment, artifact_root=store[1])
+    second.start_sweep(run_name="s", spec_dict={"name": "x"}, resume_run_id=parent)
+    second.trial_run("t4", params={}, resolved_spec={})
+    assert second.close_lost_trials(["t1", "t4"]) == ["t2"]
+    assert client.get_run(lost).info.status == "KILLED" and client.get_run(lost).data.tags["edray.status"] == "lost"
+    assert client.get_run(done).info.status == "FINISHED" and client.get_run(ended).info.status == "FAILED"
+    assert second.close_lost_trials(["t1", "t4"]) == []  # closed once
+
+
 def test_metrics_survive_a_store_that_is_down(store, monkeypatch):
     """Transient failures are retried with backoff, and a batch that still fails is sent later."""
     sleeps: list[float] = []

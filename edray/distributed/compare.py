@@ -164,7 +164,7 @@ def run_compare(spec: Spec, layout: Layout, options, methods: Sequence[str], *,
     cannot run fails the command at once, not after ED's sweep.
     """
     from edray.distributed.sweep import run_sweep
-    from edray.distributed.sweep_state import state_path
+    from edray.distributed.sweep_state import has_state
 
     specs = {"ed": spec, **{m: method_spec(spec, m) for m in methods}}
     lines, total = compare_plan(specs, options.num_samples, final_eval=options.final_eval)
@@ -179,7 +179,7 @@ def run_compare(spec: Spec, layout: Layout, options, methods: Sequence[str], *,
         log(f"--compare: sweep of {method}")
         # A resumed comparison resumes each method's sweep; a sweep that never started starts.
         opts = options
-        if options.resume and not state_path(layout, s.name).is_file():
+        if options.resume and not has_state(layout, s.name):
             opts = replace(options, resume=False)
         results[method] = run_sweep(s, layout, opts, log=log)
     rows = compare_table(results)

@@ -7,12 +7,18 @@ Under ``ray job submit`` stdout and stderr are not a terminal: Tune's live table
 - one when a trial starts (with its searched values) and one when it ends (completed,
   pruned or errored, as :mod:`edray.trial_status` decides, with its ``val_acc``); one when
   Tune restarts a trial whose worker was lost (a node gone, a process killed);
-- a status line at most every 60 s: trials running / completed / pruned / errored, the
-  best ``val_acc`` so far (of each trial's latest result, as the sweep ranks them), epochs
-  done of those planned, the time elapsed and an estimate of what is left (the epochs left
-  at the pace so far; pruned trials end early, so it errs long).
+- a status line once the first epoch is in (the first estimate), then at most every 60 s:
+  trials running / completed / pruned / errored, the best ``val_acc`` so far (of each
+  trial's latest result, as the sweep ranks them), epochs done of those planned, the time
+  elapsed and an estimate of what is left (the epochs left at the pace so far; pruned
+  trials end early, so it errs long).
 
 Numbers are rounded for reading (accuracies to 4 places, times to seconds or minutes).
+
+A resumed sweep (``--resume``, maybe from a new driver) starts its lines with what the
+stopped one had finished: one line, then every count and the best score include those
+trials, and the estimate uses only this driver's pace. A trial that continues from a
+checkpoint says so (``trial ... resumed at epoch N``).
 """
 
 from __future__ import annotations
@@ -74,13 +80,23 @@ class ProgressLines(Callback):
         self.ended: dict[str, TrialStatus] = {}
         self.epochs: dict[str, int] = {}  # trial -> epochs done (its last result)
         self.scores: dict[str, float] = {}  # trial -> its latest score (what the sweep ranks by)
+        self.seen_trials = False  # the trials Tune restored (--resume) were taken in
+        self.estimated = False  # a status line with this driver's first epoch was written
+        self.epochs_before = 0  # epochs a stopped driver had done: not this driver's pace
 
     # -------------------------------------------------------------- Tune's events
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if not self.seen_trials:
+            self.seen_trials = True
+            self._take_in(trials)
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         self.running.add(trial.trial_id)
         values = ", ".join(f"{k}={_value(v)}" for k, v in sorted((trial.config or {}).items()))
-        self.write(f"trial {trial.trial_id} started" + (f": {values}" if values else ""))
+        epoch = (trial.last_result or {}).get("epoch")  # a checkpoint's trial, restarted (resume, lost node)
+        said = f"resumed at epoch {epoch}" if epoch else "started"
+        self.write(f"trial {trial.trial_id} {said}" + (f": {values}" if values else ""))
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         epoch = result.get("epoch", result.get("training_iteration"))
@@ -120,6 +136,29 @@ class ProgressLines(Callback):
 
     # -------------------------------------------------------------- the lines
 
+    def _take_in(self, trials: list) -> None:
+        """Trials of a restored experiment: the ended ones counted, epochs done kept apart."""
+        ended = 0
+        for trial in trials:
+            result = trial.last_result or {}
+            epoch = result.get("epoch")
+            if epoch is None:
+                continue  # not started before the stop
+            self.epochs[trial.trial_id] = int(epoch)
+            score = result.get(self.metric)
+            if isinstance(score, (int, float)):
+                self.scores[trial.trial_id] = float(score)
+            if getattr(trial, "status", None) in ("TERMINATED", "ERROR"):
+                status = (TrialStatus.ERRORED if trial.status == "ERROR"
+                          else trial_status(result, total_epochs=result.get("total_epochs", self.total_epochs)))
+                self.ended[trial.trial_id] = status
+                ended += 1
+        self.epochs_before = sum(self.epochs.values())
+        if self.epochs:
+            going = len(self.epochs) - ended
+            self.write(f"resumed: {ended} trial{'s' * (ended != 1)} ended before the stop, {going} "
+                       f"continue{'s' * (going == 1)} from a checkpoint; {self.status_line()}")
+
     def _end(self, trial_id: str, status: TrialStatus, line: str) -> None:
         self.running.discard(trial_id)
         self.ended[trial_id] = status
@@ -127,18 +166,21 @@ class ProgressLines(Callback):
 
     def _maybe_status(self) -> None:
         now = self.clock()
-        if now - self.last_status >= self.every_s:
+        first = not self.estimated and sum(self.epochs.values()) > self.epochs_before
+        if first or now - self.last_status >= self.every_s:
+            self.estimated = self.estimated or first
             self.last_status = now
             self.write(self.status_line())
 
     def status_line(self) -> str:
         counts = {s: sum(v == s for v in self.ended.values()) for s in TrialStatus}
         done = sum(self.epochs.values())
+        here = done - self.epochs_before  # the pace of this driver only
         elapsed = self.clock() - self.start
         best = f"{max(self.scores.values()):.4f}" if self.scores else "-"
         left = max(0, self.planned_epochs - done)
-        estimate = (f", about {format_duration(elapsed / done * left)} left" if done and left
-                    else "" if done else ", no estimate yet")
+        estimate = (f", about {format_duration(elapsed / here * left)} left" if here > 0 and left
+                    else "" if here > 0 or not left else ", no estimate yet")
         return (f"status: {len(self.running)} running, {counts[TrialStatus.COMPLETED]} completed, "
                 f"{counts[TrialStatus.PRUNED]} pruned, {counts[TrialStatus.ERRORED]} errored; "
                 f"best {self.metric} {best}; epochs {done}/{self.planned_epochs}; "

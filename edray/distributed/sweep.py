@@ -170,6 +170,8 @@ def _run(spec: Spec, layout: Layout, options: SweepOptions, log: Callable[[str],
         # Trials failed on a node that failed its check: that node's line, not a sweep of errored trials.
         tracker.finish_sweep(best_config={}, best_spec_yaml="", results=[], figures={}, summary={}, status="FAILED")
         raise failed
+    if options.resume:
+        _close_lost_trials(tracker, grid, log)
     _finish(spec, options, tracker, grid, result, timings, log, layout, node_check)
     timings.finish_s = clock.lap()
     if node_check is not None:
@@ -256,6 +258,15 @@ def _finish(spec: Spec, options: SweepOptions, tracker, grid, result: SweepResul
         if result.best_model_path and spec.tracking.log_models != "none":
             register_best_student(spec, layout, tracker, result, log, node_check)
     finish_tracking(spec, tracker, grid, result, best_text, layout.sweep_dir(spec.name))
+
+
+def _close_lost_trials(tracker, grid, log: Callable[[str], None]) -> None:
+    """The MLflow runs of trials the stopped driver started after Tune last saved its state."""
+    from edray.distributed.trial_rows import trial_rows
+
+    for trial_id in tracker.close_lost_trials(row["trial_id"] for row in trial_rows(grid)):
+        log(f"resume: trial {trial_id} was started by the stopped driver after Tune last saved its state, so "
+            "Tune ran another in its place; its MLflow run is closed as KILLED (edray.status lost)")
 
 
 def _await_nodes(spec: Spec, options: SweepOptions, what: str, log: Callable[[str], None]) -> None:

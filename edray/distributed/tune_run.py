@@ -46,7 +46,10 @@ def build_tuner(spec: Spec, *, num_samples: int, max_concurrent: int, resume: bo
         for ref in repair_missing_checkpoints(*resolve(state.experiment_path)):
             log(f"resume: {ref} was deleted before the sweep's state was saved; the trial resumes from the "
                 "checkpoint after it")
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=fs)
+        _renew_run_config(tuner, run_config)
+        return tuner
     # Only a new sweep builds a searcher: Tune restores the stopped one, and building one
     # has effects of its own (with search.storage, Optuna enqueues points_to_evaluate in the
     # stored study at once: a resumed sweep left a WAITING trial behind).
@@ -55,6 +58,25 @@ def build_tuner(spec: Spec, *, num_samples: int, max_concurrent: int, resume: bo
     tune_config = tune.TuneConfig(search_alg=limited, scheduler=make_scheduler(spec), num_samples=trials,
                                   reuse_actors=True)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def _renew_run_config(tuner, fresh) -> None:
+    """This driver's callbacks and output on a restored Tuner, not the stopped driver's.
+
+    ``Tuner.restore`` takes no ``run_config``: it unpickles the one saved at the sweep's start
+    (``tuner.pkl``), callbacks included. The restored sweep then tracked through the old
+    driver's tracker (its tracking URI, though a new head may serve MLflow elsewhere), kept
+    the old driver's choice of live table or plain lines, and its progress lines timed from the
+    old driver's clock. Ray offers no public setter (ray-project/ray#41364 names
+    ``_local_tuner.get_run_config()`` as the way). The experiment's own fields (name, storage)
+    stay as restored.
+    """
+    local = getattr(tuner, "_local_tuner", None)
+    if local is None:  # Ray Client (ray://): the Tuner runs remotely and keeps what it restored
+        return
+    restored = local.get_run_config()
+    for name in ("callbacks", "progress_reporter", "verbose", "failure_config", "sync_config"):
+        setattr(restored, name, getattr(fresh, name))
 
 
 def fit(tuner, tracker, *, table: bool = False):

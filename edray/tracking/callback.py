@@ -3,7 +3,8 @@
 Tune calls its callbacks in the driver process, so the tracker is the only writer to
 the store (SQLite allows one). A tracking failure is logged and never stops a sweep:
 the trials' checkpoints are worth more than a missing chart. The callback pickles (Tune
-saves it in the experiment state), and after a restore its tracker finds the runs again.
+saves it with the experiment; ``--resume`` gives the restored Tuner a new one, see
+:mod:`edray.distributed.tune_run`), and a tracker made after a crash finds the runs again.
 """
 
 from __future__ import annotations

@@ -422,6 +422,26 @@ class SweepTracker:
         # epoch's metrics (val_acc, ...) become the model's, shown beside it on the Models tab.
         return log_student_model(self.uri, run_id, student, step=max(self._last_step.get(run_id, 0), 0))
 
+    def close_lost_trials(self, trial_ids: Iterable[str]) -> list[str]:
+        """Close the child runs of trials Tune does not know, still RUNNING: KILLED, ``edray.status``
+        ``lost``; return their trial ids.
+
+        Only a resumed sweep has them: a driver lost after it started a trial but before Tune
+        saved (uploaded) its experiment state leaves that trial's run behind, and Tune, restored
+        from the older state, never hears of it again (the search runs another trial instead).
+        """
+        known, lost = set(trial_ids), []
+        for trial_id, run_id in list(self._runs.items()):
+            if trial_id in known:
+                continue
+            run = self._retry(lambda: self.client.get_run(run_id))  # noqa: B023  (called at once)
+            if run.info.status != "RUNNING":
+                continue
+            self._retry(lambda: self.client.set_tag(run_id, tags.STATUS, "lost"))  # noqa: B023
+            self._retry(lambda: self.client.set_terminated(run_id, "KILLED"))  # noqa: B023
+            lost.append(trial_id)
+        return lost
+
     # ------------------------------------------------------------------ the end of the sweep
 
     def finish_sweep(self, *, best_config: dict, best_spec_yaml: str, results: list[dict], figures: dict[str, Path],
