@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from edray.clusters.capacity import NodeType, _monitor_config, _v1_view, format_request, step_request, unsatisfiable
 
@@ -37,6 +39,11 @@ def test_the_autoscaler_config_is_found_from_the_monitor_of_this_cluster(tmp_pat
     bare = [*monitor[:-2], "--gcs-address=10.0.0.1:47002"]  # a head started without an autoscaling config
     procs = [subprocess.Popen(cmd) for cmd in (monitor, bare)]
     try:
+        for proc, cmd in zip(procs, (monitor, bare)):  # each shows its command line (a loaded machine lags)
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:len(cmd)] != [a.encode() for a in cmd]:
+                assert time.monotonic() < deadline, f"pid {proc.pid} never showed its command line"
+                time.sleep(0.05)
         assert _monitor_config("47001") == config
         assert _monitor_config("47002") == type(config)()  # seen, no autoscaler
         assert _monitor_config("47003") is None  # another cluster's port: not seen
