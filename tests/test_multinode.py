@@ -154,35 +154,6 @@ def test_a_killed_worker_node_loses_no_finished_trial(sim, first):
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_resume_after_the_driver_is_killed(sim, first):
-    workdir = sim.base / "driver-resume"
-    env = sim.driver_env(EDRAY_SHARED=sim.shared("run"))
-    before = set(_keys(sim, "run/models/"))
-    cmd = _sweep_cmd(workdir, "--set", "search.seed=2", "--no-final-eval")
-    log = sim.logs / "driver-resume.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=out, start_new_session=True)
-    try:
-        _wait_for(lambda: len(set(_keys(sim, "run/models/")) - before) >= 1, proc, "a finished trial", log=log)
-        time.sleep(15)  # Tune uploads its experiment state every ~10 s: let it record the trials started since
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finished = {k: o["LastModified"] for k, o in _objects(sim, "run/models/").items() if k not in before}
-    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=_TIMEOUT_S)
-    summary = json_summary(resumed)
-    assert summary["trials"] == 4 and summary["errored"] == 0, summary
-    client = MlflowClient(tracking_uri=sim.mlflow_uri)
-    children = client.search_runs([client.get_experiment_by_name(summary["experiment"]).experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'")
-    assert len([c for c in children if c.info.status == "FINISHED"]) == 4  # one per trial, none doubled
-    after = _objects(sim, "run/models/")
-    assert all(after[k]["LastModified"] == when for k, when in finished.items())  # finished trials not re-run
-
-
-@pytest.mark.slow
-@pytest.mark.cluster
 def test_a_shared_directory_serves_as_the_shared_location(sim, first):
     """``EDRAY_SHARED`` as a mounted path (an NFS or FSx mount on a real cluster): a folder
     outside the work area, which every node sees. The first sweep's teachers and stores are
