@@ -24,9 +24,9 @@ class _Trial:
     trial_id: str
     config: dict = field(default_factory=dict)
     last_result: dict = field(default_factory=dict)
+    status: str = "PENDING"
     num_failures: int = 0
     max_failures: int = 2
-    status: str = "PENDING"
 
 
 class _Clock:
