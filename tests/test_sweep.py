@@ -36,7 +36,7 @@ from edray.models import build_backbone
 from edray.pipeline import make_teacher_logits, train
 from edray.spec import get_path, load_spec, spec_from_dict
 from edray.tracking.callback import EPOCH_METRICS
-from edray.tracking.tracker import mlflow_key
+from edray.tracking.records import mlflow_key
 
 from .conftest import DIGITS_YAML, FAST, fast_spec
 from .helpers import TIMEOUT_S as _TIMEOUT_S

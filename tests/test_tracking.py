@@ -21,7 +21,7 @@ from PIL import Image
 from edray.errors import EdrayError
 from edray.spec import set_path, spec_from_dict
 from edray.tracking import SweepTracker, check_tracking, redact, render_figures, resolve_tracking_uri
-from edray.tracking import tracker as tracker_module
+from edray.tracking import guard as guard_module
 from edray.tracking.figures import FIGURES, build_study
 
 from .conftest import fast_spec
@@ -205,7 +205,7 @@ def test_metrics_survive_a_store_that_is_down(store, monkeypatch):
     run_id = tracker.trial_run("t", params={}, resolved_spec={})
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setattr(tracker_module, "DOWN_PAUSE_S", 0.0)  # try again at the next call, not 30 s later
+    monkeypatch.setattr(guard_module, "DOWN_PAUSE_S", 0.0)  # try again at the next call, not 30 s later
     healthy, tracker.client = tracker.client, MlflowClient(tracking_uri=f"http://127.0.0.1:{_closed_port()}")
     tracker.log_epoch("t", {"val_acc": 0.25}, epoch=1)  # the store is down: kept, not raised, not lost
     assert sleeps == [0.5, 1.0]  # three tries, exponential backoff

@@ -13,27 +13,15 @@ MLflow's metric history when a run is found again) and older epochs are skipped.
 
 Tune calls the tracker from its driver process only: there is one writer to the store.
 
-A tracking server that stops answering (no connection, or a timeout; not a 503, which is
-an answer and is only retried) must not stall the sweep. Tune runs the tracker on
-its own loop, and MLflow's HTTP client retries a dead server itself (7 times with backoff,
-each request up to 120 s): under edray's three tries one call could block the driver for
-many minutes. So MLflow tries once, for at most ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (8 s unless
-the user set it), edray retries, and no call spends more than :data:`CALL_BUDGET_S`. Once a
-call has failed that way the server counts as down: for :data:`DOWN_PAUSE_S` calls fail at
-once (:class:`TrackingUnavailable`) instead of waiting again; metric batches are kept and
-sent when it answers, and the end of the sweep says in one line what was not recorded.
+A tracking server that stops answering must not stall the sweep: every call goes through
+:class:`~edray.tracking.guard.ServerGuard` (bounded in time; a server that is down is paused).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
-import numbers
-import os
-import re
 import shutil
 import tempfile
 import time
@@ -42,7 +30,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -51,121 +38,31 @@ from pyarrow import ArrowException
 from edray.errors import EdrayError
 from edray.storage import is_uri, read_bytes
 from edray.tracking import tags
+from edray.tracking.guard import ServerGuard, is_transient
+from edray.tracking.records import (
+    MAX_PARAM_VALUE,
+    MAX_TAG_VALUE,
+    as_text,
+    clip,
+    flatten,
+    metric_batch,
+    mlflow_key,
+    numeric,
+    redact_yaml,
+    results_csv,
+    to_yaml,
+)
 from edray.tracking.secrets import redact
 from edray.tracking.uri import artifacts_are_local
 from edray.trial_status import TrialStatus
 
-__all__ = [
-    "CALL_BUDGET_S", "DOWN_PAUSE_S", "END_WAIT_S", "SweepTracker", "TrackingUnavailable", "flatten", "is_transient",
-    "mlflow_key",
-]
+__all__ = ["END_WAIT_S", "SweepTracker", "flatten", "is_transient", "mlflow_key"]
 
 log = logging.getLogger(__name__)
 
-_MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value
-_MAX_TAG_VALUE = 8000
-_MAX_KEY = 250
 _BATCH = 100  # params / tags per log_batch request
-_TRIES = 3
-_BACKOFF_S = 0.5
-CALL_BUDGET_S = 30.0  # the most any one tracking call may take, its retries included
-DOWN_PAUSE_S = 30.0  # after a call ran out of tries: how long calls fail at once before one tries again
 END_WAIT_S = 180.0  # at the end of a sweep: how long a server that is down is waited for
-_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "8"}
-_TRANSIENT_CODES = {
-    "INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "IO_ERROR", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
-    "REQUEST_LIMIT_EXCEEDED", "ABORTED", "COULD_NOT_ACQUIRE_LOCK", "SERVICE_UNDER_MAINTENANCE",
-}
 _T = TypeVar("_T")
-
-
-def mlflow_key(path: str) -> str:
-    """A spec path as a valid MLflow param/metric key: ``ed.switch_epochs[0]`` -> ``ed.switch_epochs.0``.
-
-    MLflow keys allow letters, digits, ``_ - . / :`` and spaces only.
-    """
-    key = re.sub(r"\[(\d+)\]", r".\1", str(path))
-    key = re.sub(r"[^\w.\-/: ]", "_", key)
-    return key[:_MAX_KEY]
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """A nested mapping as ``{dotted.key: str}``: lists of scalars as one string, lists of
-    mappings indexed (``teachers.models.0.arch``), so each field is filterable in MLflow."""
-    out: dict[str, str] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            if value:
-                out.update(flatten(value, f"{name}."))
-            else:
-                out[mlflow_key(name)] = "{}"
-        elif isinstance(value, list | tuple) and any(isinstance(v, dict) for v in value):
-            for i, item in enumerate(value):
-                if isinstance(item, dict):
-                    out.update(flatten(item, f"{name}.{i}."))
-                else:
-                    out[mlflow_key(f"{name}.{i}")] = _text(item)
-        else:
-            out[mlflow_key(name)] = _text(value)
-    return out
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        return json.dumps(list(value), default=str)
-    return str(value)
-
-
-def _clip(value: str, limit: int) -> str:
-    return value if len(value) <= limit else value[: limit - 3] + "..."
-
-
-class TrackingUnavailable(ConnectionError):
-    """The tracking server is taken as down (a recent call ran out of tries): not tried now."""
-
-
-def _bound_mlflow_http() -> None:
-    """MLflow's own HTTP retries off and its request timeout short, unless the user set them."""
-    for key, value in _HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-
-
-def _unreachable(err: BaseException) -> bool:
-    """No answer at all: the connection failed or timed out (MLflow wraps the requests error)."""
-    import requests
-
-    cause = err.__cause__ or err.__context__
-    return isinstance(err, OSError | TimeoutError) or isinstance(
-        cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout | OSError)
-
-
-def is_transient(err: BaseException) -> bool:
-    """An error a later try may not meet: the server or network, not the request."""
-    if isinstance(err, MlflowException):
-        return err.error_code in _TRANSIENT_CODES or "database is locked" in str(err)
-    return isinstance(err, OSError | ConnectionError | TimeoutError)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    return float(value)
-
-
-def _numeric(values: dict[str, Any]) -> dict[str, float]:
-    """The numeric entries of ``values`` as floats (numpy scalars included, bools and text left out)."""
-    out = {}
-    for key, value in values.items():
-        number = _number(value)
-        if number is not None:
-            out[mlflow_key(key)] = number
-    return out
-
-
-def _metrics(values: dict[str, float], step: int) -> list[Metric]:
-    now = int(time.time() * 1000)
-    return [Metric(key, value, now, step) for key, value in values.items()]
 
 
 class SweepTracker:
@@ -185,14 +82,10 @@ class SweepTracker:
     def __init__(self, uri: str, experiment: str, *, artifact_root: Path | None = None,
                  sleep: Callable[[float], None] = time.sleep):
         _quiet_mlflow()
-        _bound_mlflow_http()
         self.uri = uri
         self.experiment = experiment
+        self._guard = ServerGuard(uri, sleep=sleep, kept=lambda: len(self._pending))
         self.client = MlflowClient(tracking_uri=uri)
-        self._sleep = sleep
-        self._down = False  # a call ran out of tries and none has succeeded since
-        self._down_until = 0.0  # monotonic time until which calls are not even tried
-        self._missed = 0  # calls that were not recorded because the server was down
         self.experiment_id = self._experiment_id(experiment, artifact_root)
         self.parent_run_id: str = ""
         self._runs: dict[str, str] = {}  # trial id -> child run id
@@ -207,7 +100,7 @@ class SweepTracker:
         """Ray Tune pickles its callbacks into the experiment state: keep the ids, not the
         client (a database engine does not pickle) nor the caches (re-read from MLflow)."""
         return {"uri": self.uri, "experiment": self.experiment, "experiment_id": self.experiment_id,
-                "parent_run_id": self.parent_run_id, "pending": self._pending, "sleep": self._sleep}
+                "parent_run_id": self.parent_run_id, "pending": self._pending, "sleep": self._guard.sleep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.uri = state["uri"]
@@ -215,12 +108,10 @@ class SweepTracker:
         self.experiment_id = state["experiment_id"]
         self.parent_run_id = state["parent_run_id"]
         self._pending = list(state["pending"])
-        self._sleep = state["sleep"]
+        self._guard = ServerGuard(self.uri, sleep=state["sleep"], kept=lambda: len(self._pending))
         self.client = MlflowClient(tracking_uri=self.uri)
         self._runs, self._last_step = {}, {}
         self._runs_complete = False  # a copy from Tune's experiment state: children are searched for
-        self._down, self._down_until, self._missed = False, 0.0, 0
-        _bound_mlflow_http()
 
     # ------------------------------------------------------------------ experiment and parent
 
@@ -274,7 +165,7 @@ class SweepTracker:
         self.parent_run_id = run.info.run_id
         self._runs_complete = True  # a new parent run has no children yet
         self._log_params(self.parent_run_id, flatten(clean))
-        self._retry(lambda: self.client.log_text(self.parent_run_id, _yaml(clean), "spec.yaml"))
+        self._retry(lambda: self.client.log_text(self.parent_run_id, to_yaml(clean), "spec.yaml"))
         return self.parent_run_id
 
     def _find_run(self, run_id: str):
@@ -338,10 +229,10 @@ class SweepTracker:
         self._last_step[run_id] = -1
         clean_spec = redact(resolved_spec)
         values = flatten(clean_spec)
-        values.update({mlflow_key(k): _text(v) for k, v in redact(params).items()})
-        self._log_params(run_id, values, metrics=_metrics(numbers, 0))
+        values.update({mlflow_key(k): as_text(v) for k, v in redact(params).items()})
+        self._log_params(run_id, values, metrics=metric_batch(numbers, 0))
         if clean_spec:
-            self._retry(lambda: self.client.log_text(run_id, _yaml(clean_spec), "config.yaml"))
+            self._retry(lambda: self.client.log_text(run_id, to_yaml(clean_spec), "config.yaml"))
         return run_id
 
     @staticmethod
@@ -385,7 +276,7 @@ class SweepTracker:
         epoch = int(epoch)
         if epoch <= self._last_step.get(run_id, -1):
             return
-        batch = _metrics(_numeric(metrics), epoch)
+        batch = metric_batch(numeric(metrics), epoch)
         self._last_step[run_id] = epoch
         if batch:
             self._send(run_id, batch)
@@ -403,7 +294,7 @@ class SweepTracker:
         run_id = self._run_for(trial_id)
         self._flush()
         if final_metrics:
-            batch = _metrics(_numeric(final_metrics), max(self._last_step.get(run_id, 0), 0))
+            batch = metric_batch(numeric(final_metrics), max(self._last_step.get(run_id, 0), 0))
             if batch:
                 self._send(run_id, batch)
         if model_path is not None:
@@ -457,35 +348,35 @@ class SweepTracker:
         """
         self._require_parent()
         run_id = self.parent_run_id
-        if not self._answers_within(END_WAIT_S):
+        if not self._guard.answers_within(END_WAIT_S, lambda: self.client.get_experiment(self.experiment_id)):
             log.warning("MLflow: %s did not answer by the end of the sweep; its parent run %s is left without "
                         "its closing records (best config, results, figures; best.yaml is in the work "
                         "directory's sweeps/ folder)", self.uri, run_id)
             return
         self._flush()
-        if self._pending or self._missed:
+        if self._pending or self._guard.missed:
             log.warning("MLflow: not recorded while %s did not answer: %d tracking calls; %d metric batches "
-                        "still unsent", self.uri, self._missed, len(self._pending))
-        best = {f"best.{mlflow_key(k)}": _text(v) for k, v in redact(best_config).items()}
+                        "still unsent", self.uri, self._guard.missed, len(self._pending))
+        best = {f"best.{mlflow_key(k)}": as_text(v) for k, v in redact(best_config).items()}
         existing = self._retry(lambda: self.client.get_run(run_id)).data.params
         fresh = {k: v for k, v in best.items() if k not in existing}
-        changed = {k: v for k, v in best.items() if k in existing and existing[k] != _clip(v, _MAX_PARAM_VALUE)}
+        changed = {k: v for k, v in best.items() if k in existing and existing[k] != clip(v, MAX_PARAM_VALUE)}
         self._log_params(run_id, fresh)
         self._log_tags(run_id, changed)
         if best_spec_yaml:
-            self._retry(lambda: self.client.log_text(run_id, _redact_yaml(best_spec_yaml), "best.yaml"))
+            self._retry(lambda: self.client.log_text(run_id, redact_yaml(best_spec_yaml), "best.yaml"))
         rows = [redact(r) for r in results]
         self._retry(lambda: self.client.log_text(run_id, json.dumps(rows, indent=2, default=str), "results.json"))
-        self._retry(lambda: self.client.log_text(run_id, _csv(rows), "results.csv"))
+        self._retry(lambda: self.client.log_text(run_id, results_csv(rows), "results.csv"))
         for name, path in figures.items():
             self._log_file(run_id, Path(path), "figures", f"{mlflow_key(name)}{Path(path).suffix or '.png'}")
         if best_model_path is not None:
             self._log_file(run_id, best_model_path, "model", "student.pt")
-        numeric = {k: v for k, v in _numeric(summary).items() if math.isfinite(v)}
-        if numeric:
-            self._send(run_id, _metrics(numeric, 0))
-        others = {f"{tags.SUMMARY_PREFIX}{mlflow_key(k)}": _text(v) for k, v in redact(summary).items()
-                  if mlflow_key(k) not in numeric and v is not None}
+        finite = {k: v for k, v in numeric(summary).items() if math.isfinite(v)}
+        if finite:
+            self._send(run_id, metric_batch(finite, 0))
+        others = {f"{tags.SUMMARY_PREFIX}{mlflow_key(k)}": as_text(v) for k, v in redact(summary).items()
+                  if mlflow_key(k) not in finite and v is not None}
         self._log_tags(run_id, {**others, tags.STATUS: "finished" if status == "FINISHED" else status.lower()})
         self._retry(lambda: self.client.set_terminated(run_id, status))
 
@@ -497,14 +388,14 @@ class SweepTracker:
 
     def _log_params(self, run_id: str, values: dict[str, str], *, metrics: list[Metric] | None = None) -> None:
         """Params in batches of 100; ``metrics`` ride with the first batch (one request less)."""
-        params = [Param(k, _clip(v, _MAX_PARAM_VALUE)) for k, v in values.items()]
+        params = [Param(k, clip(v, MAX_PARAM_VALUE)) for k, v in values.items()]
         for i in range(0, max(len(params), 1 if metrics else 0), _BATCH):
             chunk = params[i:i + _BATCH]
             extra = metrics if i == 0 and metrics else []
             self._retry(partial(self.client.log_batch, run_id, params=chunk, metrics=extra))
 
     def _log_tags(self, run_id: str, values: dict[str, str]) -> None:
-        run_tags = [RunTag(k, _clip(v, _MAX_TAG_VALUE)) for k, v in values.items()]
+        run_tags = [RunTag(k, clip(v, MAX_TAG_VALUE)) for k, v in values.items()]
         for i in range(0, len(run_tags), _BATCH):
             chunk = run_tags[i:i + _BATCH]
             self._retry(partial(self.client.log_batch, run_id, tags=chunk))
@@ -552,92 +443,7 @@ class SweepTracker:
             self._send(run_id, batch)
 
     def _retry(self, call: Callable[[], _T]) -> _T:
-        """``call()``, tried up to three times when MLflow or the network fails transiently,
-        within :data:`CALL_BUDGET_S`; not tried at all while the server is taken as down."""
-        now = time.monotonic()
-        if now < self._down_until:
-            self._missed += 1
-            raise TrackingUnavailable(f"MLflow at {self.uri} did not answer; trying again in "
-                                      f"{self._down_until - now:.0f} s")
-        deadline = now + CALL_BUDGET_S
-        for attempt in range(1, _TRIES + 1):
-            try:
-                result = call()
-            except Exception as err:
-                if not is_transient(err):
-                    raise
-                wait = _BACKOFF_S * 2 ** (attempt - 1)
-                if attempt == _TRIES or time.monotonic() + wait > deadline:
-                    if _unreachable(err):  # a server that answers (a 503, a locked database) is not paused
-                        self._went_down(err)
-                    raise
-                self._sleep(wait)
-                continue
-            if self._down:
-                log.warning("MLflow at %s answers again; %d metric batches kept meanwhile are sent now",
-                            self.uri, len(self._pending))
-            self._down, self._down_until = False, 0.0
-            return result
-        raise AssertionError("unreachable")
-
-    def _answers_within(self, wait_s: float) -> bool:
-        """True once the server answers a cheap request (at once when it is not taken as down),
-        asking again each time its pause ends, for at most ``wait_s``."""
-        deadline = time.monotonic() + wait_s
-        while self._down:
-            pause = self._down_until - time.monotonic()
-            if pause > 0:
-                if time.monotonic() + pause > deadline:
-                    return False
-                self._sleep(pause)
-            try:
-                self._retry(lambda: self.client.get_experiment(self.experiment_id))
-            except Exception as err:
-                if not is_transient(err):
-                    raise
-        return True
-
-    def _went_down(self, err: BaseException) -> None:
-        if not self._down:  # one line when it goes away, not one per call
-            log.warning("MLflow at %s does not answer (%s); trials go on, metrics are kept and sent when it "
-                        "answers again", self.uri, " ".join(str(err).split())[:160])
-        self._down = True
-        self._missed += 1
-        self._down_until = time.monotonic() + DOWN_PAUSE_S
-
-
-def _yaml(tree: dict) -> str:
-    return yaml.safe_dump(tree, sort_keys=False, default_flow_style=None)
-
-
-def _redact_yaml(text: str) -> str:
-    """``text`` with secrets masked; the original text when nothing needed masking."""
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if not isinstance(tree, dict):
-        return text
-    clean = redact(tree)
-    return text if clean == tree else _yaml(clean)
-
-
-def _csv(rows: Iterable[dict]) -> str:
-    """The results table: one row per trial, ``config.*`` columns for the searched values."""
-    flat = []
-    for row in rows:
-        item = {k: v for k, v in row.items() if k != "config"}
-        item.update({f"config.{k}": v for k, v in (row.get("config") or {}).items()})
-        flat.append(item)
-    columns: list[str] = []
-    for item in flat:
-        columns.extend(k for k in item if k not in columns)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    for item in flat:
-        writer.writerow({k: _text(v) if isinstance(v, list | tuple | dict) else v for k, v in item.items()})
-    return buf.getvalue()
+        return self._guard.call(call)
 
 
 def _quiet_mlflow() -> None:
