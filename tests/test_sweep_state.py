@@ -75,3 +75,26 @@ def test_one_machine_keeps_one_copy(tmp_path):
     layout = Layout.at(tmp_path / "w")
     assert shared_state_location(layout, "digits") is None  # the shared root is the work directory
     assert layout.shared_sweep_dir("digits") == str(layout.sweep_dir("digits"))
+
+
+def test_a_resume_against_another_tracking_store_is_refused_before_anything_starts(setup, monkeypatch, capsys):
+    """The state is on the shared location, but the new driver's tracking store (here the
+    default SQLite of its fresh work directory) does not hold the sweep's parent run: one line
+    at once, before Ray, teachers or stores, and nothing written."""
+    from edray.cli import main
+
+    from .conftest import DIGITS_YAML
+
+    spec, shared, uri, tmp = setup
+    start_tracking(spec, SweepTracker(uri, spec.name, artifact_root=tmp / "mlflow-artifacts"), None,
+                   Layout.at(tmp / "old-head", shared=shared))
+    monkeypatch.setenv("EDRAY_SHARED", shared)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    before = sorted((tmp / "shared").rglob("*"))
+    assert main(["sweep", str(DIGITS_YAML), "--workdir", str(tmp / "new-head"), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --resume: sweep run ") and "is not in experiment" in err[0], err
+    assert "tracking.uri or MLFLOW_TRACKING_URI" in err[0]
+    assert sorted((tmp / "shared").rglob("*")) == before  # nothing prepared, nothing half-written
+    assert not (tmp / "new-head" / "teachers").exists() and not (tmp / "new-head" / "logits").exists()

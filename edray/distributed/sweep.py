@@ -111,6 +111,8 @@ def run_sweep(spec: Spec, layout: Layout, options: SweepOptions, *, log: Callabl
     _check(spec, layout)
     state = load_state(spec, layout, options.resume)
     tracker = _tracker(spec, layout)
+    if state is not None:  # a state found on the shared location, but another tracking store: say so now
+        tracker.require_sweep_run(state.parent_run_id)
     if options.address or layout.on_cluster:
         join_ray(options.address)
         from edray.distributed.cluster import require_shared

@@ -149,10 +149,7 @@ class SweepTracker:
             EdrayError: ``resume_run_id`` is not a sweep of this experiment in this store.
         """
         if resume_run_id:
-            run = self._find_run(resume_run_id)
-            if run is None or run.info.experiment_id != self.experiment_id:
-                raise EdrayError("--resume", f"sweep run {resume_run_id} is not in experiment {self.experiment!r} "
-                                 f"of {self.uri}", "resume with the same tracking.uri, or start without --resume")
+            self.require_sweep_run(resume_run_id)
             self.parent_run_id = resume_run_id
             self._retry(lambda: self.client.update_run(resume_run_id, status="RUNNING"))
             self._retry(lambda: self.client.set_tag(resume_run_id, tags.STATUS, "running"))
@@ -167,6 +164,15 @@ class SweepTracker:
         self._log_params(self.parent_run_id, flatten(clean))
         self._retry(lambda: self.client.log_text(self.parent_run_id, to_yaml(clean), "spec.yaml"))
         return self.parent_run_id
+
+    def require_sweep_run(self, run_id: str) -> None:
+        """Raises :class:`EdrayError` unless ``run_id`` is a run of this experiment in this store
+        (a sweep to resume: checked before anything else of the sweep starts)."""
+        run = self._find_run(run_id)
+        if run is None or run.info.experiment_id != self.experiment_id:
+            raise EdrayError("--resume", f"sweep run {run_id} is not in experiment {self.experiment!r} of {self.uri}",
+                             "resume with the tracking server (or MLflow database) the sweep used: the same "
+                             "tracking.uri or MLFLOW_TRACKING_URI; or start without --resume")
 
     def _find_run(self, run_id: str):
         try:
