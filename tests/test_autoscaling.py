@@ -5,11 +5,12 @@ provider starts raylets on this machine where a cloud would boot machines).
 - a request no node type can satisfy is refused in one line, within a minute;
 - waiting for a node: the waiting line says what the autoscaler does, ``--wait-for-nodes``
   bounds the wait in one line, and a node of the right type joins;
-- a digits sweep from zero workers completes on nodes the autoscaler started, and a worker
-  node killed while it runs a trial costs no trial: the trial resumes from its checkpoint on
-  another node, no trial is lost or run twice;
 - a sweep submitted with ``ray job submit`` shows its progress in ``ray job logs``; its driver
-  is killed, and a new driver with a fresh work directory and only ``EDRAY_SHARED`` resumes it.
+  is killed, and a new driver with a fresh work directory and only ``EDRAY_SHARED`` resumes it;
+- last (the node it kills stays listed by the fake provider): a digits sweep from zero workers
+  completes on nodes the autoscaler started, and a worker node killed while it runs a trial
+  costs no trial: the trial resumes from its checkpoint on another node, no trial is lost or
+  run twice.
 
 ``-m 'not cluster'`` skips them.
 """
@@ -223,90 +224,6 @@ def _tune_trials(cluster: SimCluster, prefix: str) -> dict[str, dict]:
     return out
 
 
-@pytest.mark.slow
-def test_a_sweep_from_zero_workers_runs_on_nodes_the_autoscaler_started(autoscaling, tmp_path):
-    """From zero workers, on nodes the autoscaler starts; and once trials run, a worker node
-    running one is killed (a spot reclaim): its trial resumes from its checkpoint on another
-    node, no trial is lost or run twice, the final evaluation runs."""
-    # From zero: the node of the test before scales down after its idle timeout (30 s).
-    deadline = time.monotonic() + 180
-    while [n for n in live_nodes(autoscaling) if not n["head"]]:
-        assert time.monotonic() < deadline, "idle worker nodes did not scale down"
-        time.sleep(2)
-    nodes = _NodeLog(autoscaling)
-    prefix = "zero"
-    tic = time.monotonic()
-    stderr = tmp_path / "driver.err"
-    with open(stderr, "w") as err:
-        proc = subprocess.Popen(_sweep_cmd(tmp_path / "w", extra=("--num-samples", "4", "--max-concurrent", "2")),
-                                env=autoscaling.driver_env(EDRAY_SHARED=autoscaling.shared(prefix)),
-                                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
-    try:
-        killed = _kill_a_trials_node(autoscaling, proc, stderr, prefix)
-        out, _ = proc.communicate(timeout=_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        nodes.stop()
-    wall = time.monotonic() - tic
-    summary = json_summary((proc.returncode, out, stderr.read_text()))
-    assert summary["trials"] == 4 and summary["errored"] == 0, summary
-    assert summary["completed"] + summary["pruned"] == 4, summary
-    assert len(summary["final_test_accs"]) == 2 and summary["final_test_acc_mean"] is not None
-    assert "waiting for a node with {CPU: 1} for the sweep's work (teachers, stores, trials): " in stderr.read_text()
-    # Every heavy step ran on nodes the autoscaler started (named by node type and instance id).
-    started = set(nodes.seen)
-    assert started and set(nodes.seen.values()) <= set(NODE_TYPES), nodes.seen
-    placement = summary["placement"]
-    did: dict[str, list[str]] = {}
-    for step, entries in (("check", placement["nodes"]), ("teacher", list(placement["teachers"].values())),
-                          ("store shard", [n for shards in placement["stores"].values() for n in shards]),
-                          ("trial", list(placement["trials"].values())), ("final eval", placement["final_eval"])):
-        assert entries, step
-        for entry in entries:
-            instance = _node_of(entry)
-            assert instance in started and f"{nodes.seen[instance]} {instance}" in entry, (step, entry, started)
-            did.setdefault(f"{nodes.seen[instance]} {instance[-5:]}", []).append(step)
-
-    # The node lost mid-sweep: the autoscaler started a node that was not alive before.
-    # The node lost mid-sweep: the GCS lists it dead; the sweep went on without it. (The
-    # fake provider never reports it gone, so Ray's autoscaler starts no node in its place:
-    # tests/autoscaling_fixture.py.)
-    assert killed["node"] not in {n["node_id"] for n in live_nodes(autoscaling)}
-    dead_s = nodes.last_seen[killed["node"]] - killed["at"]  # until the GCS no longer listed it alive
-    joined_after = [n[-5:] for n, t in nodes.joined.items() if n not in killed["alive"] and t > killed["at"]]
-    # Its trial restarted from its last checkpoint (Tune's own record: a failure, and fewer
-    # iterations since the restore than epochs), on another node; no trial ran twice.
-    tune = _tune_trials(autoscaling, prefix)
-    assert sorted(tune) == sorted(placement["trials"]), (tune, placement["trials"])
-    failed = {t: r for t, r in tune.items() if r["num_failures"]}
-    assert failed and set(failed) <= set(killed["running"]), (failed, killed)
-    for trial, record in failed.items():
-        assert f"trial {trial} lost its worker" in stderr.read_text()  # what a user watching the driver sees
-        last = record["last_result"]
-        assert last["epoch"] == 4 and 0 < last["iterations_since_restore"] < 4, (trial, last)
-        assert killed["node"] not in placement["trials"][trial], (trial, placement["trials"][trial])
-    client = MlflowClient(tracking_uri=autoscaling.mlflow_uri)
-    children = client.search_runs([client.get_experiment_by_name(summary["experiment"]).experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'")
-    per_trial = {}
-    for run in children:
-        per_trial.setdefault(run.data.tags["edray.trial_id"], []).append(run)
-    assert sorted(per_trial) == sorted(tune) and all(len(runs) == 1 for runs in per_trial.values()), per_trial
-    for trial, (run,) in per_trial.items():
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-        assert run.info.status == "FINISHED" and sorted(steps) == [1, 2, 3, 4], (trial, run.info.status, steps)
-        assert tune[trial]["last_result"]["epoch"] == 4
-    print(f"from zero workers: first worker after {nodes.first_worker_s:.0f} s, sweep {wall:.0f} s, "
-          f"steps {placement.get('steps')}, timings {placement.get('timings')}; nodes started: {len(started)}; "
-          f"what each did: { {n: {s: steps.count(s) for s in dict.fromkeys(steps)} for n, steps in did.items()} }; "
-          f"node {killed['node'][-5:]} killed {killed['at'] - tic:.0f} s in (running {killed['running']}), "
-          f"listed dead {dead_s:.0f} s later; nodes joined after it: {joined_after}; "
-          "resumed: "
-          f"{ {t: r['last_result']['iterations_since_restore'] for t, r in failed.items()} } epochs after the restore")
-
-
 # -- a driver you can watch (ray job submit) and lose (a new driver resumes) ----------------
 
 _EPOCHS = 4  # SPEC's optim.epochs
@@ -370,11 +287,12 @@ def test_a_submitted_sweep_shows_progress_and_a_new_driver_resumes_it_after_its_
 
     cluster = autoscaling
     _await_scale_down(cluster)
-    shared = cluster.shared("zero")  # teachers and stores of the sweep before (same store keys): not rebuilt
+    shared = cluster.shared("resume")  # its own: the sweep from zero (after it) shows teachers and stores built
     state_key = f"{_key(shared)}/sweeps/digits/sweep.json"
     old_state = _objects(cluster, state_key).get(state_key, {}).get("ETag")
     sweep = ["sweep", str(DIGITS_YAML), "--address", "auto", "--json", "--num-samples", str(_SAMPLES),
-             "--max-concurrent", "1", "--no-final-eval", *[a for s in SPEC for a in ("--set", s)]]
+             "--max-concurrent", "1", "--no-final-eval", "--wait-for-nodes", "300",
+             *[a for s in SPEC for a in ("--set", s)]]
     job_id = f"edray-resume-{secrets.token_hex(4)}"
     tic = time.monotonic()
     env_vars = {"EDRAY_SHARED": shared, "MLFLOW_TRACKING_URI": cluster.mlflow_uri}
@@ -444,7 +362,8 @@ def test_a_submitted_sweep_shows_progress_and_a_new_driver_resumes_it_after_its_
                              env=cluster.driver_env(EDRAY_SHARED=shared, EDRAY_CACHE=str(tmp_path / "new-cache")))
     times["resumed sweep"] = time.monotonic() - tic_resume
     summary = json_summary(resumed)
-    assert summary["trials"] == _SAMPLES and summary["completed"] == _SAMPLES and summary["errored"] == 0, summary
+    assert summary["trials"] == _SAMPLES and summary["completed"] == _SAMPLES and summary["errored"] == 0, \
+        (json.dumps(summary)[:3000], resumed.stderr[-4000:])
     assert summary["parent_run_id"] == state["parent_run_id"]
     ids = set(summary["placement"]["trials"])
     assert len(ids) == _SAMPLES and finished < ids
@@ -478,3 +397,89 @@ def test_a_submitted_sweep_shows_progress_and_a_new_driver_resumes_it_after_its_
     assert all(f"resume: trial {t} was started by the stopped driver" in resumed.stderr for t in lost), seen
     print(f"ray job submit, lost driver, --resume: {json.dumps({k: round(v) for k, v in times.items()})} (s); "
           f"{len(finished)} of {_SAMPLES} trials finished before the kill, {len(lost)} started but unrecorded")
+
+
+# -- last: a sweep from zero workers, and a worker node lost under it --------------------------
+
+
+@pytest.mark.slow
+def test_a_sweep_from_zero_workers_runs_on_nodes_the_autoscaler_started(autoscaling, tmp_path):
+    """From zero workers, on nodes the autoscaler starts; and once trials run, a worker node
+    running one is killed (a spot reclaim): its trial resumes from its checkpoint on another
+    node, no trial is lost or run twice, the final evaluation runs."""
+    # Last in the module: the fake provider keeps listing the node this test kills (Ray's autoscaler
+    # then counts it as a node still starting, and would start none for a later test's work).
+    _await_scale_down(autoscaling)  # from zero: the nodes of the test before go after their idle timeout
+    nodes = _NodeLog(autoscaling)
+    prefix = "zero"
+    tic = time.monotonic()
+    stderr = tmp_path / "driver.err"
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen(_sweep_cmd(tmp_path / "w", extra=("--num-samples", "4", "--max-concurrent", "2",
+                                                                   "--wait-for-nodes", "300")),
+                                env=autoscaling.driver_env(EDRAY_SHARED=autoscaling.shared(prefix)),
+                                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+    try:
+        killed = _kill_a_trials_node(autoscaling, proc, stderr, prefix)
+        out, _ = proc.communicate(timeout=_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        nodes.stop()
+    wall = time.monotonic() - tic
+    summary = json_summary((proc.returncode, out, stderr.read_text()))
+    assert summary["trials"] == 4 and summary["errored"] == 0, summary
+    assert summary["completed"] + summary["pruned"] == 4, summary
+    assert len(summary["final_test_accs"]) == 2 and summary["final_test_acc_mean"] is not None
+    assert "waiting for a node with {CPU: 1} for the sweep's work (teachers, stores, trials): " in stderr.read_text()
+    # Every heavy step ran on nodes the autoscaler started (named by node type and instance id).
+    started = set(nodes.seen)
+    assert started and set(nodes.seen.values()) <= set(NODE_TYPES), nodes.seen
+    placement = summary["placement"]
+    did: dict[str, list[str]] = {}
+    for step, entries in (("check", placement["nodes"]), ("teacher", list(placement["teachers"].values())),
+                          ("store shard", [n for shards in placement["stores"].values() for n in shards]),
+                          ("trial", list(placement["trials"].values())), ("final eval", placement["final_eval"])):
+        assert entries, step
+        for entry in entries:
+            instance = _node_of(entry)
+            assert instance in started and f"{nodes.seen[instance]} {instance}" in entry, (step, entry, started)
+            did.setdefault(f"{nodes.seen[instance]} {instance[-5:]}", []).append(step)
+
+    # The node lost mid-sweep: the autoscaler started a node that was not alive before.
+    # The node lost mid-sweep: the GCS lists it dead; the sweep went on without it. (The
+    # fake provider never reports it gone, so Ray's autoscaler starts no node in its place:
+    # tests/autoscaling_fixture.py.)
+    assert killed["node"] not in {n["node_id"] for n in live_nodes(autoscaling)}
+    dead_s = nodes.last_seen[killed["node"]] - killed["at"]  # until the GCS no longer listed it alive
+    joined_after = [n[-5:] for n, t in nodes.joined.items() if n not in killed["alive"] and t > killed["at"]]
+    # Its trial restarted from its last checkpoint (Tune's own record: a failure, and fewer
+    # iterations since the restore than epochs), on another node; no trial ran twice.
+    tune = _tune_trials(autoscaling, prefix)
+    assert sorted(tune) == sorted(placement["trials"]), (tune, placement["trials"])
+    failed = {t: r for t, r in tune.items() if r["num_failures"]}
+    assert failed and set(failed) <= set(killed["running"]), (failed, killed)
+    for trial, record in failed.items():
+        assert f"trial {trial} lost its worker" in stderr.read_text()  # what a user watching the driver sees
+        last = record["last_result"]
+        assert last["epoch"] == 4 and 0 < last["iterations_since_restore"] < 4, (trial, last)
+        assert killed["node"] not in placement["trials"][trial], (trial, placement["trials"][trial])
+    client = MlflowClient(tracking_uri=autoscaling.mlflow_uri)
+    children = client.search_runs([client.get_experiment_by_name(summary["experiment"]).experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'")
+    per_trial = {}
+    for run in children:
+        per_trial.setdefault(run.data.tags["edray.trial_id"], []).append(run)
+    assert sorted(per_trial) == sorted(tune) and all(len(runs) == 1 for runs in per_trial.values()), per_trial
+    for trial, (run,) in per_trial.items():
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert run.info.status == "FINISHED" and sorted(steps) == [1, 2, 3, 4], (trial, run.info.status, steps)
+        assert tune[trial]["last_result"]["epoch"] == 4
+    print(f"from zero workers: first worker after {nodes.first_worker_s:.0f} s, sweep {wall:.0f} s, "
+          f"steps {placement.get('steps')}, timings {placement.get('timings')}; nodes started: {len(started)}; "
+          f"what each did: { {n: {s: steps.count(s) for s in dict.fromkeys(steps)} for n, steps in did.items()} }; "
+          f"node {killed['node'][-5:]} killed {killed['at'] - tic:.0f} s in (running {killed['running']}), "
+          f"listed dead {dead_s:.0f} s later; nodes joined after it: {joined_after}; "
+          "resumed: "
+          f"{ {t: r['last_result']['iterations_since_restore'] for t, r in failed.items()} } epochs after the restore")
