@@ -139,7 +139,14 @@ def train_trial(spec: Spec, ctx: TrialContext, *, trial_id: str, report_fn: Tria
             torch.save(state, Path(d) / _STATE)
             report_fn(metrics, d)
 
-    run_ed(spec, data, teachers, report=report, resume=resume, device=device, evaluate_test=False, dist=dist)
+    result = run_ed(spec, data, teachers, report=report, resume=resume, device=device, evaluate_test=False,
+                    dist=dist)
+    if resume is not None and resume["epoch"] >= spec.optim.epochs and resume["history"] and result.model is not None:
+        # Restored after its last epoch (a resumed sweep whose saved state named a checkpoint deleted
+        # since, put back from the last one: tune_restore): nothing was left to train, so no epoch
+        # reported. Report the last one again, with the student, or Tune would keep the older
+        # result it had (counted as pruned) and the trial's model would never be saved.
+        report(dict(resume["history"][-1]), {**resume, "final_model": result.model.state_dict()})
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:

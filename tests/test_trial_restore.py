@@ -1,0 +1,43 @@
+"""A trial restored from the checkpoint of its last epoch (a resumed sweep whose saved state
+named a checkpoint deleted since: tune_restore puts the last one in its place) reports its
+last epoch again, with its student, instead of nothing (Tune then kept an older result and
+counted the trial as pruned, and its model was never saved)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ray.train import Checkpoint
+
+from edray.distributed import trial
+from edray.distributed.space import resolve_config
+from edray.layout import Layout
+
+from .conftest import fast_spec
+
+
+def test_a_trial_restored_after_its_last_epoch_reports_it_again_with_its_student(teacher_workdir, tmp_path):
+    spec = fast_spec("optim.epochs=3", "ed.switch_epochs=[1, 2]", "teachers.logits=live")
+    ctx = trial.TrialContext(base_spec=spec.model_dump(mode="json"), layout=Layout.at(teacher_workdir),
+                             models_dir=str(tmp_path / "models"))
+    config = resolve_config(spec, {})
+    reports: list[dict] = []
+
+    def keep(metrics: dict, directory: str | None) -> None:
+        reports.append(dict(metrics))
+        if directory:  # the temporary directory goes once this returns
+            shutil.copytree(directory, tmp_path / f"ckpt-{metrics['epoch']}")
+
+    trial.train_trial(config, ctx, trial_id="t", report_fn=keep)
+    assert [r["epoch"] for r in reports] == [1, 2, 3] and "model_path" in reports[-1]
+    last = reports[-1]
+    Path(last["model_path"]).unlink()  # saved again by the restored trial, not left from this run
+
+    again: list[dict] = []
+    trial.train_trial(config, ctx, trial_id="t", checkpoint=Checkpoint.from_directory(str(tmp_path / "ckpt-3")),
+                      report_fn=lambda metrics, directory: again.append(dict(metrics)))
+    assert len(again) == 1, again  # nothing trained: the last epoch, reported once more
+    assert again[0]["epoch"] == 3 and again[0]["val_acc"] == last["val_acc"]
+    assert again[0]["total_epochs"] == last["total_epochs"] == 3
+    assert Path(again[0]["model_path"]).is_file()
