@@ -14,6 +14,9 @@ from edray.distributed.interrupt import catch_ctrl_c, raise_if_interrupted
 
 def test_a_swallowed_ctrl_c_is_raised_again_where_the_driver_checks():
     before = signal.getsignal(signal.SIGINT)
+    # Python's own handler, as in a terminal: a shell's background job (as CI may run) starts with
+    # SIGINT ignored, and catch_ctrl_c leaves an ignored or a host's own handler alone.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         catch_ctrl_c()
         raise_if_interrupted()  # nothing yet: no raise
