@@ -39,7 +39,7 @@ from edray.layout import Layout
 from edray.logits.manifest import ShardInfo
 from edray.preparation import ShardWork
 from edray.spec import Spec
-from edray.storage import ray_storage, read_bytes
+from edray.storage import ray_storage
 
 __all__ = [
     "RayRunner", "StudentEval", "evaluate_student", "final_eval", "probe_nodes", "require_shared", "worker_nodes",
@@ -287,19 +287,16 @@ def evaluate_student(spec: Spec, model_path: str, layout: Layout, check: NodeChe
 
 
 def _student_on_test(spec_json: str, model_path: str, layout: Layout, check: NodeCheck | None) -> StudentEval:
-    import io
-
     import torch
 
     from edray.distill.loop import accuracy
     from edray.pipeline import load_run_data
-    from edray.tracking.student_model import build_student
+    from edray.tracking.student_model import build_student, load_student_file
 
     _ensure(check, layout)
     spec = Spec.model_validate_json(spec_json)
     data = load_run_data(spec, layout)
-    state = torch.load(io.BytesIO(read_bytes(model_path)), map_location="cpu", weights_only=False)
-    model = build_student(state, in_channels=data.in_channels, image_size=data.image_size)
+    model = build_student(load_student_file(model_path), in_channels=data.in_channels, image_size=data.image_size)
     acc = accuracy(model, data.test, choose_device(use_gpu=spec.scaling.use_gpu))
     return StudentEval(model=model.cpu().eval(), test_acc=float(acc), example=data.test.load(torch.arange(4)),
                        class_names=list(data.class_names), normalisation=data.normalisation,

@@ -17,7 +17,8 @@ from typing import Any
 from ray.tune import Callback
 
 from edray.distill.loop import EpochMetrics
-from edray.tracking.tracker import SweepTracker, is_transient
+from edray.tracking.guard import is_transient
+from edray.tracking.tracker import SweepTracker
 from edray.trial_status import TrialStatus, trial_status
 
 __all__ = ["EPOCH_METRICS", "TrackingCallback"]

@@ -42,6 +42,7 @@ __all__ = [
     "Registration",
     "StudentModel",
     "build_student",
+    "load_student_file",
     "log_student_model",
     "read_student",
     "register_student",
@@ -124,10 +125,15 @@ def build_student(state: dict, *, in_channels: int, image_size: int) -> nn.Modul
     return model.cpu().eval()
 
 
+def load_student_file(model_path: str) -> dict:
+    """The file a trial saved its student to (a path or a shared URI), as saved."""
+    return torch.load(io.BytesIO(read_bytes(model_path)), map_location="cpu", weights_only=False)
+
+
 def read_student(model_path: str) -> StudentModel:
     """The student a trial saved at ``model_path`` (a path or a shared URI) with what MLflow
     records beside it, which the trial saved too (edray.distributed.trial)."""
-    state = torch.load(io.BytesIO(read_bytes(model_path)), map_location="cpu", weights_only=False)
+    state = load_student_file(model_path)
     missing = {"in_channels", "image_size", "example", "class_names", "normalisation"} - set(state)
     if missing:  # saved by an edray before trials kept them
         raise ValueError(f"{model_path} lacks {sorted(missing)}; it cannot be logged as an MLflow model")

@@ -56,7 +56,7 @@ from edray.tracking.secrets import redact
 from edray.tracking.uri import artifacts_are_local
 from edray.trial_status import TrialStatus
 
-__all__ = ["END_WAIT_S", "SweepTracker", "flatten", "is_transient", "mlflow_key"]
+__all__ = ["END_WAIT_S", "SweepTracker"]
 
 log = logging.getLogger(__name__)
 
