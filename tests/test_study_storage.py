@@ -1,5 +1,6 @@
 """``search.storage`` on a real PostgreSQL server: the sweep's Optuna study lives there, its
-parent run says where, and ``--resume`` reuses it instead of starting another."""
+parent run says where, and ``--resume`` reuses it instead of starting another. The first sweep
+runs with ``--quiet``, whose progress lines stay silent."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ def test_the_study_lives_in_postgres_and_resume_reuses_it(tmp_path_factory, teac
     workdir = _seed(teacher_workdir, tmp_path_factory.mktemp("study") / "work")
     args = ["sweep", str(DIGITS_YAML), "--workdir", str(workdir), "--json", "--num-samples", "2", "--no-final-eval",
             *sets([*SHORT, "search.early_stopping.kind=none", f"search.storage={storage}"])]
-    first = json_summary(edray(*args))
+    # --quiet (stderr not a terminal): the result only, none of the progress lines test_progress.py reads.
+    quiet = edray(*args, "--quiet")
+    first = json_summary(quiet)
+    assert not [line for line in quiet.stderr.splitlines() if line.startswith(("trial ", "status: ", "resumed: "))], \
+        quiet.stderr[-3000:]
     study = optuna.load_study(study_name="digits", storage=storage)
     told = [(t.number, t.state, t.value) for t in study.trials]
     assert [state for _, state, _ in told] == [optuna.trial.TrialState.COMPLETE] * 2

@@ -53,6 +53,27 @@ def test_a_missing_checkpoint_gets_the_next_one_and_nothing_else_changes(tmp_pat
     assert repair_missing_checkpoints(pafs.LocalFileSystem(), str(experiment)) == []  # once is enough
 
 
+def test_an_empty_checkpoint_directory_counts_as_missing_and_is_never_copied(tmp_path):
+    # On S3 an upload or a delete cut short leaves an empty directory (a marker): it reads as a
+    # directory, and Tune would restore it as a checkpoint without the trial's state file.
+    experiment = tmp_path / "sweep-2"
+    experiment.mkdir()
+    trials = [
+        _trial(experiment, "emptied", {2: b"epoch 3"}, referenced=1),
+        _trial(experiment, "cut", {3: b"epoch 4"}, referenced=0),
+    ]
+    (experiment / "emptied" / "checkpoint_000001").mkdir()
+    (experiment / "cut" / "checkpoint_000001").mkdir()  # the next one is empty: not a source
+    (experiment / "experiment_state-2026-12-08_00-31-33.json").write_text(
+        json.dumps({"trial_data": [json.loads(t) for t in trials], "runner_data": {}, "stats": {}}))
+
+    repaired = repair_missing_checkpoints(pafs.LocalFileSystem(), str(experiment))
+
+    assert repaired == ["emptied/checkpoint_000001", "cut/checkpoint_000000"]
+    assert (experiment / "emptied" / "checkpoint_000001" / "state.pt").read_bytes() == b"epoch 3"
+    assert (experiment / "cut" / "checkpoint_000000" / "state.pt").read_bytes() == b"epoch 4"
+
+
 def test_no_state_or_an_unreadable_one_changes_nothing(tmp_path):
     assert repair_missing_checkpoints(pafs.LocalFileSystem(), str(tmp_path / "absent")) == []
     (tmp_path / "experiment_state-x.json").write_text(json.dumps({"trial_data": [["{}", json.dumps(

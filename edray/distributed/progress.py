@@ -6,7 +6,8 @@ Under ``ray job submit`` stdout and stderr are not a terminal: Tune's live table
 
 - one when a trial starts (with its searched values) and one when it ends (completed,
   pruned or errored, as :mod:`edray.trial_status` decides, with its ``val_acc``); one when
-  Tune restarts a trial whose worker was lost (a node gone, a process killed);
+  Tune restarts a failed trial, saying whether its worker was lost (a node gone, a process
+  killed) or what the trial raised;
 - a status line once the first epoch is in (the first estimate), then at most every 60 s:
   trials running / completed / pruned / errored, the best ``val_acc`` so far (of each
   trial's latest result, as the sweep ranks them), epochs done of those planned, the time
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -34,6 +36,24 @@ from edray.trial_status import TrialStatus, trial_status
 __all__ = ["ProgressLines", "format_duration"]
 
 STATUS_EVERY_S = 60.0
+
+
+# Ray's errors for a worker that went away (its node, its process, its memory), not the trial's own.
+_LOST_WORKER = ("ActorDiedError", "RayActorError", "NodeDiedError", "ActorUnavailableError", "WorkerCrashedError",
+                "OutOfMemoryError", "ObjectLostError")
+
+
+def _why_it_failed(error_file: str | None) -> str:
+    """What the restart line says: a lost worker, or the trial's own error (its last line)."""
+    try:
+        text = Path(error_file).read_text(errors="replace") if error_file else ""
+    except OSError:
+        text = ""
+    last_failure = text.rsplit("Failure # ", 1)[-1]  # Tune appends one entry per failure
+    if not last_failure.strip() or any(name in last_failure for name in _LOST_WORKER):
+        return "lost its worker (a node gone or a process ended)"
+    lines = [line.strip() for line in last_failure.splitlines() if line.strip()]
+    return f"failed ({lines[-1][:200]})"
 
 
 def format_duration(seconds: float) -> str:
@@ -119,7 +139,7 @@ class ProgressLines(Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         epoch = self.epochs.get(trial.trial_id)
         limit = getattr(trial, "max_failures", None)
-        self.write(f"trial {trial.trial_id} lost its worker (a node gone or a process ended)"
+        self.write(f"trial {trial.trial_id} {_why_it_failed(getattr(trial, 'error_file', None))}"
                    + (f" after epoch {epoch}/{self.total_epochs}" if epoch is not None else "")
                    + f": restarting it from its last checkpoint (restart {getattr(trial, 'num_failures', '?')}"
                    + (f" of at most {limit})" if limit is not None else ")"))

@@ -54,14 +54,22 @@ def _state_files(fs: pafs.FileSystem, experiment: str) -> list[pafs.FileInfo]:
                    and i.base_name.endswith(".json")), key=lambda i: i.base_name)
 
 
+def _holds_files(fs: pafs.FileSystem, path: str) -> bool:
+    """A checkpoint directory with something in it. On S3 an empty one (a directory marker, as an
+    upload or a delete cut short leaves) reads as a directory, and restores as nothing."""
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return any(i.type == pafs.FileType.File for i in infos)
+
+
 def _checkpoints(fs: pafs.FileSystem, trial_dir: str) -> list[int]:
+    """The indices of the trial's checkpoints that hold files."""
     infos = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
     return sorted(int(m.group(1)) for i in infos if i.type == pafs.FileType.Directory
-                  and (m := _CHECKPOINT.search(i.base_name)))
+                  and (m := _CHECKPOINT.search(i.base_name)) and _holds_files(fs, i.path))
 
 
 def repair_missing_checkpoints(fs: pafs.FileSystem, experiment: str) -> list[str]:
-    """Copy the next checkpoint over each missing one the experiment state names.
+    """Copy the next checkpoint over each missing (or empty) one the experiment state names.
 
     Args:
         fs, experiment: the Tune experiment directory (``storage_path/name``) and its filesystem.
@@ -86,7 +94,7 @@ def repair_missing_checkpoints(fs: pafs.FileSystem, experiment: str) -> list[str
         for ref in sorted(_referenced(manager)):
             trial, name = ref.split("/")
             trial_dir = f"{experiment.rstrip('/')}/{trial}"
-            if fs.get_file_info(f"{trial_dir}/{name}").type != pafs.FileType.NotFound:
+            if _holds_files(fs, f"{trial_dir}/{name}"):
                 continue
             match = _CHECKPOINT.search(name)
             assert match is not None  # _referenced keeps only names that match
