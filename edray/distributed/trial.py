@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from edray.storage import join, ray_storage, write_bytes
 __all__ = ["TrialContext", "TrialReportFn", "run_trial", "train_trial", "uses_torch_trainer"]
 
 _STATE = "state.pt"
+log = logging.getLogger(__name__)
 
 TrialReportFn = Callable[[dict[str, Any], str | None], None]
 
@@ -103,6 +105,13 @@ def _load_state(checkpoint) -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
+        if not (Path(d) / _STATE).is_file():
+            # An empty checkpoint directory (on S3, a marker an upload or delete cut short leaves
+            # behind): restarting from it would fail the same way each time, and the trial end
+            # errored. Training it again from its first epoch costs only time.
+            log.warning("trial checkpoint %s holds no %s: the trial starts over from its first epoch",
+                        getattr(checkpoint, "path", d), _STATE)
+            return None
         return torch.load(Path(d) / _STATE, map_location="cpu", weights_only=False)
 
 
