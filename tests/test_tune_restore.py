@@ -16,7 +16,8 @@ from ray.tune.utils.serialization import TuneFunctionEncoder
 from edray.distributed.tune_restore import repair_missing_checkpoints
 
 
-def _trial(experiment: Path, name: str, checkpoints: dict[int, bytes], referenced: int) -> str:
+def _trial(experiment: Path, name: str, checkpoints: dict[int, bytes], referenced: int,
+           status: str = "RUNNING") -> str:
     """A trial directory holding ``checkpoints`` (index -> state bytes); its state entry
     names checkpoint ``referenced``, as Tune writes it."""
     trial_dir = experiment / name
@@ -27,7 +28,7 @@ def _trial(experiment: Path, name: str, checkpoints: dict[int, bytes], reference
     manager.register_checkpoint(
         _TrainingResult(Checkpoint(str(trial_dir / f"checkpoint_{referenced:06d}")), {"epoch": referenced + 1}))
     runtime = json.dumps({"num_failures": 0, "checkpoint_manager": manager}, cls=TuneFunctionEncoder)
-    return json.dumps([json.dumps({"trial_id": name, "status": "RUNNING"}), runtime])
+    return json.dumps([json.dumps({"trial_id": name, "status": status}), runtime])
 
 
 def test_a_missing_checkpoint_gets_the_next_one_and_nothing_else_changes(tmp_path):
@@ -38,6 +39,7 @@ def test_a_missing_checkpoint_gets_the_next_one_and_nothing_else_changes(tmp_pat
         _trial(experiment, "raced", {1: b"epoch 2", 2: b"epoch 3"}, referenced=0),  # 0 deleted after the state
         _trial(experiment, "intact", {4: b"epoch 5"}, referenced=4),
         _trial(experiment, "lost", {}, referenced=0),  # nothing later: left to Tune
+        _trial(experiment, "finished", {3: b"epoch 4"}, referenced=2, status="TERMINATED"),  # never restored
     ]
     (experiment / "experiment_state-2026-12-07_10-31-42.json").write_text(
         json.dumps({"trial_data": [json.loads(t) for t in trials], "runner_data": {}, "stats": {}}))
@@ -50,6 +52,7 @@ def test_a_missing_checkpoint_gets_the_next_one_and_nothing_else_changes(tmp_pat
     assert (experiment / "raced" / "checkpoint_000002" / "state.pt").read_bytes() == b"epoch 3"
     assert sorted(p.name for p in (experiment / "intact").iterdir()) == ["checkpoint_000004"]
     assert not (experiment / "lost").exists()
+    assert sorted(p.name for p in (experiment / "finished").iterdir()) == ["checkpoint_000003"]
     assert repair_missing_checkpoints(pafs.LocalFileSystem(), str(experiment)) == []  # once is enough
 
 

@@ -88,6 +88,8 @@ def repair_missing_checkpoints(fs: pafs.FileSystem, experiment: str) -> list[str
     repaired = []
     for item in trial_data:
         try:
+            if json.loads(item[0]).get("status") == "TERMINATED":
+                continue  # a finished trial is never restored from its checkpoints: no storage calls
             manager = json.loads(item[1]).get("checkpoint_manager")
         except (IndexError, TypeError, json.JSONDecodeError, AttributeError):
             continue
