@@ -8,7 +8,8 @@ moves one fails there, naming it, instead of deep inside ``edray validate``.
 
 edray's searchers subclass Ray Tune's ``OptunaSearch`` and tell Optuna themselves how a
 trial ended; the state they need has no public accessor, so the three functions at the
-end read it (tests/test_halving.py calls each on a real ``OptunaSearch``).
+end read it (tests/test_halving.py calls each on a real ``OptunaSearch``). A resumed sweep
+reads the search algorithm a restored ``Tuner`` holds (:mod:`edray.distributed.searcher_restore`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "PRIVATE", "RayPrivateMoved", "optuna_completed_trials", "optuna_study", "optuna_trials", "quiet", "resolve",
+    "restored_search_alg",
 ]
 
 # name used in edray -> (module, attribute) in Ray, as of the ray>=2.51,<3 pyproject.toml pins
@@ -95,3 +97,10 @@ def optuna_trials(search: Any) -> dict[str, Any]:
 def optuna_completed_trials(search: Any) -> set[str]:
     """The Tune trial ids an ``OptunaSearch`` has already told Optuna about (writable)."""
     return search._completed_trials
+
+
+def restored_search_alg(tuner: Any) -> Any:
+    """The search algorithm a restored ``Tuner`` will run (unpickled from the stopped sweep);
+    None on Ray Client, where the Tuner runs remotely."""
+    local = getattr(tuner, "_local_tuner", None)
+    return None if local is None else local._tune_config.search_alg

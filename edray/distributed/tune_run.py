@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 
+from edray.clusters.ray_private import restored_search_alg
 from edray.distributed.interrupt import raise_if_interrupted
 from edray.distributed.node_check import NodeCheck
 from edray.distributed.search_setup import make_scheduler, make_searcher, planned_epochs
@@ -48,15 +49,23 @@ def build_tuner(spec: Spec, *, num_samples: int, max_concurrent: int, resume: bo
                 "checkpoint after it")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)
+        search_alg = restored_search_alg(tuner)
+        if search_alg is not None:
+            from edray.distributed.searcher_restore import ReconcileSearcher
+
+            run_config.callbacks = [*(run_config.callbacks or []), ReconcileSearcher(search_alg)]
         _renew_run_config(tuner, run_config)
         return tuner
     # Only a new sweep builds a searcher: Tune restores the stopped one, and building one
     # has effects of its own (with search.storage, Optuna enqueues points_to_evaluate in the
     # stored study at once: a resumed sweep left a WAITING trial behind).
+    from ray.tune.search import SearchGenerator
+
     _, limited = make_searcher(spec, max_concurrent, num_samples)
     trials, _ = planned_epochs(spec, num_samples)  # halving: one Tune trial per config per rung it reaches
-    tune_config = tune.TuneConfig(search_alg=limited, scheduler=make_scheduler(spec), num_samples=trials,
-                                  reuse_actors=True)
+    # Wrapped here as Tune would wrap it, so a restored Tuner still holds the generator (searcher_restore.py).
+    tune_config = tune.TuneConfig(search_alg=SearchGenerator(limited), scheduler=make_scheduler(spec),
+                                  num_samples=trials, reuse_actors=True)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
