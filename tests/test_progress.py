@@ -66,6 +66,12 @@ def test_lines_for_trial_events_and_a_status_at_most_every_minute(tmp_path):
     assert lines.pop() == ("trial a_00001 failed (FileNotFoundError: [Errno 2] No such file or directory: "
                            "'/tmp/c/state.pt') after epoch 1/4: restarting it from its last checkpoint "
                            "(restart 2 of at most 2)")
+    # Ray's own error for a node gone, as Tune writes it (no class name, no traceback): a lost worker.
+    Path(b.error_file).write_text("Failure # 1 (occurred at 2026-12-07_22-49-18)\nThe actor ecae33a5 is unavailable: "
+                                  "The actor is temporarily unavailable: RpcError: RPC error: recvmsg:Connection "
+                                  "reset by peer rpc_code: 14.\n")
+    progress.on_trial_recover(0, [], b)
+    assert lines.pop().startswith("trial a_00001 lost its worker (a node gone or a process ended) after epoch 1/4")
     status = [line for line in lines if line.startswith("status:")]
     # The first epoch's (the first estimate), then one a minute later: not one per result.
     assert len(status) == 2, lines

@@ -39,18 +39,20 @@ STATUS_EVERY_S = 60.0
 
 
 # Ray's errors for a worker that went away (its node, its process, its memory), not the trial's own.
+# Tune's error file names some by class, others only by their message ("The actor ... is unavailable").
 _LOST_WORKER = ("ActorDiedError", "RayActorError", "NodeDiedError", "ActorUnavailableError", "WorkerCrashedError",
-                "OutOfMemoryError", "ObjectLostError")
+                "OutOfMemoryError", "ObjectLostError", "is unavailable", "actor died", "RpcError")
 
 
 def _why_it_failed(error_file: str | None) -> str:
-    """What the restart line says: a lost worker, or the trial's own error (its last line)."""
+    """What the restart line says: a lost worker, or what the trial raised (the last line of its
+    traceback). Without a traceback of the trial's code the error is Ray's: a lost worker."""
     try:
         text = Path(error_file).read_text(errors="replace") if error_file else ""
     except OSError:
         text = ""
     last_failure = text.rsplit("Failure # ", 1)[-1]  # Tune appends one entry per failure
-    if not last_failure.strip() or any(name in last_failure for name in _LOST_WORKER):
+    if 'File "' not in last_failure or any(marker in last_failure for marker in _LOST_WORKER):
         return "lost its worker (a node gone or a process ended)"
     lines = [line.strip() for line in last_failure.splitlines() if line.strip()]
     return f"failed ({lines[-1][:200]})"
