@@ -23,7 +23,7 @@ from typing import Any
 
 __all__ = [
     "PRIVATE", "RayPrivateMoved", "optuna_completed_trials", "optuna_study", "optuna_trials", "quiet", "resolve",
-    "ignore_stale_trial_task_failures", "restored_search_alg",
+    "restored_search_alg",
 ]
 
 # name used in edray -> (module, attribute) in Ray, as of the ray>=2.51,<3 pyproject.toml pins
@@ -104,31 +104,3 @@ def restored_search_alg(tuner: Any) -> Any:
     None on Ray Client, where the Tuner runs remotely."""
     local = getattr(tuner, "_local_tuner", None)
     return None if local is None else local._tune_config.search_alg
-
-
-# ---- Ray Tune's TuneController: a trial's failure reported twice (ray>=2.51,<3)
-
-
-def ignore_stale_trial_task_failures() -> None:
-    """Make Tune drop a task failure of a trial that no longer has an actor.
-
-    When a node dies, every outstanding task of a trial's actor fails (with a reused actor:
-    its reset and its train). Tune handles the first by restarting the trial (PENDING, its
-    actor let go) but still hands it the second, and a PENDING trial that fails is ended
-    as ERROR: the trial errored with restarts to spare (seen 1 in 3 runs of the multinode
-    node-kill test). A task failure can only come from an actor the trial holds, so one for a
-    PENDING trial without an actor is the old actor's; it is dropped. Idempotent."""
-    from ray.tune.execution.tune_controller import TuneController
-
-    original = TuneController._trial_task_failure
-    if getattr(original, "edray_guard", False):
-        return
-
-    def _trial_task_failure(self, trial, exception):
-        if trial not in self._trial_to_actor and trial.status == "PENDING":
-            logging.getLogger(__name__).debug("dropped a failure of trial %s's old actor: %s", trial, exception)
-            return None
-        return original(self, trial, exception)
-
-    _trial_task_failure.edray_guard = True  # type: ignore[attr-defined]
-    TuneController._trial_task_failure = _trial_task_failure  # type: ignore[method-assign]

@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 
-from edray.clusters.ray_private import ignore_stale_trial_task_failures, restored_search_alg
+from edray.clusters.ray_private import restored_search_alg
 from edray.distributed.interrupt import raise_if_interrupted
 from edray.distributed.node_check import NodeCheck
 from edray.distributed.search_setup import make_scheduler, make_searcher, planned_epochs
@@ -95,7 +95,6 @@ def fit(tuner, tracker, *, table: bool = False):
     Tune's default output (``RAY_AIR_NEW_OUTPUT``, on since Ray 2.5) ignores a given reporter
     and shows the first four result keys and no searched values (its columns come from a
     ``param_space``; a searcher's own space has none), so it is turned off while Tune runs."""
-    ignore_stale_trial_task_failures()  # a node lost: one failure of a trial, not two
     try:
         with _legacy_output(table):
             grid = tuner.fit()
