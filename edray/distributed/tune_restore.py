@@ -54,18 +54,18 @@ def _state_files(fs: pafs.FileSystem, experiment: str) -> list[pafs.FileInfo]:
                    and i.base_name.endswith(".json")), key=lambda i: i.base_name)
 
 
-def _holds_files(fs: pafs.FileSystem, path: str) -> bool:
-    """A checkpoint directory with something in it. On S3 an empty one (a directory marker, as an
-    upload or a delete cut short leaves) reads as a directory, and restores as nothing."""
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    return any(i.type == pafs.FileType.File for i in infos)
-
-
-def _checkpoints(fs: pafs.FileSystem, trial_dir: str) -> list[int]:
-    """The indices of the trial's checkpoints that hold files."""
-    infos = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
-    return sorted(int(m.group(1)) for i in infos if i.type == pafs.FileType.Directory
-                  and (m := _CHECKPOINT.search(i.base_name)) and _holds_files(fs, i.path))
+def _checkpoints(fs: pafs.FileSystem, trial_dir: str) -> set[int]:
+    """The indices of the trial's checkpoints that hold files, from one listing of its directory.
+    On S3 an empty checkpoint directory (a marker, as an upload or a delete cut short leaves)
+    reads as a directory, and restores as nothing: it does not count."""
+    root = trial_dir.rstrip("/") + "/"
+    held = set()
+    for info in fs.get_file_info(pafs.FileSelector(trial_dir, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.File and info.path.startswith(root):
+            match = _CHECKPOINT.search(info.path[len(root):].split("/")[0])
+            if match:
+                held.add(int(match.group(1)))
+    return held
 
 
 def repair_missing_checkpoints(fs: pafs.FileSystem, experiment: str) -> list[str]:
@@ -86,6 +86,7 @@ def repair_missing_checkpoints(fs: pafs.FileSystem, experiment: str) -> list[str
         except (json.JSONDecodeError, AttributeError):
             return []
     repaired = []
+    held: dict[str, set[int]] = {}  # trial dir -> its checkpoints that hold files
     for item in trial_data:
         try:
             if json.loads(item[0]).get("status") == "TERMINATED":
@@ -96,16 +97,19 @@ def repair_missing_checkpoints(fs: pafs.FileSystem, experiment: str) -> list[str
         for ref in sorted(_referenced(manager)):
             trial, name = ref.split("/")
             trial_dir = f"{experiment.rstrip('/')}/{trial}"
-            if _holds_files(fs, f"{trial_dir}/{name}"):
-                continue
+            if trial_dir not in held:
+                held[trial_dir] = _checkpoints(fs, trial_dir)
             match = _CHECKPOINT.search(name)
             assert match is not None  # _referenced keeps only names that match
             index = int(match.group(1))
-            later = [i for i in _checkpoints(fs, trial_dir) if i > index]
+            if index in held[trial_dir]:
+                continue
+            later = sorted(i for i in held[trial_dir] if i > index)
             if not later:
                 continue  # nothing to resume from: Tune restarts or fails the trial as before
             fs.create_dir(f"{trial_dir}/{name}", recursive=True)
             pafs.copy_files(f"{trial_dir}/checkpoint_{later[0]:06d}", f"{trial_dir}/{name}",
                             source_filesystem=fs, destination_filesystem=fs)
+            held[trial_dir].add(index)
             repaired.append(ref)
     return repaired
