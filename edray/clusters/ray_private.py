@@ -9,7 +9,8 @@ moves one fails there, naming it, instead of deep inside ``edray validate``.
 edray's searchers subclass Ray Tune's ``OptunaSearch`` and tell Optuna themselves how a
 trial ended; the state they need has no public accessor, so the three functions at the
 end read it (tests/test_halving.py calls each on a real ``OptunaSearch``). A resumed sweep
-reads the search algorithm a restored ``Tuner`` holds (:mod:`edray.distributed.searcher_restore`).
+reaches what a restored ``Tuner`` holds: its run config and search algorithm
+(:mod:`edray.distributed.tune_run`, :mod:`edray.distributed.searcher_restore`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 __all__ = [
     "PRIVATE", "RayPrivateMoved", "optuna_completed_trials", "optuna_study", "optuna_trials", "quiet", "resolve",
-    "restored_search_alg",
+    "local_tuner", "restored_search_alg",
 ]
 
 # name used in edray -> (module, attribute) in Ray, as of the ray>=2.51,<3 pyproject.toml pins
@@ -99,8 +100,18 @@ def optuna_completed_trials(search: Any) -> set[str]:
     return search._completed_trials
 
 
+# ---- Ray Tune's Tuner: what a restored one will run (ray>=2.51,<3)
+
+
+def local_tuner(tuner: Any) -> Any:
+    """The ``TunerInternal`` behind a ``Tuner`` (ray-project/ray#41364 names
+    ``_local_tuner.get_run_config()`` as the way to change a restored run config); None on
+    Ray Client (ray://), where the Tuner runs remotely and keeps what it restored."""
+    return getattr(tuner, "_local_tuner", None)
+
+
 def restored_search_alg(tuner: Any) -> Any:
     """The search algorithm a restored ``Tuner`` will run (unpickled from the stopped sweep);
-    None on Ray Client, where the Tuner runs remotely."""
-    local = getattr(tuner, "_local_tuner", None)
+    None on Ray Client."""
+    local = local_tuner(tuner)
     return None if local is None else local._tune_config.search_alg

@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 
-from edray.clusters.ray_private import restored_search_alg
+from edray.clusters.ray_private import local_tuner, restored_search_alg
 from edray.distributed.interrupt import raise_if_interrupted
 from edray.distributed.node_check import NodeCheck
 from edray.distributed.search_setup import make_scheduler, make_searcher, planned_epochs
@@ -80,7 +80,7 @@ def _renew_run_config(tuner, fresh) -> None:
     ``_local_tuner.get_run_config()`` as the way). The experiment's own fields (name, storage)
     stay as restored.
     """
-    local = getattr(tuner, "_local_tuner", None)
+    local = local_tuner(tuner)
     if local is None:  # Ray Client (ray://): the Tuner runs remotely and keeps what it restored
         return
     restored = local.get_run_config()
