@@ -18,11 +18,16 @@ from edray.layout import Layout
 from .conftest import fast_spec
 
 
-def test_a_trial_restored_after_its_last_epoch_reports_it_again_with_its_student(teacher_workdir, tmp_path):
+def _trial(teacher_workdir: Path, tmp_path: Path):
+    """A 3-epoch trial's resolved spec and context (teacher logits live: no store to build)."""
     spec = fast_spec("optim.epochs=3", "ed.switch_epochs=[1, 2]", "teachers.logits=live")
     ctx = trial.TrialContext(base_spec=spec.model_dump(mode="json"), layout=Layout.at(teacher_workdir),
                              models_dir=str(tmp_path / "models"))
-    config = resolve_config(spec, {})
+    return resolve_config(spec, {}), ctx
+
+
+def test_a_trial_restored_after_its_last_epoch_reports_it_again_with_its_student(teacher_workdir, tmp_path):
+    config, ctx = _trial(teacher_workdir, tmp_path)
     reports: list[dict] = []
 
     def keep(metrics: dict, directory: str | None) -> None:
@@ -47,13 +52,11 @@ def test_a_trial_restored_after_its_last_epoch_reports_it_again_with_its_student
 def test_a_trial_restored_from_an_empty_checkpoint_starts_over_and_says_so(teacher_workdir, tmp_path, caplog):
     # An empty checkpoint directory (on S3, a marker an upload or delete cut short leaves): Tune
     # restarting the trial from it failed the same way each time, and the trial ended errored.
-    spec = fast_spec("optim.epochs=3", "ed.switch_epochs=[1, 2]", "teachers.logits=live")
-    ctx = trial.TrialContext(base_spec=spec.model_dump(mode="json"), layout=Layout.at(teacher_workdir),
-                             models_dir=str(tmp_path / "models"))
+    config, ctx = _trial(teacher_workdir, tmp_path)
     empty = tmp_path / "checkpoint_000001"
     empty.mkdir()
     reports: list[dict] = []
-    trial.train_trial(resolve_config(spec, {}), ctx, trial_id="t", checkpoint=Checkpoint.from_directory(str(empty)),
+    trial.train_trial(config, ctx, trial_id="t", checkpoint=Checkpoint.from_directory(str(empty)),
                       report_fn=lambda metrics, directory: reports.append(dict(metrics)))
     assert [r["epoch"] for r in reports] == [1, 2, 3] and Path(reports[-1]["model_path"]).is_file()
     assert f"trial checkpoint {empty} holds no state.pt: the trial starts over" in caplog.text

@@ -105,14 +105,15 @@ def _load_state(checkpoint) -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
-        if not (Path(d) / _STATE).is_file():
+        state_file = Path(d) / _STATE
+        if not state_file.is_file():
             # An empty checkpoint directory (on S3, a marker an upload or delete cut short leaves
             # behind): restarting from it would fail the same way each time, and the trial end
             # errored. Training it again from its first epoch costs only time.
             log.warning("trial checkpoint %s holds no %s: the trial starts over from its first epoch",
                         getattr(checkpoint, "path", d), _STATE)
             return None
-        return torch.load(Path(d) / _STATE, map_location="cpu", weights_only=False)
+        return torch.load(state_file, map_location="cpu", weights_only=False)
 
 
 def train_trial(spec: Spec, ctx: TrialContext, *, trial_id: str, report_fn: TrialReportFn,
